@@ -1,0 +1,23 @@
+"""Zero-cost-proxy neural architecture search: the search loop, strategies, executors, runs and CLI.
+
+The heavy parts are imported lazily so that ``import nas.registry`` from the leaf packages stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["search", "load_run", "SearchResult", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("search", "SearchResult"):
+        from nas import loop as _loop
+
+        return getattr(_loop, name)
+    if name == "load_run":
+        from nas.run import load_run
+
+        return load_run
+    raise AttributeError(f"module 'nas' has no attribute {name!r}")

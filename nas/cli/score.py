@@ -1,0 +1,45 @@
+"""``nas score``: compute proxies for the architectures in a file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import proxies as proxy_lib
+import search_spaces
+from nas.cli.common import add_data_args, add_space_args, read_arch_file, space_options, split_names
+from nas.evaluate import Evaluator
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the sub-command."""
+    p = sub.add_parser("score", help="score architectures with zero-cost proxies")
+    add_space_args(p)
+    p.add_argument("--arch-file", required=True, help="one architecture string per line")
+    p.add_argument("--proxies", default="synflow,nwot,params",
+                   help="comma-separated proxy names, or 'all' (see `nas proxies`)")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="output CSV: arch,<proxy>... in input order")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score every architecture and write the CSV row by row."""
+    from rich.progress import track
+
+    space = search_spaces.get(args.space, **space_options(args))
+    names = proxy_lib.list() if args.proxies == "all" else split_names(args.proxies)
+    for name in names:
+        proxy_lib.get(name)
+    archs = read_arch_file(space, args.arch_file)
+    batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
+    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arch", *names])
+        for text, arch in track(archs, description="scoring", disable=args.no_progress):
+            cand = evaluate(space.to_string(arch))
+            writer.writerow([text, *(repr(cand.scores.get(n, float("nan"))) for n in names)])
+            f.flush()
+    return 0

@@ -1,0 +1,76 @@
+"""Objectives (what to maximise or minimise) and hard constraints of a search."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nas.run import Candidate
+
+MINIMISED = frozenset({"latency", "latency_ms", "params", "flops"})
+"""Cost-like names minimised by default; every other name (a proxy score) is maximised."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named value to optimise; ``maximize`` says its direction."""
+
+    name: str
+    maximize: bool = True
+
+    def oriented(self, cand: Candidate) -> float:
+        """The candidate's value with the sign flipped for minimised objectives (higher is better)."""
+        try:
+            value = cand.value(self.name)
+        except KeyError:
+            return -math.inf
+        if not math.isfinite(value):
+            return -math.inf
+        return value if self.maximize else -value
+
+    def __str__(self) -> str:
+        return f"{'max' if self.maximize else 'min'}:{self.name}"
+
+
+def parse_objectives(text: str | list[str] | tuple[str, ...]) -> list[Objective]:
+    """Parse ``"nwot,latency"`` or ``["max:params"]``; cost names are minimised unless prefixed ``max:``."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not items:
+        raise ValueError("at least one objective is needed, e.g. --objectives nwot or nwot,latency")
+    out = []
+    for item in items:
+        prefix, sep, name = item.partition(":")
+        if sep and prefix in ("max", "min"):
+            out.append(Objective(name, prefix == "max"))
+        elif sep:
+            raise ValueError(f"objective {item!r}: the prefix must be 'max:' or 'min:'")
+        else:
+            out.append(Objective(item, item not in MINIMISED))
+    return out
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits; a candidate breaking any of them is infeasible and never becomes best."""
+
+    latency_ms: float | None = None
+    max_params: float | None = None  # millions
+    max_flops: float | None = None  # MFLOPs
+
+    def feasible(self, cand: Candidate) -> bool:
+        """Whether ``cand`` evaluated fine and meets every limit."""
+        if cand.status != "ok":
+            return False
+        limits = (("latency_ms", self.latency_ms), ("params", self.max_params), ("flops", self.max_flops))
+        for key, limit in limits:
+            if limit is None:
+                continue
+            value = cand.metrics.get(key, cand.scores.get(key))
+            if value is None or not math.isfinite(value) or value > limit:
+                return False
+        return True
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set."""
+        return any(v is not None for v in (self.latency_ms, self.max_params, self.max_flops))

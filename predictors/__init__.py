@@ -1,0 +1,1 @@
+"""Performance predictors following scikit-learn: ``fit(X, y) -> self``, ``predict(X)``."""
