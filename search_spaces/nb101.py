@@ -1,0 +1,295 @@
+"""NAS-Bench-101 cell space, built exactly as the benchmark's reference network.
+
+The network (Ying et al., 2019): a 3x3 conv-BN-ReLU stem with 128 channels, then 3 stacks of 3 cells;
+between stacks a 2x2 max-pool halves the resolution and the cells double their width. Inside a cell the
+output width is split over the vertices that feed the output (``compute_vertex_channels``); tensors
+from the cell input are projected by 1x1 conv-BN-ReLU, tensors between interior vertices are truncated
+to the receiving width and summed, and the output concatenates its interior inputs (plus a projection
+of the cell input when that edge exists). Global average pooling and a dense layer close the network.
+Parameter counts equal the dataset's ``trainable_parameters``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_spaces import register
+from search_spaces.base import ArchError, default_to_onnx
+from search_spaces.nb101_graph import (
+    INPUT,
+    MAX_VERTICES,
+    OPS,
+    OUTPUT,
+    NB101Cell,
+    compute_vertex_channels,
+    input_output_paths,
+    make_cell,
+    padded,
+)
+from search_spaces.nb101_graph import spec_hash as _spec_hash
+
+NUM_UNIQUE_CELLS = 423_624
+"""Distinct cells up to isomorphism (the size of the published dataset)."""
+EDGE_SLOTS: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(MAX_VERTICES)
+                                                for j in range(i + 1, MAX_VERTICES))
+NUM_PATHS = sum(len(OPS) ** k for k in range(MAX_VERTICES - 1))
+"""Distinct op sequences along an input-output path of at most 5 interior vertices (364)."""
+BN_MOMENTUM = 1.0 - 0.997  # the reference's moving-average decay 0.997, in PyTorch's convention
+BN_EPS = 1e-5
+
+
+class ConvBnRelu(nn.Module):
+    """Stride-1 'same' convolution without bias, batch norm, ReLU (the benchmark's only conv block)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+def make_vertex_op(name: str, channels: int) -> nn.Module:
+    """The op of an interior vertex; its input already has ``channels`` channels."""
+    if name == "conv3x3-bn-relu":
+        return ConvBnRelu(channels, channels, 3)
+    if name == "conv1x1-bn-relu":
+        return ConvBnRelu(channels, channels, 1)
+    if name == "maxpool3x3":
+        return nn.MaxPool2d(3, stride=1, padding=1)
+    raise ArchError(f"unknown NAS-Bench-101 op {name!r}; valid: {', '.join(OPS)}")
+
+
+class Cell(nn.Module):
+    """One NAS-Bench-101 module for a pruned cell, from ``c_in`` to ``c_out`` channels."""
+
+    def __init__(self, cell: NB101Cell, c_in: int, c_out: int) -> None:
+        super().__init__()
+        m, n = cell.matrix, cell.num_vertices
+        self.matrix = m
+        self.channels = compute_vertex_channels(c_in, c_out, m)
+        self.proj = nn.ModuleDict({str(t): ConvBnRelu(c_in, self.channels[t], 1)
+                                   for t in range(1, n - 1) if m[0][t]})
+        self.ops = nn.ModuleList([nn.Identity()] + [make_vertex_op(cell.ops[t], self.channels[t])
+                                                   for t in range(1, n - 1)])
+        feeds_output = any(m[t][n - 1] for t in range(1, n - 1))
+        self.out_proj = ConvBnRelu(c_in, c_out, 1) if m[0][n - 1] or not feeds_output else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n, ch = self.matrix, len(self.matrix), self.channels
+        tensors = [x]
+        concat = []
+        for t in range(1, n - 1):
+            # Interior tensors carry at most one extra channel (the split remainder): keep the first ones.
+            terms = [tensors[s][:, :ch[t]] for s in range(1, t) if m[s][t]]
+            if m[0][t]:
+                terms.append(self.proj[str(t)](x))
+            total = terms[0]
+            for term in terms[1:]:
+                total = total + term
+            tensors.append(self.ops[t](total))
+            if m[t][n - 1]:
+                concat.append(tensors[t])
+        if not concat:
+            return self.out_proj(x)  # type: ignore[misc]
+        out = concat[0] if len(concat) == 1 else torch.cat(concat, dim=1)
+        if self.out_proj is not None:
+            out = out + self.out_proj(x)
+        return out
+
+
+class NB101Network(nn.Module):
+    """Stem, ``num_stacks`` stacks of ``cells_per_stack`` cells with max-pool + width doubling between."""
+
+    def __init__(self, cell: NB101Cell, num_classes: int = 10, channels: int = 128, num_stacks: int = 3,
+                 cells_per_stack: int = 3, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = ConvBnRelu(in_channels, channels, 3)
+        layers: list[nn.Module] = []
+        c_in = c = channels
+        for stack in range(num_stacks):
+            if stack:
+                # The reference pools with 'same' padding, which for odd sizes is PyTorch's ceil mode.
+                layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+                c *= 2
+            for _ in range(cells_per_stack):
+                layers.append(Cell(cell, c_in, c))
+                c_in = c
+        self.cells = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.cells(self.stem(x)).mean(dim=(2, 3)))
+
+
+@register("nb101")
+class NB101Space:
+    """NAS-Bench-101 cell space: 7-vertex DAGs, at most 9 edges, 3 ops; 423,624 distinct cells.
+
+    Architectures are :class:`NB101Cell` values, pruned and in the canonical vertex order the
+    benchmark's dataset itself stores, so isomorphic specs are one architecture with one string.
+
+    Args:
+        num_classes: classifier width (10 for CIFAR-10).
+        channels: stem width (128 in the benchmark); smaller values make fast test networks.
+        num_stacks: stacks of cells (3 in the benchmark).
+        cells_per_stack: cells per stack (3 in the benchmark).
+        input_shape: (C, H, W) of the input images.
+
+    Example:
+        >>> space = NB101Space(channels=16)
+        >>> arch = space.from_string('{"matrix": [[0, 1, 1], [0, 0, 1], [0, 0, 0]], '
+        ...                          '"ops": ["input", "conv3x3-bn-relu", "output"]}')
+        >>> space.build(arch)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    name = "nb101"
+    description = "NAS-Bench-101 cells: 7-vertex DAGs, <=9 edges, 3 ops; 423,624 networks, CIFAR 32x32"
+
+    def __init__(self, num_classes: int = 10, channels: int = 128, num_stacks: int = 3,
+                 cells_per_stack: int = 3, input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
+        self.num_classes = num_classes
+        self.channels = channels
+        self.num_stacks = num_stacks
+        self.cells_per_stack = cells_per_stack
+        self.input_shape = tuple(input_shape)
+
+    @property
+    def cardinality(self) -> int:
+        """Cells distinct up to graph isomorphism: 423,624."""
+        return NUM_UNIQUE_CELLS
+
+    def make(self, matrix: Any, ops: Sequence[str]) -> NB101Cell:
+        """Validate, prune and canonicalise a spec given as a matrix (lists or array) and op names."""
+        if isinstance(matrix, np.ndarray):
+            matrix = matrix.tolist()
+        return make_cell(matrix, list(ops))
+
+    def sample(self, rng: np.random.Generator) -> NB101Cell:
+        """As the benchmark's authors sample: random 0/1 upper-triangular matrix and ops until valid."""
+        while True:
+            bits = np.triu(rng.integers(0, 2, size=(MAX_VERTICES, MAX_VERTICES)), 1)
+            ops = [OPS[i] for i in rng.integers(len(OPS), size=MAX_VERTICES)]
+            try:
+                return make_cell(bits.tolist(), [INPUT, *ops[1:-1], OUTPUT])
+            except ArchError:
+                continue
+
+    def mutate(self, arch: NB101Cell, rng: np.random.Generator) -> NB101Cell:
+        """The authors' mutation: flip each edge w.p. 1/7 and resample each op w.p. 1/5, until valid."""
+        rows, ops = padded(arch)
+        base = [op if op is not None else OPS[int(rng.integers(len(OPS)))] for op in ops]
+        for _ in range(10_000):
+            new_rows = [list(r) for r in rows]
+            for i, j in EDGE_SLOTS:
+                if rng.random() < 1.0 / MAX_VERTICES:
+                    new_rows[i][j] = 1 - new_rows[i][j]
+            new_ops = list(base)
+            for k in range(1, MAX_VERTICES - 1):
+                if rng.random() < 1.0 / (MAX_VERTICES - 2):
+                    others = [o for o in OPS if o != new_ops[k]]
+                    new_ops[k] = others[int(rng.integers(len(others)))]
+            try:
+                child = make_cell(new_rows, new_ops)
+            except ArchError:
+                continue
+            if child != arch:
+                return child
+        raise RuntimeError(f"no valid mutation of {self.to_string(arch)} found in 10,000 tries")
+
+    def to_string(self, arch: NB101Cell) -> str:
+        """ModelSpec JSON ``{"matrix": [[...]], "ops": ["input", ..., "output"]}`` of the canonical cell."""
+        return json.dumps({"matrix": [list(r) for r in arch.matrix], "ops": list(arch.ops)})
+
+    def from_string(self, text: str) -> NB101Cell:
+        """Parse ModelSpec JSON (any vertex order, unpruned allowed); raise naming what is invalid."""
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ArchError(f"NAS-Bench-101 spec must be JSON like {{\"matrix\": [[...]], \"ops\": [...]}}: "
+                            f"{err}") from None
+        if not isinstance(spec, dict) or "matrix" not in spec or "ops" not in spec:
+            raise ArchError("NAS-Bench-101 spec must be a JSON object with keys 'matrix' and 'ops'")
+        return make_cell(spec["matrix"], spec["ops"])
+
+    def spec_hash(self, arch: NB101Cell) -> str:
+        """The benchmark's isomorphism-invariant MD5 hash (its dataset key) of ``arch``."""
+        return _spec_hash(arch)
+
+    def encode(self, arch: NB101Cell) -> np.ndarray:
+        """Adjacency encoding: the 21 upper-triangle bits of the 7-vertex matrix + 5 x 3 op one-hots."""
+        rows, ops = padded(arch)
+        adj = [rows[i][j] for i, j in EDGE_SLOTS]
+        onehot = np.zeros((MAX_VERTICES - 2, len(OPS)), dtype=np.float32)
+        for k, op in enumerate(ops[1:-1]):
+            if op is not None:
+                onehot[k, OPS.index(op)] = 1.0
+        return np.concatenate([np.asarray(adj, dtype=np.float32), onehot.ravel()])
+
+    def path_encode(self, arch: NB101Cell) -> np.ndarray:
+        """Path encoding (BANANAS): one bit per op sequence along some input-output path (364 values)."""
+        out = np.zeros(NUM_PATHS, dtype=np.float32)
+        for path in input_output_paths(arch):
+            out[_path_index(path)] = 1.0
+        return out
+
+    def decisions(self) -> list[tuple[str, Sequence[Any]]]:
+        """21 edge bits and 5 vertex ops; ``from_choices`` rejects invalid combinations (ArchError)."""
+        return ([(f"edge_{i}_{j}", (0, 1)) for i, j in EDGE_SLOTS]
+                + [(f"op_{k}", OPS) for k in range(1, MAX_VERTICES - 1)])
+
+    def from_choices(self, choices: Sequence[int]) -> NB101Cell:
+        """Cell from one option index per decision; raises ``ArchError`` when the spec is invalid."""
+        if len(choices) != len(EDGE_SLOTS) + MAX_VERTICES - 2:
+            raise ArchError(f"NAS-Bench-101 needs {len(EDGE_SLOTS) + MAX_VERTICES - 2} choices, "
+                            f"got {len(choices)}")
+        rows = [[0] * MAX_VERTICES for _ in range(MAX_VERTICES)]
+        for (i, j), c in zip(EDGE_SLOTS, choices, strict=False):
+            rows[i][j] = int(c)
+        ops = [INPUT, *(OPS[int(c)] for c in choices[len(EDGE_SLOTS):]), OUTPUT]
+        return make_cell(rows, ops)
+
+    def to_choices(self, arch: NB101Cell) -> list[int]:
+        """Option index per decision of ``arch`` (unused padded vertices get op index 0)."""
+        rows, ops = padded(arch)
+        return [rows[i][j] for i, j in EDGE_SLOTS] + [OPS.index(op) if op else 0 for op in ops[1:-1]]
+
+    def suggest(self, trial: Any) -> NB101Cell:
+        """Ask an Optuna trial for every decision; an invalid spec raises ``ArchError`` (prune the trial)."""
+        choices = []
+        for name, options in self.decisions():
+            value = trial.suggest_categorical(name, list(options))
+            choices.append(list(options).index(value))
+        return self.from_choices(choices)
+
+    def build(self, arch: NB101Cell, num_classes: int | None = None,
+              input_shape: tuple[int, int, int] | None = None) -> nn.Module:
+        """The NAS-Bench-101 network for ``arch``."""
+        if not isinstance(arch, NB101Cell):
+            raise ArchError(f"expected an NB101Cell (use from_string or make), got {type(arch).__name__}")
+        in_channels = (input_shape or self.input_shape)[0]
+        return NB101Network(arch, num_classes or self.num_classes, self.channels, self.num_stacks,
+                            self.cells_per_stack, in_channels)
+
+    def to_onnx(self, arch: NB101Cell, path: str | os.PathLike[str]) -> str:
+        """Export the network for ``arch`` to ONNX."""
+        return default_to_onnx(self, arch, path)
+
+
+def _path_index(path: tuple[str, ...]) -> int:
+    """Index of an op sequence: shorter paths first, then base-3 order of the op indices."""
+    index = sum(len(OPS) ** k for k in range(len(path)))
+    code = 0
+    for op in path:
+        code = code * len(OPS) + OPS.index(op)
+    return index + code
