@@ -32,7 +32,8 @@ class Evaluator:
         start = time.perf_counter()
         try:
             arch = self.space.from_string(arch_string)
-            shape = arch_input_shape(self.space, arch)
+            # A space may score proxies at a reduced resolution (``proxy_input_shape``), e.g. OFA on CPU.
+            shape = getattr(self.space, "proxy_input_shape", lambda a: arch_input_shape(self.space, a))(arch)
             batch = self._batch_for(shape)
             model = self.space.build(arch)
             scores = proxy_lib.score(model, batch, self.proxies, seed=self.seed, device=self.device)
