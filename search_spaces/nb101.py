@@ -32,6 +32,7 @@ from search_spaces.nb101_graph import (
     input_output_paths,
     make_cell,
     padded,
+    reaches_output,
 )
 from search_spaces.nb101_graph import spec_hash as _spec_hash
 
@@ -244,12 +245,18 @@ class NB101Space:
         return out
 
     def decisions(self) -> list[tuple[str, Sequence[Any]]]:
-        """21 edge bits and 5 vertex ops; ``from_choices`` rejects invalid combinations (ArchError)."""
+        """21 edge bits and 5 vertex ops (choices that make no valid cell are repaired by ``from_choices``)."""
         return ([(f"edge_{i}_{j}", (0, 1)) for i, j in EDGE_SLOTS]
                 + [(f"op_{k}", OPS) for k in range(1, MAX_VERTICES - 1)])
 
     def from_choices(self, choices: Sequence[int]) -> NB101Cell:
-        """Cell from one option index per decision; raises ``ArchError`` when the spec is invalid."""
+        """Cell from one option index per decision.
+
+        Choice-driven strategies (REINFORCE, TPE) cannot reject a draw, so an invalid graph is repaired
+        deterministically instead: with no input-output path the input-output edge is added, and while
+        the pruned cell has more than 9 edges the last edge (in slot order) whose removal keeps a path is
+        dropped. Valid choices are never changed; ``make``/``from_string`` stay strict.
+        """
         if len(choices) != len(EDGE_SLOTS) + MAX_VERTICES - 2:
             raise ArchError(f"NAS-Bench-101 needs {len(EDGE_SLOTS) + MAX_VERTICES - 2} choices, "
                             f"got {len(choices)}")
@@ -257,7 +264,7 @@ class NB101Space:
         for (i, j), c in zip(EDGE_SLOTS, choices, strict=False):
             rows[i][j] = int(c)
         ops = [INPUT, *(OPS[int(c)] for c in choices[len(EDGE_SLOTS):]), OUTPUT]
-        return make_cell(rows, ops)
+        return _repaired(rows, ops)
 
     def to_choices(self, arch: NB101Cell) -> list[int]:
         """Option index per decision of ``arch`` (unused padded vertices get op index 0)."""
@@ -265,7 +272,7 @@ class NB101Space:
         return [rows[i][j] for i, j in EDGE_SLOTS] + [OPS.index(op) if op else 0 for op in ops[1:-1]]
 
     def suggest(self, trial: Any) -> NB101Cell:
-        """Ask an Optuna trial for every decision; an invalid spec raises ``ArchError`` (prune the trial)."""
+        """Ask an Optuna trial for every decision (an invalid draw is repaired as in ``from_choices``)."""
         choices = []
         for name, options in self.decisions():
             value = trial.suggest_categorical(name, list(options))
@@ -284,6 +291,26 @@ class NB101Space:
     def to_onnx(self, arch: NB101Cell, path: str | os.PathLike[str]) -> str:
         """Export the network for ``arch`` to ONNX."""
         return default_to_onnx(self, arch, path)
+
+
+def _repaired(rows: list[list[int]], ops: list[str]) -> NB101Cell:
+    """``make_cell`` of a 7-vertex draw, made valid by the smallest deterministic edit (see from_choices)."""
+    try:
+        return make_cell(rows, ops)
+    except ArchError:
+        pass
+    rows = [list(r) for r in rows]
+    if not reaches_output(rows):
+        rows[0][MAX_VERTICES - 1] = 1
+    for i, j in reversed(EDGE_SLOTS):
+        try:
+            return make_cell(rows, ops)
+        except ArchError:
+            if rows[i][j]:
+                rows[i][j] = 0
+                if not reaches_output(rows):
+                    rows[i][j] = 1
+    return make_cell(rows, ops)
 
 
 def _path_index(path: tuple[str, ...]) -> int:

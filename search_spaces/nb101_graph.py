@@ -91,6 +91,11 @@ def prune(rows: list[list[int]], ops: list[str]) -> tuple[list[list[int]], list[
     return pruned, [ops[v] for v in keep]
 
 
+def reaches_output(rows: list[list[int]]) -> bool:
+    """Whether some path of edges joins the input (vertex 0) to the output (the last vertex)."""
+    return len(rows) - 1 in _reach(rows, 0, len(rows), downstream=True)
+
+
 def _reach(rows: list[list[int]], start: int, n: int, downstream: bool) -> set[int]:
     seen, frontier = {start}, [start]
     while frontier:

@@ -137,8 +137,20 @@ def test_malformed_strings_say_what_is_wrong(space):
         space.from_string("[[0, 1], [0, 0]]]")
     with pytest.raises(ArchError, match="keys 'matrix' and 'ops'"):
         space.from_string('{"matrix": [[0, 1], [0, 0]]}')
-    with pytest.raises(ArchError):
-        space.from_choices([0] * 26)  # no edges at all: output unreachable
+    with pytest.raises(ArchError, match="needs 26 choices"):
+        space.from_choices([0] * 25)
+
+
+def test_choice_driven_draws_are_repaired_into_valid_cells(space):
+    # No edge at all: the input-output edge is added.
+    assert space.to_string(space.from_choices([0] * 26)) == \
+        '{"matrix": [[0, 1], [0, 0]], "ops": ["input", "output"]}'
+    # Every edge (21 > 9): edges are dropped, last slot first, while a path remains.
+    assert space.from_choices([1] * 21 + [0] * 5).num_edges <= 9
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        arch = space.from_choices(list(rng.integers(0, 2, 21)) + list(rng.integers(0, 3, 5)))
+        assert space.from_choices(space.to_choices(arch)) == arch
 
 
 @pytest.mark.parametrize("cell", [INCEPTION_QUERY, NNI_CELL, ([[0, 1], [0, 0]], ["input", "output"])])
