@@ -15,3 +15,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) shared by every Ray test of the session; start-up takes seconds."""
+    ray = pytest.importorskip("ray")
+    from nas.executors import init_ray
+
+    owned = not ray.is_initialized()
+    if owned:
+        init_ray(None, 2)
+    yield ray
+    if owned:
+        ray.shutdown()
