@@ -1,0 +1,101 @@
+"""``nas sweep SWEEP.toml``: run a grid of searches concurrently on Ray and summarise the best per cell."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+EXAMPLE = """\
+example SWEEP.toml:
+  [sweep]
+  out = "sweeps/nb201"            # sweep directory; one run directory per cell inside
+  [grid]                          # axes: space, target, strategy, seed, budget (a scalar is one value)
+  strategy = ["random", "evolution"]
+  seed = [0, 1, 2]
+  budget = 50
+  [options]                       # fixed keyword options of nas.search for every cell
+  objectives = ["synflow"]
+  batch_size = 32
+
+on a cluster: `ray start --head` on one node, `ray start --address HEAD:6379` on the others, then
+`nas sweep SWEEP.toml --ray-address auto` on the head node (run directories are written there).
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the sub-command."""
+    p = sub.add_parser("sweep", help="run a grid of searches concurrently on Ray",
+                       description="Run every search of a TOML grid on Ray, each in its own run directory "
+                                   "under one sweep directory, then print and write a summary "
+                                   "(summary.csv, summary.json). Running it again resumes unfinished cells.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="SWEEP.toml", help="the sweep file")
+    p.add_argument("--out", help="sweep directory (default: [sweep] out, else sweeps/<file name>)")
+    p.add_argument("--ray-address", help="join a Ray cluster (auto, HOST:PORT or ray://HOST:PORT) instead of "
+                                         "starting a local instance")
+    p.add_argument("--cpus", type=int, help="CPUs of the local Ray instance (default: all of this machine)")
+    p.add_argument("--concurrent", type=int, help="searches at once (default: the cluster's CPUs)")
+    p.add_argument("--workers-per-search", type=int, help="evaluations in flight per search "
+                                                           "(default: CPUs shared out among the searches)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and stop")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep and print its summary table."""
+    from rich.console import Console
+
+    from nas.sweep import SweepSpec, run_sweep
+
+    for flag in ("cpus", "concurrent", "workers_per_search"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.cpus is not None and args.ray_address:
+        raise ValueError("--cpus sizes a local Ray instance; leave it out with --ray-address")
+    spec = SweepSpec.load(args.file)
+    out = Path(args.out or spec.out or Path("sweeps") / Path(args.file).stem)
+    console = Console()
+    cells = spec.cells()
+    if args.dry_run:
+        spec.validate_names()
+        for cell in cells:
+            console.print(str(out / cell.name))
+        return 0
+    console.print(f"sweep: {len(cells)} searches -> {out}")
+
+    def report(res: Any) -> None:
+        status = "[green]done[/]" if res.status == "ok" else f"[red]failed[/] {res.error}"
+        console.print(f"  {res.cell.name}: {status} ({res.evaluated} evaluated, {res.wall_s:.1f} s)")
+
+    result = run_sweep(spec, out, address=args.ray_address, cpus=args.cpus, concurrent=args.concurrent,
+                       workers_per_search=args.workers_per_search, on_cell=report)
+    console.print(summary_table(result.records(), f"sweep {out} ({result.wall_s:.1f} s)"))
+    console.print(f"summary: {out / 'summary.csv'}, {out / 'summary.json'}")
+    return 0 if all(c.status == "ok" for c in result.cells) else 1
+
+
+def summary_table(rows: list[dict[str, Any]], title: str) -> Any:
+    """The per-cell summary as a rich table (grid axes that do not vary are left out)."""
+    from rich.table import Table
+
+    axes = [k for k in ("space", "target", "strategy", "seed", "budget") if len({r[k] for r in rows}) > 1]
+    values = list(dict.fromkeys(k for r in rows for k in r if k.startswith("best_") and k != "best_arch"))
+    extra = ["oracle_accuracy"] if any("oracle_accuracy" in r for r in rows) else []
+    table = Table(title=title)
+    for name in ["cell", *axes, "evaluated", "failed", *values, *extra, "wall s", "best architecture"]:
+        table.add_column(name, justify="left" if name in ("cell", "best architecture") else "right",
+                         overflow="fold")
+    for r in rows:
+        cells = [str(r[k]) for k in axes] + [str(r["evaluated"]), str(r["failed"])]
+        cells += [_fmt(r.get(k)) for k in [*values, *extra]] + [f"{r['wall_s']:.1f}"]
+        table.add_row(r["run_dir"], *cells, r["best_arch"] or f"[red]{r['error'] or '-'}[/]")
+    return table
+
+
+def _fmt(x: Any) -> str:
+    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) or abs(x) >= 1e29:
+        return "-"
+    return f"{x:.4g}"
