@@ -72,26 +72,31 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_sweep(spec, out, address=args.ray_address, cpus=args.cpus, concurrent=args.concurrent,
                        workers_per_search=args.workers_per_search, on_cell=report)
-    console.print(summary_table(result.records(), f"sweep {out} ({result.wall_s:.1f} s)"))
-    console.print(f"summary: {out / 'summary.csv'}, {out / 'summary.json'}")
+    console.print(summary_table(result.records(), f"sweep {out} ({result.wall_s:.1f} s)",
+                                show_arch=console.width >= 160))
+    console.print(f"summary (with the best architectures): {out / 'summary.csv'}, {out / 'summary.json'}")
     return 0 if all(c.status == "ok" for c in result.cells) else 1
 
 
-def summary_table(rows: list[dict[str, Any]], title: str) -> Any:
-    """The per-cell summary as a rich table (grid axes that do not vary are left out)."""
+def summary_table(rows: list[dict[str, Any]], title: str, show_arch: bool = True) -> Any:
+    """The per-cell summary as a rich table; the architectures (long strings) only when ``show_arch``."""
     from rich.table import Table
 
-    axes = [k for k in ("space", "target", "strategy", "seed", "budget") if len({r[k] for r in rows}) > 1]
     values = list(dict.fromkeys(k for r in rows for k in r if k.startswith("best_") and k != "best_arch"))
     extra = ["oracle_accuracy"] if any("oracle_accuracy" in r for r in rows) else []
     table = Table(title=title)
-    for name in ["cell", *axes, "evaluated", "failed", *values, *extra, "wall s", "best architecture"]:
-        table.add_column(name, justify="left" if name in ("cell", "best architecture") else "right",
-                         overflow="fold")
+    table.add_column("cell", min_width=max(len(r["run_dir"]) for r in rows), overflow="fold")
+    for name in ["evals", "fails", *values, *extra, "wall_s"]:
+        table.add_column(name.replace("_", " "), justify="right", no_wrap=True)
+    if show_arch:
+        table.add_column("best architecture", overflow="fold")
     for r in rows:
-        cells = [str(r[k]) for k in axes] + [str(r["evaluated"]), str(r["failed"])]
-        cells += [_fmt(r.get(k)) for k in [*values, *extra]] + [f"{r['wall_s']:.1f}"]
-        table.add_row(r["run_dir"], *cells, r["best_arch"] or f"[red]{r['error'] or '-'}[/]")
+        cells = [str(r["evaluated"]), str(r["failed"])] + [_fmt(r.get(k)) for k in [*values, *extra]]
+        cells.append(f"{r['wall_s']:.1f}")
+        if show_arch:
+            cells.append(r["best_arch"] or "-")
+        name = r["run_dir"] if r["status"] == "ok" else f"{r['run_dir']}\n[red]failed: {r['error']}[/]"
+        table.add_row(name, *cells)
     return table
 
 
