@@ -1,132 +1,54 @@
-"""The search loop: a thin driver over ask/tell that evaluates through an executor and persists results."""
+"""The search loop: a thin driver over ask/tell that evaluates through an executor and persists results.
+
+Resuming replays the strategy: every ask is logged (before its candidates are evaluated), and on resume
+the strategy is asked again with the same sizes and told the stored values, which rebuilds its state
+exactly without evaluating anything twice. A strategy whose proposals differ from the log on replay is
+detected; the run then goes on live from that point (still evaluating nothing twice).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 import hardware_models
 import proxies as proxy_lib
 import search_spaces
 from nas import executors, strategies
 from nas.evaluate import Evaluator
+from nas.exploit import check_oracle, greedy_queries
 from nas.objectives import Constraints, Objective, parse_objectives
+from nas.result import SearchResult
 from nas.run import Candidate, RunStore
+
+__all__ = ["DEFAULTS", "SearchResult", "search"]
 
 log = logging.getLogger(__name__)
 
 MAX_STALE_ASKS = 200
-"""Rounds of asks that bring no new architecture before the loop decides the space is exhausted."""
+"""Asks in a row that propose nothing new before the loop decides the strategy has exhausted the space."""
 
+DEFAULTS: dict[str, Any] = {
+    "strategy": "evolution", "budget": 100, "objectives": ["synflow"], "proxies": [], "batch_size": 64,
+    "data": None, "strategy_options": {},
+}
+"""Settings used when neither the caller nor the space's ``search_defaults`` give them."""
 
-@dataclass
-class SearchResult:
-    """Everything a search produced: candidates in arrival order, objectives and constraints."""
-
-    candidates: list[Candidate]
-    objectives: list[Objective]
-    constraints: Constraints = field(default_factory=Constraints)
-    config: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
-
-    @classmethod
-    def from_store(cls, store: RunStore) -> SearchResult:
-        """Rebuild a result from a run directory's database."""
-        config = store.get_meta("config", {})
-        objectives = parse_objectives(config.get("objectives", ["synflow"]))
-        constraints = Constraints(**config.get("constraints", {}))
-        return cls(store.candidates(), objectives, constraints, config, store.dir)
-
-    def feasible(self) -> list[Candidate]:
-        """Candidates that evaluated fine and meet every constraint."""
-        return [c for c in self.candidates if self.constraints.feasible(c)]
-
-    def values(self, cand: Candidate) -> tuple[float, ...]:
-        """Oriented objective values (higher is better) of ``cand``."""
-        return tuple(o.oriented(cand) for o in self.objectives)
-
-    @property
-    def best(self) -> Candidate | None:
-        """The feasible candidate best on the first objective (ties: later objectives, then arrival)."""
-        feasible = self.feasible()
-        if not feasible:
-            return None
-        return max(feasible, key=lambda c: (self.values(c), -c.index))
-
-    @property
-    def pareto(self) -> list[Candidate]:
-        """Feasible candidates no other feasible candidate dominates, sorted by the first objective."""
-        feasible = self.feasible()
-        pts = np.array([self.values(c) for c in feasible], dtype=float).reshape(len(feasible), -1)
-        front = [c for i, c in enumerate(feasible) if not _dominated(pts, i)]
-        return sorted(front, key=lambda c: self.values(c), reverse=True)
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One flat dict per candidate: arch, status, scores, metrics, feasibility."""
-        rows = []
-        for c in self.candidates:
-            rows.append({"index": c.index, "arch": c.arch, "status": c.status, **c.scores, **c.metrics,
-                         "feasible": self.constraints.feasible(c), "wall_s": c.wall_s})
-        return rows
-
-    def to_dataframe(self) -> Any:
-        """The candidates as a ``pandas.DataFrame``."""
-        import pandas as pd
-
-        return pd.DataFrame(self.to_records())
-
-    def summary(self) -> dict[str, Any]:
-        """Best candidate and counts, as written to ``best.json``."""
-        best = self.best
-        return {
-            "arch": best.arch if best else None,
-            "scores": best.scores if best else {},
-            "metrics": best.metrics if best else {},
-            "objectives": [str(o) for o in self.objectives],
-            "evaluated": len(self.candidates),
-            "feasible": len(self.feasible()),
-            "failed": sum(c.status != "ok" for c in self.candidates),
-            "config": self.config,
-        }
-
-    def write_outputs(self, run_dir: str | os.PathLike[str]) -> None:
-        """Write ``best.json`` and ``pareto.csv`` into ``run_dir``."""
-        run_dir = Path(run_dir)
-        (run_dir / "best.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
-        names = [o.name for o in self.objectives]
-        with open(run_dir / "pareto.csv", "w") as f:
-            f.write(",".join(["arch", *names]) + "\n")
-            for c in self.pareto:
-                vals = [_fmt(c.value(n) if n in c.scores or n in c.metrics or n == "latency" else math.nan)
-                        for n in names]
-                f.write(",".join([json.dumps(c.arch), *vals]) + "\n")
-
-
-def _fmt(x: float) -> str:
-    return repr(float(x))
-
-
-def _dominated(pts: np.ndarray, i: int) -> bool:
-    others = np.delete(pts, i, axis=0)
-    if not len(others):
-        return False
-    return bool(np.any(np.all(others >= pts[i], axis=1) & np.any(others > pts[i], axis=1)))
+METRIC_OBJECTIVES = frozenset({"latency", "latency_ms"})
+"""Objectives measured by the target's latency model rather than computed as proxies."""
 
 
 def search(
     space: str | search_spaces.SearchSpace = "nb201",
-    strategy: str = "random",
-    objectives: str | Sequence[str] = ("synflow",),
-    budget: int = 100,
+    strategy: str | None = None,
+    objectives: str | Sequence[str] | None = None,
+    budget: int | None = None,
     seed: int = 0,
     out: str | os.PathLike[str] | None = None,
     *,
@@ -135,56 +57,114 @@ def search(
     max_params: float | None = None,
     max_flops: float | None = None,
     proxies: Sequence[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     data: str | None = None,
+    oracle_queries: int | None = None,
     executor: str = "serial",
     executor_options: dict[str, Any] | None = None,
     strategy_options: dict[str, Any] | None = None,
     space_options: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
+    plot: bool = True,
+    evaluate: Callable[[str], Candidate] | None = None,
 ) -> SearchResult:
     """Search ``space`` with ``strategy`` for ``budget`` distinct candidates and return the result.
 
-    Every candidate is written to ``out``'s database as it finishes. With ``resume=True`` an interrupted
-    run continues to ``budget`` with its stored settings, evaluating nothing twice: the strategy is
-    replayed from the stored results, which reproduces its state exactly.
+    Settings left ``None`` come from the space's ``search_defaults`` and then :data:`DEFAULTS`. Every
+    candidate is written to ``out``'s database as it finishes. With ``resume=True`` the run in ``out``
+    continues to ``budget`` (default: its stored budget) with its stored settings, evaluating nothing
+    twice. ``oracle_queries=K`` (a space with true accuracies only) ends with RoBoT's greedy step: the top
+    K candidates are queried and the best queried one is the pick. ``evaluate`` replaces the built
+    evaluator (a lookup table in benchmarks); such a run can only be resumed with the same ``evaluate``.
+    The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
     Example:
         >>> result = search("nb201", "random", ["params"], budget=3, seed=0, progress=False)
         >>> len(result.candidates)
         3
     """
-    if budget < 1:
-        raise ValueError(f"budget must be at least 1, got {budget}")
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="nas-run-"))
     if resume and not (run_dir / "run.sqlite").exists():
         raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no run.sqlite)")
-    store = RunStore(run_dir)
-    stored = store.get_meta("config")
-    if stored is not None and not resume:
+    if not resume and (run_dir / "run.sqlite").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
                               "another --out")
-    if stored is not None:
-        config = {**stored, "budget": budget}
+    if resume:
+        store = RunStore(run_dir)
+        config = dict(store.get_meta("config") or {})
+        if not config:
+            raise FileNotFoundError(f"--resume {run_dir}: the run has no stored settings")
+        if budget is not None:
+            config["budget"] = budget
+        if oracle_queries is not None:
+            config["oracle_queries"] = oracle_queries
+        if config.get("evaluator") == "custom" and evaluate is None:
+            raise ValueError(f"{run_dir} was searched with a custom evaluate function; resume it from Python "
+                             "with the same evaluate=")
+        space_obj = search_spaces.get(config["space"], **config.get("space_options", {}))
     else:
         if not isinstance(space, str):
             raise TypeError("pass the space by name (and space_options) so that the run can be resumed")
-        objs = parse_objectives(objectives)
+        space_obj = search_spaces.get(space, **(space_options or {}))
+        given = {"strategy": strategy, "budget": budget, "objectives": objectives, "proxies": proxies,
+                 "batch_size": batch_size, "data": data, "strategy_options": strategy_options}
+        settings = resolve_settings(space_obj, given, target)
+        objs = parse_objectives(settings["objectives"])
         config = {
-            "space": space, "space_options": space_options or {}, "strategy": strategy,
-            "strategy_options": strategy_options or {}, "objectives": [str(o) for o in objs],
-            "budget": budget, "seed": seed, "target": target,
-            "proxies": _proxy_names(objs, proxies), "batch_size": batch_size, "data": data,
+            "space": space, "space_options": space_options or {}, "strategy": settings["strategy"],
+            "strategy_options": settings["strategy_options"], "objectives": [str(o) for o in objs],
+            "budget": int(settings["budget"]), "seed": int(seed), "target": target,
+            "proxies": _proxy_names(objs, settings["proxies"], max_flops),
+            "batch_size": int(settings["batch_size"]), "data": settings["data"],
             "constraints": {"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops},
+            "oracle_queries": int(oracle_queries or 0),
+            "evaluator": "custom" if evaluate is not None else "proxies",
         }
-    setup = _Setup.from_config(config)  # validates everything before the run is written
+    if int(config["budget"]) < 1:
+        raise ValueError(f"budget must be at least 1, got {config['budget']}")
+    setup = _Setup.build(config, space_obj, evaluate)  # validates everything before the run is written
+    store = RunStore(run_dir) if not resume else store
     store.set_meta("config", config)
     ex = executors.get(executor, **(executor_options or {}))
     try:
-        return _run(setup, store, ex, progress)
+        return _run(setup, store, ex, progress, plot)
     finally:
         ex.close()
+        store.close()
+
+
+def resolve_settings(space: Any, given: dict[str, Any], target: str | None = None) -> dict[str, Any]:
+    """Fill settings the caller left ``None`` from ``space.search_defaults``, then :data:`DEFAULTS`.
+
+    A latency objective among the space's defaults is dropped when no target is given, so that a space
+    may default to ``objectives=["zen", "latency"]`` and still search without ``--target``.
+    """
+    space_defaults = dict(getattr(space, "search_defaults", None) or {})
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is not None:
+            out[key] = value
+        elif key in space_defaults:
+            out[key] = space_defaults[key]
+            if key == "objectives" and target is None:
+                names = [n for n in parse_objectives(value_list(out[key]))
+                         if n.name not in METRIC_OBJECTIVES]
+                out[key] = [str(o) for o in names] or DEFAULTS["objectives"]
+        else:
+            out[key] = DEFAULTS[key]
+    out["objectives"] = value_list(out["objectives"])
+    out["proxies"] = value_list(out["proxies"])
+    out["strategy_options"] = dict(out["strategy_options"] or {})
+    return out
+
+
+def value_list(value: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 @dataclass
@@ -195,76 +175,115 @@ class _Setup:
     space: search_spaces.SearchSpace
     objectives: list[Objective]
     constraints: Constraints
-    evaluator: Evaluator
+    evaluate: Callable[[str], Candidate]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> _Setup:
+    def build(cls, config: dict[str, Any], space: search_spaces.SearchSpace,
+              evaluate: Callable[[str], Candidate] | None) -> _Setup:
         objs = parse_objectives(config["objectives"])
-        space = search_spaces.get(config["space"], **config.get("space_options", {}))
         strategies.registry.get(config["strategy"])  # fail early on an unknown strategy
         target_name = config.get("target")
-        if target_name is None and any(o.name in ("latency", "latency_ms") for o in objs):
+        if target_name is None and any(o.name in METRIC_OBJECTIVES for o in objs):
             raise ValueError("a latency objective needs a target (--target); see `nas targets`")
         cons = Constraints(**config.get("constraints", {}))
         if cons.latency_ms is not None and target_name is None:
             raise ValueError("a latency limit (--latency-ms) needs a target (--target); see `nas targets`")
-        for name in config["proxies"]:
-            proxy_lib.get(name)
+        check_oracle(space, int(config.get("oracle_queries", 0)))
+        for name in config["proxies"] if evaluate is None else ():
+            try:
+                proxy_lib.get(name)
+            except search_spaces.UnknownNameError:
+                valid = ", ".join([*proxy_lib.list(), "latency"])
+                raise ValueError(f"unknown objective or proxy {name!r}; valid: {valid}") from None
         target = hardware_models.get(target_name) if target_name else None
-        batch = proxy_lib.load_batch(config.get("data"), config.get("batch_size", 64), config["seed"],
-                                     tuple(space.input_shape))
-        evaluator = Evaluator(space, tuple(config["proxies"]), batch, target, config["seed"])
-        return cls(config, space, objs, cons, evaluator)
+        if evaluate is None:
+            batch = proxy_lib.load_batch(config.get("data"), config.get("batch_size", 64), config["seed"],
+                                         tuple(space.input_shape))
+            evaluate = Evaluator(space, tuple(config["proxies"]), batch, target, config["seed"])
+        return cls(config, space, objs, cons, evaluate)
 
 
-def _proxy_names(objs: Sequence[Objective], extra: Sequence[str] | None) -> list[str]:
-    """Proxies to compute: every objective that is not a metric, plus the ones asked for."""
-    names = [o.name for o in objs if o.name not in ("latency", "latency_ms")]
-    names += [n for n in (extra or []) if n not in names]
-    return names
+def _proxy_names(objs: Sequence[Objective], extra: Sequence[str], max_flops: float | None) -> list[str]:
+    """Proxies to compute: every objective that is not a latency, the extra ones, flops for a flops limit."""
+    names = [o.name for o in objs if o.name not in METRIC_OBJECTIVES]
+    if max_flops is not None:
+        if "flops" not in proxy_lib.registry:
+            raise ValueError("--max-flops needs the 'flops' proxy, which is not available; valid proxies: "
+                             + ", ".join(proxy_lib.list()))
+        names.append("flops")
+    names += list(extra)
+    return list(dict.fromkeys(names))
 
 
-def _run(setup: _Setup, store: RunStore, ex: executors.Executor, progress: bool) -> SearchResult:
+def _make_strategy(setup: _Setup, run_dir: Path) -> strategies.Strategy:
+    """The configured strategy; one that keeps its own study gets a database inside the run directory."""
+    config = setup.config
+    options = dict(config.get("strategy_options", {}))
+    factory = strategies.registry.get(config["strategy"])
+    if getattr(factory, "uses_storage", False) and "storage" not in options:
+        options["storage"] = str(run_dir / "optuna.journal")
+    return factory(setup.space, seed=config["seed"], n_objectives=len(setup.objectives), **options)
+
+
+def _run(setup: _Setup, store: RunStore, ex: executors.Executor, progress: bool, plot: bool) -> SearchResult:
     config = setup.config
     budget = int(config["budget"])
-    strategy = strategies.get(config["strategy"], setup.space, seed=config["seed"],
-                              n_objectives=len(setup.objectives), **config.get("strategy_options", {}))
-    result = SearchResult(store.candidates(), setup.objectives, setup.constraints, config, store.dir)
+    space = setup.space
+    result = SearchResult(store.candidates(), setup.objectives, setup.constraints, config, store.dir,
+                          store.oracle())
     known: dict[str, Candidate] = {c.arch: c for c in result.candidates}
-    replayed: set[str] = set()
-    bar = _Progress(budget, len(known), enabled=progress)
-    stale = 0
-    try:
-        while len(known) < budget or len(replayed) < len(known):
-            n = min(ex.parallelism, max(1, budget - len(known))) if len(replayed) >= len(known) \
-                else ex.parallelism
-            archs = strategy.ask(n)
-            strings = [setup.space.to_string(a) for a in archs]
-            todo = list(dict.fromkeys(s for s in strings if s not in known))[: max(0, budget - len(known))]
-            for cand in ex.map(setup.evaluator, todo):
-                cand = store.add(cand)
-                known[cand.arch] = cand
-                result.candidates.append(cand)
-                bar.update(result)
-            told = [(a, s) for a, s in zip(archs, strings) if s in known]
-            replayed.update(s for _, s in told)
-            if told:
-                strategy.tell([a for a, _ in told], [_oriented(result, known[s]) for _, s in told])
-            stale = 0 if todo else stale + 1
-            if stale >= MAX_STALE_ASKS:
-                log.warning("no new architecture in %d rounds; stopping at %d of %d candidates",
-                            stale, len(known), budget)
-                break
-    finally:
-        bar.close()
-        result.write_outputs(store.dir)
+    started = time.perf_counter()
+    if len(known) < budget:
+        strategy = _make_strategy(setup, store.dir)
+        logged = store.asks()
+        seen: set[str] = set()
+        bar = _Progress(budget, len(known), enabled=progress)
+        seq = stale = 0
+        finished = False
+        try:
+            while seq < len(logged) or len(known) < budget:
+                replaying = seq < len(logged)
+                n = len(logged[seq]) if replaying else min(ex.parallelism, budget - len(known))
+                archs = strategy.ask(n)
+                strings = [space.to_string(a) for a in archs]
+                if replaying and strings != logged[seq]:
+                    log.warning("strategy %r proposed other architectures on resume than it did before (ask "
+                                "%d); continuing live from here, nothing is evaluated twice",
+                                config["strategy"], seq)
+                    logged = logged[:seq]
+                    store.truncate_asks(seq)
+                    replaying = False
+                if not replaying:
+                    store.log_ask(seq, strings)
+                todo = list(dict.fromkeys(s for s in strings if s not in known))[: max(0, budget - len(known))]
+                for cand in ex.map(setup.evaluate, todo):
+                    cand = store.add(cand)
+                    known[cand.arch] = cand
+                    result.candidates.append(cand)
+                    bar.update(result)
+                told = [(a, s) for a, s in zip(archs, strings, strict=True) if s in known]
+                if told:
+                    strategy.tell([a for a, _ in told], [result.oriented(known[s]) for _, s in told])
+                stale = 0 if any(s not in seen for s in strings) else stale + 1
+                seen.update(strings)
+                seq += 1
+                if stale >= MAX_STALE_ASKS:
+                    log.warning("no new architecture in %d asks; stopping at %d of %d candidates",
+                                stale, len(known), budget)
+                    break
+            finished = True
+        finally:
+            bar.close()
+            store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + time.perf_counter() - started)
+            if not finished:  # interrupted: leave outputs that match what the database holds
+                result.write_outputs(store.dir, plot)
+    queries = int(config.get("oracle_queries", 0))
+    if queries:
+        result.oracle = greedy_queries(result, space, queries, store.oracle())
+        for rank, (arch, acc) in enumerate(result.oracle.items()):
+            store.add_oracle(arch, acc, rank)
+    result.write_outputs(store.dir, plot)
     return result
-
-
-def _oriented(result: SearchResult, cand: Candidate) -> tuple[float, ...]:
-    if not result.constraints.feasible(cand):
-        return tuple(-math.inf for _ in result.objectives)
-    return result.values(cand)
 
 
 class _Progress:
@@ -280,18 +299,25 @@ class _Progress:
                              TimeElapsedColumn(), TextColumn("{task.fields[best]}"), transient=False)
         self._task = self._bar.add_task("search", total=total, completed=done, best="")
         self._bar.start()
+        self._best: Candidate | None = None
 
     def update(self, result: SearchResult) -> None:
+        """Advance to the result's candidate count and show the best first-objective value so far."""
         if self._bar is None:
             return
-        best = result.best
+        cand = result.candidates[-1]
+        if result.constraints.feasible(cand) and (
+                self._best is None or result.values(cand) > result.values(self._best)):
+            self._best = cand
         text = ""
-        if best is not None:
+        if self._best is not None:
             o = result.objectives[0]
-            text = f"best {o.name}={best.value(o.name):.4g}" if o.name in best.scores or \
-                o.name in best.metrics else ""
+            value = self._best.scores.get(o.name, self._best.metrics.get(
+                "latency_ms" if o.name == "latency" else o.name))
+            text = f"best {o.name} = {value:.4g}" if value is not None else ""
         self._bar.update(self._task, completed=len(result.candidates), best=text)
 
     def close(self) -> None:
+        """Stop drawing."""
         if self._bar is not None:
             self._bar.stop()

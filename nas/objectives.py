@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from nas.run import Candidate
 
+SENTINEL_ABS = 1e29
+"""Proxy values this large are the engine's failure sentinel (``proxies.SENTINEL``), never real scores."""
+
 MINIMISED = frozenset({"latency", "latency_ms", "params", "flops"})
 """Cost-like names minimised by default; every other name (a proxy score) is maximised."""
 
@@ -24,8 +27,8 @@ class Objective:
             value = cand.value(self.name)
         except KeyError:
             return -math.inf
-        if not math.isfinite(value):
-            return -math.inf
+        if not math.isfinite(value) or abs(value) >= SENTINEL_ABS:
+            return -math.inf  # a failed proxy's sentinel must rank last whichever the direction
         return value if self.maximize else -value
 
     def __str__(self) -> str:
@@ -66,7 +69,7 @@ class Constraints:
             if limit is None:
                 continue
             value = cand.metrics.get(key, cand.scores.get(key))
-            if value is None or not math.isfinite(value) or value > limit:
+            if value is None or not math.isfinite(value) or abs(value) >= SENTINEL_ABS or value > limit:
                 return False
         return True
 

@@ -64,6 +64,9 @@ class RunStore:
                 wall_s REAL NOT NULL,
                 created REAL NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS asks (seq INTEGER PRIMARY KEY, archs TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS oracle (arch TEXT PRIMARY KEY, accuracy REAL NOT NULL,
+                                               rank INTEGER NOT NULL);
             """
         )
         self._db.commit()
@@ -90,6 +93,8 @@ class RunStore:
                  cand.wall_s, time.time()),
             )
         if cur.rowcount == 0:
+            # The loop never evaluates a stored arch; counting lets tests and users verify that.
+            self.set_meta("duplicate_evaluations", self.get_meta("duplicate_evaluations", 0) + 1)
             return self.get(cand.arch) or cand
         return Candidate(cand.arch, cand.scores, cand.metrics, cand.status, cand.error, cand.wall_s,
                          int(cur.lastrowid or -1))
@@ -114,6 +119,33 @@ class RunStore:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
 
+    # -- the strategy's proposals, replayed on resume ----------------------------------------------
+    def log_ask(self, seq: int, archs: list[str]) -> None:
+        """Record the arch strings the strategy proposed in its ``seq``-th ask, before any is evaluated."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO asks VALUES (?, ?)", (seq, json.dumps(archs)))
+
+    def truncate_asks(self, seq: int) -> None:
+        """Forget recorded asks from ``seq`` on (the strategy diverged from them on resume)."""
+        with self._db:
+            self._db.execute("DELETE FROM asks WHERE seq >= ?", (seq,))
+
+    def asks(self) -> list[list[str]]:
+        """Every recorded ask in order."""
+        rows = self._db.execute("SELECT archs FROM asks ORDER BY seq").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    # -- oracle queries of the exploitation step ---------------------------------------------------
+    def add_oracle(self, arch: str, accuracy: float, rank: int) -> None:
+        """Record one oracle query (true accuracy of ``arch``, the ``rank``-th queried)."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO oracle VALUES (?, ?, ?)", (arch, accuracy, rank))
+
+    def oracle(self) -> dict[str, float]:
+        """Oracle accuracies queried so far, in query order."""
+        rows = self._db.execute("SELECT arch, accuracy FROM oracle ORDER BY rank").fetchall()
+        return {a: float(v) for a, v in rows}
+
     def close(self) -> None:
         """Close the database connection."""
         self._db.close()
@@ -126,7 +158,7 @@ def _row_to_candidate(row: tuple[Any, ...]) -> Candidate:
 
 def load_run(run_dir: str | os.PathLike[str]) -> Any:
     """Open a finished or interrupted run directory as a ``SearchResult``."""
-    from nas.loop import SearchResult
+    from nas.result import SearchResult
 
     if not (Path(run_dir) / DB_NAME).exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {DB_NAME})")

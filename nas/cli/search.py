@@ -1,46 +1,160 @@
-"""``nas search``: run a search and write its run directory."""
+"""``nas search``: run a search, write its run directory and print the best / Pareto candidates."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from pathlib import Path
+from typing import Any
 
 import nas
+from nas.cli import UsageError
 from nas.cli.common import add_data_args, add_space_args, space_options, split_names
+
+TABLE_ROWS = 15
+"""Pareto candidates shown in the final table (all of them are in ``pareto.csv``)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the sub-command."""
-    p = sub.add_parser("search", help="search a space for the best architectures")
+    p = sub.add_parser("search", help="search a space for the best architectures",
+                       description="Flags left out take the space's defaults (tuned per space), then "
+                                   "global ones: evolution, budget 100, objective synflow.")
     add_space_args(p)
-    p.add_argument("--strategy", default="random", help="search strategy (default random)")
-    p.add_argument("--objectives", default="synflow",
+    p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, reinforce "
+                                      "(default: the space's choice, else evolution)")
+    p.add_argument("--objectives",
                    help="comma-separated: proxies are maximised; latency, params, flops minimised; "
-                        "prefix max:/min: to choose")
-    p.add_argument("--proxies", default="", help="extra proxies to record for every candidate")
-    p.add_argument("--budget", type=int, default=100, help="distinct candidates to evaluate")
+                        "prefix max:/min: to choose; two or more give a Pareto front (default synflow)")
+    p.add_argument("--proxies", help="extra proxies to record for every candidate")
+    p.add_argument("--budget", type=int, help="distinct candidates to evaluate (default 100)")
     p.add_argument("--target", help="hardware target for latency (see `nas targets`)")
     p.add_argument("--latency-ms", type=float, help="keep only candidates predicted faster than this")
     p.add_argument("--max-params", type=float, help="limit on parameters (millions)")
     p.add_argument("--max-flops", type=float, help="limit on FLOPs (millions)")
+    p.add_argument("--oracle-queries", type=int, metavar="K",
+                   help="RoBoT exploitation: query the true accuracy of the top K candidates and pick the "
+                        "best (needs an oracle, e.g. nb201 with --accuracy-table)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy option, e.g. population_size=50 (repeatable; VALUE is JSON or a string)")
     add_data_args(p)
+    p.set_defaults(batch_size=None)  # None lets the space's defaults apply
     p.add_argument("--executor", default="serial", help="serial (default) or ray")
+    p.add_argument("--workers", type=int, help="ray: evaluations in flight (default: the cluster's CPUs)")
+    p.add_argument("--ray-address", help="ray: join a cluster (auto, HOST:PORT or ray://HOST:PORT) instead "
+                                         "of starting a local one")
+    p.add_argument("--max-retries", type=int, help="ray: re-runs of a task whose worker died (default 3)")
     p.add_argument("--out", default=None, help="run directory (default runs/<space>-<strategy>-s<seed>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run to --budget")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (to --budget if given)")
+    p.add_argument("--no-onnx", action="store_true", help="do not export the best network to best.onnx")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the search, then print the best candidate."""
-    out = args.resume or args.out or f"runs/{args.space}-{args.strategy}-s{args.seed}"
+    """Run the search, write the outputs, then print the best and the Pareto candidates."""
+    out = args.resume or args.out or _default_out(args)
     result = nas.search(
-        space=args.space, strategy=args.strategy, objectives=split_names(args.objectives),
+        space=args.space, strategy=args.strategy,
+        objectives=split_names(args.objectives) if args.objectives else None,
         budget=args.budget, seed=args.seed, out=out, target=args.target, latency_ms=args.latency_ms,
-        max_params=args.max_params, max_flops=args.max_flops, proxies=split_names(args.proxies),
-        batch_size=args.batch_size, data=args.data, executor=args.executor,
+        max_params=args.max_params, max_flops=args.max_flops,
+        proxies=split_names(args.proxies) if args.proxies else None, batch_size=args.batch_size,
+        data=args.data, oracle_queries=args.oracle_queries, executor=args.executor,
+        executor_options=executor_options(args), strategy_options=strategy_options(args.option) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
     )
-    print(json.dumps({k: v for k, v in result.summary().items() if k != "config"}, indent=2))
-    print(f"run directory: {out}")
+    onnx = None
+    if not args.no_onnx and result.best is not None:
+        onnx = result.export_best(Path(out) / "best.onnx")
+    print_result(result)
+    files = ["run.sqlite", "best.json", "pareto.csv", "pareto.png"] + (["best.onnx"] if onnx else [])
+    print(f"run directory: {out}  ({', '.join(files)})")
     return 0
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword options for ``nas.executors.get`` from the ``--workers``/``--ray-address`` flags."""
+    given = {"workers": args.workers, "address": args.ray_address, "max_retries": args.max_retries}
+    options = {k: v for k, v in given.items() if v is not None}
+    if options and args.executor != "ray":
+        raise ValueError(f"--workers, --ray-address and --max-retries need --executor ray (got "
+                         f"--executor {args.executor})")
+    return options
+
+
+def strategy_options(items: list[str]) -> dict[str, Any]:
+    """``["population_size=50", "lr=0.1"]`` -> ``{"population_size": 50, "lr": 0.1}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option {item!r}: write KEY=VALUE, e.g. --option population_size=50")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _default_out(args: argparse.Namespace) -> str:
+    """``runs/<space>-<strategy>-s<seed>``, numbered when it already holds a run."""
+    base = f"runs/{args.space}-{args.strategy or 'auto'}-s{args.seed}"
+    out, k = base, 2
+    while (Path(out) / "run.sqlite").exists():
+        out, k = f"{base}-{k}", k + 1
+    return out
+
+
+def print_result(result: nas.SearchResult, rows: int = TABLE_ROWS) -> None:
+    """Print the Pareto candidates (the best one first marked) as a rich table, and the counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    best = result.best
+    front = result.pareto
+    if best is not None and best.arch not in {c.arch for c in front}:
+        front = [best, *front]  # the oracle's pick may lie off the proxy front
+    names = [o.name for o in result.objectives]
+    extra = [m for m in ("latency_ms", "params", "flops")
+             if m not in names and not (m == "latency_ms" and "latency" in names)
+             and any(m in c.metrics or m in c.scores for c in front)]
+    title = "Pareto front" if len(names) > 1 else "best candidate"
+    table = Table(title=f"{title} ({len(front)} of {len(result.candidates)} evaluated, "
+                        f"{len(result.feasible())} feasible)")
+    table.add_column("#", justify="right")
+    table.add_column("architecture", overflow="fold")
+    for o in result.objectives:
+        table.add_column(str(o), justify="right")
+    for m in extra:
+        table.add_column(m, justify="right")
+    if result.oracle:
+        table.add_column("accuracy (oracle)", justify="right")
+    for i, cand in enumerate(front[:rows]):
+        cells = [_fmt(_get(cand, n)) for n in [*names, *extra]]
+        if result.oracle:
+            acc = result.oracle.get(cand.arch)
+            cells.append(f"{acc:.2f}" if acc is not None else "")
+        mark = "[bold green]*[/]" if best is not None and cand.arch == best.arch else ""
+        table.add_row(f"{i + 1}{mark}", cand.arch, *cells)
+    console.print(table)
+    if len(front) > rows:
+        console.print(f"... {len(front) - rows} more in pareto.csv")
+    if result.oracle and best is not None:
+        console.print(f"oracle: {len(result.oracle)} queries; pick {best.arch} at "
+                      f"{result.oracle[best.arch]:.2f} %")
+
+
+def _get(cand: Any, name: str) -> float:
+    try:
+        return float(cand.value(name))
+    except KeyError:
+        return math.nan
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x) or abs(x) >= 1e29:
+        return "-"
+    return f"{x:.4g}"

@@ -1,0 +1,115 @@
+"""Optuna-backed strategies: TPE Bayesian optimisation (``bayesian``) and NSGA-II (``nsga2``).
+
+Architectures are drawn through the space's ``suggest(trial)``. The Optuna study lives in ``storage``,
+an Optuna journal file that the loop places in the run directory (``optuna.journal``; open it with
+``optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(path)))``). A journal
+is append-only, survives a kill, and costs a few ms per trial where Optuna's SQLite storage costs a
+quarter of a second. On resume the loop replays the run, so the study is rebuilt from scratch: the old
+journal is removed first, and the seeded sampler then proposes exactly what it proposed before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from nas.strategies import Values, register, require
+from search_spaces import Arch, SearchSpace
+
+STUDY_NAME = "search"
+
+
+class _OptunaStrategy:
+    """Ask/tell over an Optuna study whose sampler comes from :meth:`make_sampler`."""
+
+    name = "optuna"
+    uses_storage = True
+
+    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
+                 storage: str | os.PathLike[str] | None = None, **sampler_options: Any) -> None:
+        require(space, "suggest", self.name)
+        self.space = space
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+        journal = None
+        if storage is not None:
+            if os.path.exists(storage):
+                os.remove(storage)
+            journal = JournalStorage(JournalFileBackend(os.fspath(storage)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = self.make_sampler(seed, n_objectives, **sampler_options)
+        self.study = optuna.create_study(storage=journal, study_name=STUDY_NAME, sampler=sampler,
+                                         directions=["maximize"] * n_objectives)
+        self._pending: list[tuple[Arch, optuna.trial.Trial]] = []
+
+    def make_sampler(self, seed: int, n_objectives: int, **options: Any) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler (overridden by each strategy)."""
+        raise NotImplementedError
+
+    def ask(self, n: int) -> list[Arch]:
+        """Open ``n`` trials and let the space draw one architecture through each."""
+        out = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for _ in range(n):
+                trial = self.study.ask()
+                arch = self.space.suggest(trial)
+                self._pending.append((arch, trial))
+                out.append(arch)
+        return out
+
+    def tell(self, archs: Sequence[Arch], values: Sequence[Values]) -> None:
+        """Complete the open trial of each architecture with its values (``-inf`` when infeasible)."""
+        for arch, value in zip(archs, values, strict=True):
+            i = next((k for k, (a, _) in enumerate(self._pending) if a == arch), None)
+            if i is None:
+                raise ValueError(f"{self.name}: told an architecture it did not propose: {arch!r}")
+            _, trial = self._pending.pop(i)
+            self.study.tell(trial, list(value))
+
+
+@register("bayesian")
+class TPESearch(_OptunaStrategy):
+    """Tree-structured Parzen estimator (Optuna's multivariate TPE; MOTPE with several objectives).
+
+    Example:
+        >>> import search_spaces
+        >>> tpe = TPESearch(search_spaces.get("nb201"), seed=0)
+        >>> archs = tpe.ask(1)
+        >>> tpe.tell(archs, [(1.0,)])
+    """
+
+    name = "bayesian"
+
+    def make_sampler(self, seed: int, n_objectives: int, n_startup_trials: int = 10,
+                     multivariate: bool = True) -> optuna.samplers.BaseSampler:
+        """A seeded TPE sampler: ``n_startup_trials`` random trials, then the joint (multivariate) model."""
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
+                                          multivariate=multivariate)
+
+
+@register("nsga2")
+class NSGA2Search(_OptunaStrategy):
+    """NSGA-II (Deb et al. 2002) through Optuna: non-dominated sorting, crowding, crossover, mutation.
+
+    Example:
+        >>> import search_spaces
+        >>> ga = NSGA2Search(search_spaces.get("nb201"), seed=0, n_objectives=2, population_size=4)
+        >>> archs = ga.ask(2)
+        >>> ga.tell(archs, [(1.0, -2.0), (0.5, -1.0)])
+    """
+
+    name = "nsga2"
+
+    def make_sampler(self, seed: int, n_objectives: int,
+                     population_size: int = 20) -> optuna.samplers.BaseSampler:
+        """A seeded NSGA-II sampler with generations of ``population_size``."""
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
