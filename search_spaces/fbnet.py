@@ -112,6 +112,19 @@ class FBNetNetwork(nn.Module):
         self.header = nn.Sequential(nn.Conv2d(c, cfg["header"], 1, bias=False), nn.BatchNorm2d(cfg["header"]),
                                     nn.ReLU())
         self.classifier = nn.Linear(cfg["header"], num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """HW-NAS-Bench's initialisation: Kaiming-normal (fan-out) convs, BN 1/0, linear N(0, 0.001)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.001)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.header(self.layers(self.stem(x)))

@@ -9,6 +9,7 @@ the head is a 1x1 "final expand" conv (BN, h-swish), global average pooling, a 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,24 @@ def make_divisible(value: float, divisor: int = CHANNEL_DIVISOR, min_value: int 
     if out < 0.9 * value:
         out += divisor
     return out
+
+
+def init_he_fout(model: nn.Module) -> nn.Module:
+    """OFA's ``he_fout`` initialisation: conv N(0, 2 / (k*k*out)), BN 1/0, linear U(+-1/sqrt(in)), zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1.0)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.weight.size(1))
+            m.weight.data.uniform_(-bound, bound)
+            if m.bias is not None:
+                m.bias.data.zero_()
+    return model
 
 
 def activation(name: str | None) -> nn.Module:
@@ -119,6 +138,7 @@ class MobileNetV3(nn.Module):
         self.feature_mix = ConvBNAct(final_expand, feature_mix, 1, act="h_swish", bn=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(feature_mix, num_classes)
+        init_he_fout(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final_expand(self.blocks(self.stem(x)))

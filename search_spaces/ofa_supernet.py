@@ -32,6 +32,7 @@ from search_spaces.mbv3_blocks import (
     MBConv,
     MobileNetV3,
     SqueezeExcite,
+    init_he_fout,
     make_divisible,
 )
 from search_spaces.ofa import (
@@ -178,6 +179,7 @@ class OFASupernet(nn.Module):
         self.feature_mix = ConvBNAct(w[-2], w[-1], 1, act="h_swish", bn=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(w[-1], num_classes)
+        init_he_fout(self)
 
     def forward(self, x: torch.Tensor, arch: OFAArch | None = None) -> torch.Tensor:
         """Logits of subnet ``arch`` (default: the largest) on ``x``."""

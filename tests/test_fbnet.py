@@ -1,0 +1,119 @@
+import csv
+import json
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+
+import proxies
+import search_spaces
+from search_spaces import ArchError
+from search_spaces.fbnet import OPS, STAGE_WIDTHS
+
+
+@pytest.fixture(scope="module")
+def space():
+    return search_spaces.get("fbnet")
+
+
+def test_round_trip_encoding_and_choices(space):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = space.sample(rng)
+        text = space.to_string(arch)
+        assert space.from_string(text) == arch and text.startswith('["') and " " not in text
+        assert space.encode(arch).shape == (198,) and space.encode(arch).sum() == 22
+        assert space.from_choices(space.to_choices(arch)) == arch
+    assert space.cardinality == 9 ** 22
+
+
+def test_reads_the_hw_nas_bench_latency_strings_verbatim(space, shared_data):
+    with open(shared_data / "fbnet_latency_ms.csv", newline="") as f:
+        rows = [row["arch"] for _, row in zip(range(300), csv.DictReader(f), strict=False)]
+    for text in rows:
+        assert space.to_string(space.from_string(text)) == text
+
+
+def test_accepts_hw_nas_bench_op_indices(space):
+    assert space.from_string(json.dumps(list(range(9)) * 2 + [8, 8, 0, 1])) == tuple(OPS * 2) + (
+        "skip", "skip", "k3_e1", "k3_e1_g2")
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (json.dumps(["k3_e1"] * 21), "needs 22 ops"),
+        (json.dumps(["k3_e1"] * 5 + ["k7_e6"] + ["k3_e1"] * 16), "layer 5: unknown op 'k7_e6'; valid ops: k3_e1"),
+        ("k3_e1,k3_e3", "JSON list of 22 op names"),
+    ],
+)
+def test_malformed_strings_say_what_is_wrong(space, text, fragment):
+    with pytest.raises(ArchError, match=fragment):
+        space.from_string(text)
+
+
+def test_mutate_changes_one_layer_and_suggest_uses_optuna(space):
+    rng = np.random.default_rng(1)
+    arch = space.sample(rng)
+    for _ in range(20):
+        child = space.mutate(arch, rng)
+        assert sum(a != b for a, b in zip(arch, child, strict=True)) == 1
+        assert len(space.crossover(arch, child, rng)) == 22
+        arch = child
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    assert len(space.suggest(trial)) == 22
+
+
+def test_params_of_the_all_skip_network_follow_the_published_layout(space):
+    # HW-NAS-Bench CIFAR layout: stem 3x3 (16), a 1x1 conv-BN where the width changes, header 1504, fc 100.
+    widths = [16, *STAGE_WIDTHS]
+    expected = 3 * 16 * 9 + 2 * 16
+    expected += sum(a * b + 2 * b for a, b in zip(widths[1:], widths[2:], strict=False))
+    expected += 352 * 1504 + 2 * 1504 + 1504 * 100 + 100
+    model = space.build(("skip",) * 22)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_stride_schedule_gives_4x4_features_on_cifar(space):
+    model = space.build(("k3_e3",) * 22)
+    feats = model.layers(model.stem(torch.zeros(1, 3, 32, 32)))
+    assert feats.shape == (1, 352, 4, 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_and_onnx_parity(space, tmp_path, seed):
+    arch = space.sample(np.random.default_rng(seed))
+    arch = ("k3_e1_g2", "skip", *arch[2:])  # cover the grouped / shuffled op and an identity skip
+    torch.manual_seed(0)
+    model = space.build(arch).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert ref.shape == (2, 100)
+    torch.manual_seed(0)  # to_onnx builds its own network: the same seed gives the same weights
+    sess = ort.InferenceSession(space.to_onnx(arch, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-5)
+
+
+def test_proxies_run(space):
+    arch = space.sample(np.random.default_rng(2))
+    scores = proxies.score(space.build(arch), proxies.calibration_batch(batch_size=8), ["synflow", "nwot"])
+    assert all(np.isfinite(v) and v != proxies.SENTINEL for v in scores.values())
+
+
+@pytest.mark.slow
+def test_imagenet_setting_builds_and_exports(tmp_path):
+    space = search_spaces.get("fbnet", dataset="imagenet", num_classes=1000)
+    arch = space.sample(np.random.default_rng(3))
+    torch.manual_seed(0)
+    model = space.build(arch).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    torch.manual_seed(0)
+    sess = ort.InferenceSession(space.to_onnx(arch, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], ref, rtol=1e-3, atol=1e-5)
