@@ -51,5 +51,9 @@ class Evaluator:
 
     def _batch_for(self, shape: tuple[int, ...]) -> proxy_lib.Batch:
         if shape not in self._batches:
-            self._batches[shape] = self.batch.resized(tuple(shape[1:]))
+            if getattr(self.space, "input_kind", "image") == "tokens":  # text: the space's LM objective
+                from proxies.text import as_objective
+                self._batches[shape] = as_objective(self.batch, getattr(self.space, "objective", "lm"), self.seed)
+            else:
+                self._batches[shape] = self.batch.resized(tuple(shape[1:]))
         return self._batches[shape]

@@ -20,3 +20,4 @@ __all__ = [
 ]
 
 from proxies import basic  # noqa: E402,F401  (registers the proxies)
+from proxies import sequence  # noqa: E402,F401  (sequence-model metrics: bert, rnn, gpt, vit)

@@ -35,8 +35,8 @@ class Batch:
 
     def resized(self, size: tuple[int, int]) -> Batch:
         """The batch bilinearly resized to ``size`` (H, W); unchanged when it already has that size."""
-        if tuple(self.inputs.shape[-2:]) == tuple(size):
-            return self
+        if tuple(self.inputs.shape[-2:]) == tuple(size) or not self.inputs.is_floating_point():
+            return self  # token ids (sequence models) are never resized
         x = F.interpolate(self.inputs, size=size, mode="bilinear", align_corners=False)
         return Batch(x, self.targets, self.name)
 
@@ -74,7 +74,11 @@ def _balanced_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
 def load_batch(source: str | os.PathLike[str] | None = None, batch_size: int = 64, seed: int = 0,
                input_shape: tuple[int, int, int] = (3, 32, 32)) -> Batch:
     """A batch from ``source``: None (shipped CIFAR-10), ``"gaussian"``, an ``.npz`` with ``x``/``y``,
-    or a folder with one sub-folder of images per class."""
+    or a folder with one sub-folder of images per class. A 1-D ``input_shape`` (seq_len,) means token
+    inputs: shipped text, or a ``.txt`` / token ``.npy`` file (see :mod:`proxies.text`)."""
+    if len(input_shape) == 1:  # token models: input_shape is (seq_len,); read text
+        from proxies.text import load_text_batch
+        return load_text_batch(source, batch_size, seed, input_shape[0])
     if source is None or str(source) == "cifar10":
         return calibration_batch(batch_size, seed, input_shape)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,118 @@
+"""Calibration text, the sequence proxies, and generic proxies on sequence models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import proxies
+import search_spaces
+from nas.evaluate import Evaluator
+from proxies.sequence import eig_score, hidden_cov_layers
+from proxies.text import MASK, ByteTokenizer, as_objective, load_tokens, shipped_text, text_batch
+
+SEQUENCE = ["hidden_cov", "head_confidence", "head_importance", "synaptic_diversity", "activation_distance",
+            "embedding_jacov"]
+TINY = {
+    "bert": dict(seq_len=8, vocab_size=300),
+    "rnn": dict(seq_len=6, vocab_size=300, emb_size=12, hidden_size=16),
+    "gpt": dict(seq_len=8, embed_dims=(32,), depths=(2,), heads=(2,), mlp_ratios=(2,)),
+}
+
+
+def test_shipped_corpus_is_small_public_domain_text_and_tokenizer_round_trips() -> None:
+    text = shipped_text()
+    assert 2_000 < len(text.encode()) < 200_000 and "public domain" in text
+    tok = ByteTokenizer()
+    assert tok.decode(tok.encode(text)) == text
+    assert load_tokens().max() < tok.vocab_size
+
+
+def test_text_batches_are_seeded_and_shaped_for_next_token_and_masked_objectives(tmp_path) -> None:
+    a, b = text_batch(4, 16, seed=1), text_batch(4, 16, seed=1)
+    assert torch.equal(a.inputs, b.inputs) and a.inputs.dtype == torch.int64
+    assert a.targets.shape == (64,)
+    assert torch.equal(a.inputs[:, 1:].reshape(4, 15), a.targets.reshape(4, 16)[:, :-1])  # shifted by one
+    m = as_objective(a, "mlm", seed=0)
+    assert torch.equal(m.targets, a.inputs.reshape(-1)) and (m.inputs == MASK).any()
+    user = tmp_path / "mine.txt"
+    user.write_text("the quick brown fox jumps over the lazy dog " * 10)
+    u = proxies.load_batch(str(user), batch_size=2, seed=0, input_shape=(8,))
+    assert ByteTokenizer().decode(u.inputs[0].tolist()).strip(" ") in ("the quick brown fox jumps over the lazy dog " * 3)
+    np.save(tmp_path / "ids.npy", np.arange(100) % 50)
+    assert proxies.load_batch(str(tmp_path / "ids.npy"), 2, 0, (8,)).inputs.max() < 50
+    with pytest.raises(ValueError, match="objective"):
+        text_batch(2, 8, objective="cls")
+    with pytest.raises(ValueError, match="text data"):
+        load_tokens(tmp_path / "missing.txt")
+
+
+def test_load_batch_gives_tokens_for_one_dimensional_input_shapes() -> None:
+    batch = proxies.load_batch(None, batch_size=3, seed=0, input_shape=(12,))
+    assert batch.inputs.shape == (3, 12) and not batch.inputs.is_floating_point()
+    assert batch.resized(()) is batch  # token ids are never resized
+
+
+def test_hidden_cov_score_matches_the_papers_numpy_definition() -> None:
+    rows = torch.randn(6, 40)
+    v = np.linalg.eigvals(np.corrcoef(rows.numpy()))
+    ref = -np.sum(np.log(v.real + 1e-5) + 1.0 / (v.real + 1e-5))
+    assert math.isclose(eig_score(rows), ref, rel_tol=1e-6)
+    rows[2] = 1.0
+    assert math.isnan(eig_score(rows))  # a constant unit: np.corrcoef gives NaN too
+
+
+def _model_and_batch(name: str):
+    space = search_spaces.get(name, **TINY[name])
+    # a sampled recipe may ignore its input (h_new_0 = h_prev * ...), which the engine ranks last
+    arch = space.from_string(space.example("lstm")) if name == "rnn" else space.sample(np.random.default_rng(0))
+    torch.manual_seed(0)
+    batch = as_objective(proxies.load_batch(None, 6, 0, tuple(space.input_shape)), space.objective)
+    return space.build(arch), batch
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt"])
+def test_sequence_proxies_are_finite_and_deterministic_on_transformers(name: str) -> None:
+    model, batch = _model_and_batch(name)
+    a = proxies.score(model, batch, SEQUENCE, seed=0, device="cpu")
+    b = proxies.score(model, batch, SEQUENCE, seed=0, device="cpu")
+    assert a == b
+    assert all(math.isfinite(v) and v != proxies.SENTINEL for v in a.values()), a
+    assert len(hidden_cov_layers(model, batch)) == len(list(model.layers if name == "bert" else model.blocks))
+
+
+def test_rnn_gets_hidden_cov_and_attention_metrics_fail_clearly(caplog) -> None:
+    model, batch = _model_and_batch("rnn")
+    scores = proxies.score(model, batch, SEQUENCE, seed=0, device="cpu")
+    for name in ("hidden_cov", "activation_distance", "embedding_jacov"):
+        assert scores[name] != proxies.SENTINEL and math.isfinite(scores[name])
+    assert scores["head_confidence"] == proxies.SENTINEL
+    assert "head_confidence needs attention/projection heads" in caplog.text
+
+
+def test_sequence_proxies_rank_image_cnns_last_with_a_reason(caplog) -> None:
+    space = search_spaces.get("nb201")
+    model = space.build(space.sample(np.random.default_rng(0)))
+    scores = proxies.score(model, proxies.calibration_batch(4), ["hidden_cov"], device="cpu")
+    assert scores["hidden_cov"] == proxies.SENTINEL
+    assert "zc_role" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["gpt", "rnn", "bert"])
+def test_generic_proxies_work_on_token_models(name: str) -> None:
+    model, batch = _model_and_batch(name)
+    scores = proxies.score(model, batch, ["params", "synflow", "snip", "grad_norm"], seed=0, device="cpu")
+    assert all(math.isfinite(v) and v != proxies.SENTINEL for v in scores.values()), scores
+
+
+def test_evaluator_scores_token_spaces_with_their_objective() -> None:
+    space = search_spaces.get("bert", **TINY["bert"])
+    batch = proxies.load_batch(None, 4, 0, tuple(space.input_shape))
+    evaluate = Evaluator(space, ("head_confidence", "params"), batch, seed=0, device="cpu")
+    cand = evaluate(space.to_string(space.sample(np.random.default_rng(2))))
+    assert cand.status == "ok", cand.error
+    assert math.isfinite(cand.scores["head_confidence"])
+    assert (evaluate._batches[(8,)].inputs == MASK).any()  # masked-LM batch for bert
