@@ -1,0 +1,130 @@
+"""Build the shipped target models (``hardware_models/data/targets.json``) from ``../shared/data``.
+
+1. Reference devices: every device measured in two spaces (NAS-Bench-201 + FBNet, or NAS-Bench-201 + OFA)
+   gets a non-negative cost model over graph features fitted on all its spaces at once.
+2. Every NAS-Bench-201 device column becomes a target (``raspi4`` is shipped as ``rpi4``): a reference
+   device ships its own model; a device measured only on NAS-Bench-201 ships a mix of reference models
+   fitted to its NAS-Bench-201 rows, so that costs of ops NAS-Bench-201 lacks (depthwise convolutions,
+   hard-swish, squeeze-excite) come from devices that measured them.
+3. ``local``: the mean of the server-CPU references, until the user adapts it to this machine.
+
+A check is printed: for each reference device measured on FBNet, the same recipe fitted *without* its
+FBNet rows (NAS-Bench-201 only, as for rpi4) ranks its FBNet architectures with the Spearman shown.
+
+    python experiments/build_target_models.py [--nb201-rows 4000] [--other-rows 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latency_data as ld  # noqa: E402
+
+import hardware_models  # noqa: E402
+from hardware_models.adapt import fit_mixture, fit_reference  # noqa: E402
+from hardware_models.graph_features import FEATURE_NAMES, FEATURE_VERSION  # noqa: E402
+from hardware_models.model import LatencyModel  # noqa: E402
+
+FRIENDLY = {"raspi4": "rpi4"}
+KIND = {
+    "1080ti": "NVIDIA GTX 1080 Ti GPU", "2080ti": "NVIDIA RTX 2080 Ti GPU", "titan_rtx": "NVIDIA Titan RTX GPU",
+    "titanxp": "NVIDIA Titan Xp GPU", "titanx": "NVIDIA Titan X (Pascal) GPU",
+    "essential_ph": "Essential Phone PH-1 CPU (Snapdragon 835)", "eyeriss": "Eyeriss ASIC accelerator",
+    "fpga": "FPGA accelerator (HW-NAS-Bench)", "gold_6226": "Intel Xeon Gold 6226 CPU",
+    "gold_6240": "Intel Xeon Gold 6240 CPU", "pixel2": "Google Pixel 2 phone CPU",
+    "pixel3": "Google Pixel 3 phone CPU", "raspi4": "Raspberry Pi 4 (ARM Cortex-A72 CPU)",
+    "samsung_a50": "Samsung Galaxy A50 phone CPU", "samsung_s7": "Samsung Galaxy S7 phone CPU",
+    "silver_4114": "Intel Xeon Silver 4114 CPU", "silver_4210r": "Intel Xeon Silver 4210R CPU",
+}
+SERVER_CPUS = ("silver_4114", "silver_4210r", "gold_6240")
+
+
+def describe(col: str) -> str:
+    """Human description of a device column, batch size included."""
+    for key in sorted(KIND, key=len, reverse=True):
+        if col.startswith(key):
+            batch = col.rsplit("_", 1)[-1] if col.rsplit("_", 1)[-1].isdigit() and key not in (
+                "gold_6226", "gold_6240", "silver_4114", "silver_4210r") else "1"
+            return f"{KIND[key]}, batch {batch}"
+    return col
+
+
+def main() -> None:
+    """Fit and write the models; print the check table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nb201-rows", type=int, default=4000)
+    ap.add_argument("--other-rows", type=int, default=600, help="FBNet and OFA rows used per device")
+    ap.add_argument("--out", default=str(hardware_models.SHIPPED))
+    args = ap.parse_args()
+    t0 = time.time()
+    archs, cols, Y, X = ld.nb201_all()
+    sub = np.random.default_rng(0).choice(len(X), size=min(args.nb201_rows, len(X)), replace=False)
+    _, fcols, fY, fX = ld.space_rows("fbnet", args.other_rows)
+    _, ocols, oY, oX = ld.space_rows("ofa", args.other_rows)
+    other: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for fcol, ncol in ld.FBNET_TO_NB201.items():
+        other.setdefault(ncol, []).append(("FBNet", fX, fY[:, fcols.index(fcol)]))
+    for ocol, ncol in ld.OFA_TO_NB201.items():
+        other.setdefault(ncol, []).append(("OFA", oX, oY[:, ocols.index(ocol)]))
+
+    refs: dict[str, LatencyModel] = {}
+    for dev, blocks in other.items():
+        spaces = ", ".join(f"{len(by)} {name}" for name, _, by in blocks)
+        refs[dev] = fit_reference([(X[sub], Y[sub, cols.index(dev)])] + [(bx, by) for _, bx, by in blocks],
+                                  f"own non-negative cost model fitted on {len(sub)} NAS-Bench-201 and "
+                                  f"{spaces} measurements")
+    names = sorted(refs)
+    W = np.stack([refs[n].coef for n in names])
+    b = np.array([refs[n].intercept for n in names])
+
+    print("cross-space check: NAS-Bench-201 rows only (other references mixed) -> Spearman on FBNet rows")
+    print(f"{'device':16s} {'mix of others':>13s} {'own NB201 fit':>13s} {'FLOPs':>6s}")
+    fb_flops = fX[:, [i for i, n in enumerate(FEATURE_NAMES)
+                      if n.endswith("mmacs") and not n.startswith("dead")]].sum(1)
+    for fcol, ncol in ld.FBNET_TO_NB201.items():
+        keep = [i for i, n in enumerate(names) if n != ncol]
+        mix = fit_mixture(X[sub], Y[sub, cols.index(ncol)], [names[i] for i in keep], W[keep], b[keep], "")
+        own = fit_reference([(X[sub], Y[sub, cols.index(ncol)])], "")
+        yf = fY[:, fcols.index(fcol)]
+        print(f"{ncol:16s} {spearmanr(mix.predict_features(fX), yf)[0]:13.3f} "
+              f"{spearmanr(own.predict_features(fX), yf)[0]:13.3f} {spearmanr(fb_flops, yf)[0]:6.3f}")
+
+    targets: dict[str, dict] = {}
+    for dev in cols:
+        name = FRIENDLY.get(dev, dev)
+        if dev in refs:
+            model = refs[dev]
+        else:
+            model = fit_mixture(X[sub], Y[sub, cols.index(dev)], names, W, b,
+                                f"mix of {len(names)} reference devices fitted to {len(sub)} NAS-Bench-201 "
+                                "measurements")
+        rho = spearmanr(model.predict_features(X), Y[:, cols.index(dev)])[0]
+        model.fitted += f"; Spearman {rho:.3f} on all 15,625 NAS-Bench-201 cells"
+        targets[name] = {"device": dev, "description": describe(dev), **model.to_dict()}
+    cpu = [names.index(n) for n in SERVER_CPUS]
+    local = LatencyModel(W[cpu].mean(0), float(b[cpu].mean()),
+                         "uncalibrated prior: mean of the server-CPU references " + ", ".join(SERVER_CPUS))
+    targets["local"] = {"device": "local", "description": hardware_models._LOCAL_DESCRIPTION, **local.to_dict()}
+    payload = {
+        "feature_version": FEATURE_VERSION,
+        "built_by": "experiments/build_target_models.py from ../shared/data (HW-NAS-Bench, HELP)",
+        "references": {"names": names, "models": {n: refs[n].to_dict() for n in names}},
+        "targets": targets,
+    }
+    Path(args.out).write_text(json.dumps(payload, indent=0, sort_keys=True))
+    print(f"wrote {len(targets)} targets and {len(names)} references to {args.out} "
+          f"({Path(args.out).stat().st_size / 1e3:.0f} kB) in {time.time() - t0:.0f} s")
+    for name in ("rpi4", "pixel2", "eyeriss", "local"):
+        print(f"  {name:8s} {targets[name]['fitted']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Meta-learned few-shot adaptation: a new device from ~10 measured architectures.
+
+Meta-training (``experiments/build_target_models.py``) fits one non-negative cost model per reference device
+on every space measured on it. A new device is then a non-negative mix of those models plus an offset,
+fitted to its measurements (:class:`predictors.DeviceMixtureRegressor`); the mixing weights are its
+hardware embedding. Because each reference model prices graph nodes, the adapted model prices any
+architecture of any space.
+
+Example:
+    >>> import hardware_models.adapt as adapt
+    >>> adapt.MIN_MEASUREMENTS
+    10
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardware_models.feature_cache import FeatureCache, default_cache
+from hardware_models.model import GraphTarget, LatencyModel, save_user_target
+from predictors import DeviceMixtureRegressor
+
+MIN_MEASUREMENTS = 10
+"""Fewer measurements than this are refused: the mix has a dozen weights to fit."""
+
+
+def references() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(names, coef matrix, intercepts)`` of the shipped reference devices."""
+    import hardware_models
+
+    refs = hardware_models.shipped()["references"]
+    names = list(refs["names"])
+    if not names:
+        raise RuntimeError("no shipped reference models; build them with "
+                           "`python experiments/build_target_models.py`")
+    models = [LatencyModel.from_dict(refs["models"][n], f"reference {n}") for n in names]
+    return names, np.stack([m.coef for m in models]), np.array([m.intercept for m in models])
+
+
+def fit_mixture(X: np.ndarray, y: np.ndarray, names: Sequence[str], W: np.ndarray, b: np.ndarray,
+                fitted: str) -> LatencyModel:
+    """The adapted linear model of a device from its measured features ``X`` and latencies ``y``."""
+    reg = DeviceMixtureRegressor(W, b).fit(X, y)
+    weights = {n: float(w) for n, w in zip(names, reg.weights_) if w > 0}
+    return LatencyModel(reg.coef_, reg.intercept_, fitted, weights)
+
+
+def read_measurements(path: str | os.PathLike[str]) -> list[tuple[str, float]]:
+    """Rows ``(arch, latency_ms)`` of a measurements CSV (extra columns such as ``threads`` are ignored)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"measurements file {path} does not exist")
+    with open(file, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "arch" not in cols or "latency_ms" not in cols:
+            raise ValueError(f"{path}: needs columns 'arch' and 'latency_ms', found {cols}")
+        rows = []
+        for lineno, row in enumerate(reader, 2):
+            try:
+                rows.append((row["arch"], float(row["latency_ms"])))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}, line {lineno}: latency_ms {row.get('latency_ms')!r} is not a "
+                                 "number") from None
+    return rows
+
+
+def validate(space: Any, rows: Sequence[tuple[str, float]], source: str = "measurements") -> tuple[list, np.ndarray]:
+    """Parsed architectures and latencies; every problem found is reported at once, naming the rows."""
+    from search_spaces import ArchError
+
+    problems, archs = [], []
+    if len(rows) < MIN_MEASUREMENTS:
+        problems.append(f"{len(rows)} measurement(s); at least {MIN_MEASUREMENTS} are needed to adapt "
+                        f"(measure more with `nas latency measure` or the kit)")
+    for i, (text, ms) in enumerate(rows, 1):
+        try:
+            archs.append(space.from_string(text))
+        except ArchError as err:
+            problems.append(f"row {i}: arch {text[:60]!r} is not a {space.name} architecture: {err}")
+        if not math.isfinite(ms) or ms <= 0:
+            problems.append(f"row {i}: latency_ms must be a positive number of milliseconds, got {ms}")
+    if problems:
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise ValueError(f"{source}: cannot adapt, nothing registered:\n  " + "\n  ".join(shown))
+    return archs, np.array([ms for _, ms in rows], dtype=float)
+
+
+def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: bool = True,
+          cache: FeatureCache | None = None, source: str = "measurements") -> GraphTarget:
+    """Adapt a new target ``name`` from measured ``(arch string, ms)`` rows of ``space``; saved for reuse."""
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"target name {name!r} must be letters, digits, '-' or '_'")
+    import hardware_models
+
+    if name in hardware_models.shipped()["targets"] and name != "local":
+        raise ValueError(f"target {name!r} is a shipped device; choose another --name")
+    archs, y = validate(space, rows, source)
+    names, W, b = references()
+    X = (cache or default_cache()).features(space, archs)
+    fitted = (f"adapted from {len(y)} {space.name} measurements ({source}) as a mix of "
+              f"{len(names)} reference devices")
+    model = fit_mixture(X, y, names, W, b, fitted)
+    top = sorted(model.weights.items(), key=lambda kv: -kv[1])[:3]
+    description = f"user device, behaves like {', '.join(n for n, _ in top) or 'a constant'}"
+    target = GraphTarget(name, description, model, cache, source="user")
+    if save:
+        path = save_user_target(name, description, model, {"space": space.name, "n_measurements": len(y)})
+        target.source = f"user ({path})"
+        hardware_models.refresh_user_targets()
+    return target
+
+
+def fit_reference(blocks: Sequence[tuple[np.ndarray, np.ndarray]], fitted: str, alpha: float = 0.0) -> LatencyModel:
+    """Meta-training step: one device's non-negative cost model from its measurements in several spaces.
+
+    ``blocks`` holds one ``(features, latencies)`` pair per space; errors are relative and every space
+    weighs the same in total, so a space with 15,625 rows does not drown one with 500.
+    """
+    from predictors import NNLSRegressor
+
+    X = np.vstack([bx for bx, _ in blocks])
+    y = np.concatenate([by for _, by in blocks])
+    w = np.concatenate([np.full(len(by), 1.0 / np.sqrt(len(by))) for _, by in blocks])
+    reg = NNLSRegressor(relative=True, alpha=alpha).fit(X, y, sample_weight=w)
+    return LatencyModel(reg.coef_, reg.intercept_, fitted)

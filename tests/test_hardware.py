@@ -1,0 +1,180 @@
+"""Hardware targets: graph features (ONNX and torch agree), cache, registry, prediction, adaptation, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hardware_models
+import search_spaces
+from hardware_models.feature_cache import FeatureCache, space_key
+from hardware_models.graph_features import FEATURE_NAMES, export_features, torch_features
+from nas.cli import main
+
+CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+NEEDS_MODELS = pytest.mark.skipif(not hardware_models.SHIPPED.is_file(),
+                                  reason="shipped models not built (experiments/build_target_models.py)")
+
+
+@pytest.fixture()
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private user config dir and feature cache for the test."""
+    monkeypatch.setenv("ZCNAS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("ZCNAS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "config"
+
+
+def feature(vec: np.ndarray, name: str) -> float:
+    """One named entry of a feature vector."""
+    return float(vec[FEATURE_NAMES.index(name)])
+
+
+def test_torch_path_matches_the_onnx_graph() -> None:
+    space = search_spaces.get("nb201")
+    arch = space.from_string("|nor_conv_1x1~0|+|none~0|avg_pool_3x3~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|")
+    onnx_vec, torch_vec = export_features(space, arch), torch_features(space, arch)
+    np.testing.assert_allclose(torch_vec, onnx_vec, rtol=1e-2, atol=1e-6)
+
+
+def test_features_see_depthwise_and_hardswish_in_mobilenet_blocks() -> None:
+    space = search_spaces.get("ofa")
+    vec = torch_features(space, space.sample(np.random.default_rng(0)))
+    dw = sum(feature(vec, f"dwconv_k{k}_count") for k in (3, 5, 7))
+    assert dw >= 10
+    assert feature(vec, "hswish_count") > 0 and feature(vec, "global_pool_count") > 1  # SE blocks
+
+
+def test_dead_code_behind_zero_edges_is_counted_apart() -> None:
+    space = search_spaces.get("nb201")
+    # node 1 feeds only 'none' edges: its 3x3 conv is dead code for a runtime that folds x * 0
+    vec = torch_features(space, space.from_string(
+        "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|skip_connect~2|"))
+    assert feature(vec, "dead_conv_k3_count") == 15 and feature(vec, "conv_k3_count") == 5
+
+
+def test_cache_persists_features_on_disk(tmp_path: Path) -> None:
+    space = search_spaces.get("nb201")
+    arch = space.from_string(CELL)
+    first = FeatureCache(tmp_path).features(space, [arch, arch])
+    assert (tmp_path / f"{space_key(space)}.tsv").read_text().count("\n") == 1
+    again = FeatureCache(tmp_path, extractor=lambda s, a: pytest.fail("must come from disk"))
+    np.testing.assert_allclose(again.features(space, [arch]), first[:1])
+
+
+def test_space_key_depends_on_settings() -> None:
+    assert space_key(search_spaces.get("nb201")) != space_key(search_spaces.get("nb201", channels=8))
+
+
+@NEEDS_MODELS
+def test_registry_lists_devices_under_friendly_names() -> None:
+    names = hardware_models.list()
+    for name in ("rpi4", "pixel2", "pixel3", "eyeriss", "fpga", "gold_6226", "titan_rtx_256", "local"):
+        assert name in names
+    assert "raspi4" not in names
+    with pytest.raises(ValueError, match="rpi4"):
+        hardware_models.get("raspberry")
+
+
+@NEEDS_MODELS
+@pytest.mark.parametrize("space_name", ["nb201", "ofa", "fbnet"])
+def test_rpi4_predicts_positive_ms_for_any_space(space_name: str, config_dir: Path) -> None:
+    space = search_spaces.get(space_name)
+    archs = [space.sample(np.random.default_rng(i)) for i in range(2)]
+    ms = hardware_models.get("rpi4").predict(space, archs)
+    assert ms.shape == (2,) and np.all(np.isfinite(ms)) and np.all(ms > 0)
+
+
+@NEEDS_MODELS
+def test_bigger_networks_are_slower_on_rpi4(config_dir: Path) -> None:
+    space = search_spaces.get("ofa")
+    ms = hardware_models.get("rpi4").predict(space, [space.smallest(), space.largest()])
+    assert ms[1] > 2 * ms[0]
+
+
+def measurements(space: object, n: int, target: str = "pixel3") -> list[tuple[str, float]]:
+    """``n`` NB201 cells with latencies from a shipped model (stand-in for a device)."""
+    archs = [space.sample(np.random.default_rng(100 + i)) for i in range(n)]
+    ms = hardware_models.get(target).predict(space, archs)
+    return [(space.to_string(a), float(v)) for a, v in zip(archs, ms)]
+
+
+@NEEDS_MODELS
+def test_adapt_registers_a_user_target_usable_by_name(config_dir: Path) -> None:
+    from hardware_models.adapt import adapt
+
+    space = search_spaces.get("nb201")
+    adapt(space, measurements(space, 10), "mydevice")
+    assert (config_dir / "targets" / "mydevice.json").is_file()
+    assert "mydevice" in hardware_models.list()
+    archs = [space.sample(np.random.default_rng(i)) for i in range(30)]
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(hardware_models.get("mydevice").predict(space, archs),
+                    hardware_models.get("pixel3").predict(space, archs))[0]
+    assert rho > 0.9
+
+
+@NEEDS_MODELS
+@pytest.mark.parametrize("bad, message", [
+    ("few", "at least 10"),
+    ("unknown", "not a nb201 architecture"),
+    ("negative", "positive number"),
+])
+def test_adapt_bad_input_registers_nothing(bad: str, message: str, config_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    space = search_spaces.get("nb201")
+    rows = measurements(space, 3 if bad == "few" else 12)
+    if bad == "unknown":
+        rows[4] = ("|conv_9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|", 3.0)
+    if bad == "negative":
+        rows[2] = (rows[2][0], -1.5)
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("arch", "latency_ms"), *rows])
+    code = main(["latency", "adapt", "--space", "nb201", "--name", "bad", "--measurements", str(path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (config_dir / "targets" / "bad.json").exists()
+
+
+@NEEDS_MODELS
+def test_cli_predict_keeps_input_order(config_dir: Path, tmp_path: Path) -> None:
+    space = search_spaces.get("nb201")
+    lines = [space.to_string(space.sample(np.random.default_rng(i))) for i in range(4)]
+    (tmp_path / "archs.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.csv"
+    assert main(["latency", "predict", "--space", "nb201", "--target", "rpi4", "--arch-file",
+                 str(tmp_path / "archs.txt"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["arch"] for r in rows] == lines
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+
+
+@NEEDS_MODELS
+def test_targets_listing_says_how_models_were_fitted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["targets", "rpi4", "--fitted"]) == 0
+    out = capsys.readouterr().out
+    assert "Raspberry Pi 4" in out and "NAS-Bench-201" in out
+
+
+def test_kit_script_runs_with_onnxruntime_only(tmp_path: Path) -> None:
+    kit = tmp_path / "kit"
+    assert main(["latency", "kit", "--space", "nb201", "--n", "2", "--out", str(kit), "--no-progress"]) == 0
+    assert len(list((kit / "models").glob("*.onnx"))) == 2
+    subprocess.run([sys.executable, str(kit / "measure.py"), "--repeats", "2", "--warmup", "1"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    rows = list(csv.DictReader(open(kit / "measurements.csv")))
+    assert len(rows) == 2 and all(float(r["latency_ms"]) > 0 for r in rows)
+    assert set(rows[0]) == {"arch", "latency_ms", "threads"}
+
+
+def test_shipped_file_is_small_json() -> None:
+    if hardware_models.SHIPPED.is_file():
+        assert hardware_models.SHIPPED.stat().st_size < 2_000_000
+        json.loads(hardware_models.SHIPPED.read_text())
