@@ -1,6 +1,7 @@
 """Score every NAS-Bench-201 cell with some proxies once, into a CSV that benchmarks read as a cache.
 
-Resumable: cells already in the output file are skipped, so the script can be stopped and restarted.
+Resumable: cells already in the output file (or in any ``--skip`` file) are skipped, so the script can be
+stopped and restarted; ``--shard I/N`` takes every N-th cell so that N processes can share the work.
 
 Usage:
     nice python experiments/precompute_nb201_proxies.py --proxies synflow --out experiments/out/nb201_synflow.csv
@@ -18,6 +19,7 @@ import torch
 
 import proxies
 import search_spaces
+from nas.evaluate import Evaluator
 
 
 def main() -> None:
@@ -27,6 +29,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shard", default="0/1", help="I/N: score only cells whose index is I modulo N")
+    parser.add_argument("--skip", action="append", default=[], help="CSV of cells already scored elsewhere")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -34,21 +38,30 @@ def main() -> None:
     names = [n.strip() for n in args.proxies.split(",") if n.strip()]
     space = search_spaces.get("nb201")
     batch = proxies.load_batch(None, args.batch_size, args.seed, tuple(space.input_shape))
+    # The search's own evaluator (seeded weights, same batch), so cached values equal what a search stores.
+    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, device="cpu")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
     if out.exists():
         with open(out, newline="") as f:
             done = {row["arch"] for row in csv.DictReader(f)}
-    archs = [a for a in space.all_archs() if space.to_string(a) not in done]
+    skip = set(done)
+    for path in args.skip:
+        with open(path, newline="") as f:
+            skip |= {row["arch"] for row in csv.DictReader(f)}
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    archs = [a for i, a in enumerate(space.all_archs())
+             if i % shards == shard and space.to_string(a) not in skip]
     start = time.perf_counter()
     with open(out, "a", newline="") as f:
         writer = csv.writer(f)
         if not done:
-            writer.writerow(["arch", *names])
+            writer.writerow(["arch", *names, "params_m"])
         for i, arch in enumerate(archs):
-            scores = proxies.score(space.build(arch), batch, names, seed=args.seed, device="cpu")
-            writer.writerow([space.to_string(arch), *(repr(scores[n]) for n in names)])
+            cand = evaluate(space.to_string(arch))
+            writer.writerow([cand.arch, *(repr(cand.scores.get(n, float("nan"))) for n in names),
+                             repr(cand.metrics.get("params", float("nan")))])
             if i % 100 == 99:
                 f.flush()
                 rate = (time.perf_counter() - start) / (i + 1)

@@ -107,6 +107,10 @@ def search(
         if not isinstance(space, str):
             raise TypeError("pass the space by name (and space_options) so that the run can be resumed")
         space_obj = search_spaces.get(space, **(space_options or {}))
+        defaults = dict(getattr(space_obj, "search_defaults", None) or {})
+        if defaults.get("space_options"):  # e.g. OFA scores proxies at half resolution unless told otherwise
+            space_options = {**defaults["space_options"], **(space_options or {})}
+            space_obj = search_spaces.get(space, **space_options)
         given = {"strategy": strategy, "budget": budget, "objectives": objectives, "proxies": proxies,
                  "batch_size": batch_size, "data": data, "strategy_options": strategy_options}
         settings = resolve_settings(space_obj, given, target)
@@ -279,9 +283,9 @@ def _run(setup: _Setup, store: RunStore, ex: executors.Executor, progress: bool,
                 result.write_outputs(store.dir, plot)
     queries = int(config.get("oracle_queries", 0))
     if queries:
+        # A resumed run re-ranks its larger pool; earlier answers are reused, not asked again.
         result.oracle = greedy_queries(result, space, queries, store.oracle())
-        for rank, (arch, acc) in enumerate(result.oracle.items()):
-            store.add_oracle(arch, acc, rank)
+        store.set_oracle(result.oracle)
     result.write_outputs(store.dir, plot)
     return result
 

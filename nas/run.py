@@ -136,10 +136,12 @@ class RunStore:
         return [json.loads(r[0]) for r in rows]
 
     # -- oracle queries of the exploitation step ---------------------------------------------------
-    def add_oracle(self, arch: str, accuracy: float, rank: int) -> None:
-        """Record one oracle query (true accuracy of ``arch``, the ``rank``-th queried)."""
+    def set_oracle(self, queried: dict[str, float]) -> None:
+        """Replace the recorded oracle queries by ``queried`` (arch -> true accuracy, in query order)."""
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO oracle VALUES (?, ?, ?)", (arch, accuracy, rank))
+            self._db.execute("DELETE FROM oracle")
+            self._db.executemany("INSERT INTO oracle VALUES (?, ?, ?)",
+                                 [(a, float(v), i) for i, (a, v) in enumerate(queried.items())])
 
     def oracle(self) -> dict[str, float]:
         """Oracle accuracies queried so far, in query order."""

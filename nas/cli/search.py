@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the search, write the outputs, then print the best and the Pareto candidates."""
     out = args.resume or args.out or _default_out(args)
+    # A scheduler's SIGTERM stops the search like Ctrl-C: the outputs are written and --resume continues.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     result = nas.search(
         space=args.space, strategy=args.strategy,
         objectives=split_names(args.objectives) if args.objectives else None,
@@ -72,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     files = ["run.sqlite", "best.json", "pareto.csv", "pareto.png"] + (["best.onnx"] if onnx else [])
     print(f"run directory: {out}  ({', '.join(files)})")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, object]:
