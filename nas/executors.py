@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +38,10 @@ class Executor(Protocol):
         ...
 
 
+class Stopped(RuntimeError):
+    """Raised by ``RayExecutor.map`` when its ``stop`` event is set."""
+
+
 class SerialExecutor:
     """Evaluates in this process, one after another."""
 
@@ -58,7 +64,9 @@ class RayExecutor:
 
     With no ``address`` a private local Ray instance with ``workers`` CPUs is started and shut down by
     ``close()``; with an address (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) an existing cluster is
-    joined; inside a process that already runs Ray (a sweep) that session is reused and left running.
+    joined; inside a process that already runs Ray (a sweep) that session is reused and left running
+    (with ``start=False`` only such a session is used, never a new one). Setting the ``stop`` event makes
+    ``map`` cancel its tasks and raise :class:`Stopped` within a second (how a sweep ends its searches).
     The evaluator is put in the object store once per ``map`` caller and cached by each worker, so a task
     ships only an arch string. A task whose worker dies is retried ``max_retries`` times; a task that
     still fails, or raises, comes back as a ``failed`` candidate carrying the error.
@@ -71,7 +79,8 @@ class RayExecutor:
     """
 
     def __init__(self, workers: int | None = None, address: str | None = None, max_retries: int = 3,
-                 threads_per_worker: int = 1, log_to_driver: bool = False) -> None:
+                 threads_per_worker: int = 1, log_to_driver: bool = False, start: bool = True,
+                 stop: threading.Event | None = None) -> None:
         if workers is not None and int(workers) < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if int(max_retries) < 0:
@@ -84,6 +93,8 @@ class RayExecutor:
         if ray.is_initialized():
             if address:
                 log.info("Ray is already running in this process; ignoring address %s", address)
+        elif not start:
+            raise RuntimeError("the Ray session this executor was to share has ended")
         else:
             init_ray(address, workers, log_to_driver=log_to_driver)
             self._owns_ray = True
@@ -95,6 +106,7 @@ class RayExecutor:
                                                    retry_exceptions=False)
         self._evaluate: Evaluate | None = None
         self._ref: Any = None
+        self._stop = stop
 
     def map(self, evaluate: Evaluate, archs: Iterable[str]) -> Iterator[Candidate]:
         """Submit archs as slots free up and yield each candidate as soon as it finishes."""
@@ -114,9 +126,11 @@ class RayExecutor:
                         pending[self._task.remote(box, arch, self.threads)] = arch
                 if not pending:
                     return
-                done, _ = ray.wait(list(pending), num_returns=1)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=None if self._stop is None else 0.5)
                 for ref in done:
                     yield self._result(ref, pending.pop(ref))
+                if self._stop is not None and self._stop.is_set():
+                    raise Stopped("stopped on request; finished candidates are kept")
         finally:
             for ref in pending:  # the caller stopped early: these results would be dropped anyway
                 ray.cancel(ref)
@@ -163,11 +177,31 @@ def init_ray(address: str | None, cpus: int | None, log_to_driver: bool = False)
 
     common: dict[str, Any] = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **common)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise RuntimeError(
+                f"could not join the Ray cluster at {address!r} ({str(err).splitlines()[0]}); start one with "
+                "`ray start --head` and pass its address (auto, HOST:PORT or ray://HOST:PORT); with token "
+                "authentication set RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN)") from err
     else:
         # "local" always starts a new instance, never joins another user's cluster on this machine
         ray.init(address="local", num_cpus=int(cpus or os.cpu_count() or 1), include_dashboard=False,
                  **common)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise RuntimeError(f"no Ray cluster answers at {address!r} ({err}); start one with `ray start --head` "
+                           "or check the address (auto, HOST:PORT or ray://HOST:PORT)") from None
 
 
 _WORKER_CACHE: OrderedDict[str, Evaluate] = OrderedDict()

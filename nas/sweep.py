@@ -24,6 +24,7 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -97,8 +98,14 @@ class SweepSpec:
         bad = set(settings) - set(SWEEP_KEYS)
         if bad:
             raise ValueError(f"[sweep]: unknown key(s) {sorted(bad)}; valid: {', '.join(SWEEP_KEYS)}")
+        axes = dict(data.get("grid", {}))
+        options = dict(data.get("options", {}))
+        for key in set(options) & set(GRID_KEYS):  # a fixed space/strategy/... is a one-value axis
+            if key in axes:
+                raise ValueError(f"{key!r} is both a [grid] axis and an [options] value; keep one")
+            axes[key] = options.pop(key)
         grid = {}
-        for key, values in data.get("grid", {}).items():
+        for key, values in axes.items():
             if key not in GRID_KEYS:
                 raise ValueError(f"[grid]: unknown axis {key!r}; valid: {', '.join(GRID_KEYS)} (fixed "
                                  "settings go in [options])")
@@ -111,7 +118,6 @@ class SweepSpec:
             if key in ("space", "target", "strategy") and not all(isinstance(v, str) for v in values):
                 raise ValueError(f"[grid]: {key} must be names (strings), got {values}")
             grid[key] = [None if key == "target" and v == "none" else v for v in values]
-        options = dict(data.get("options", {}))
         _check_options(options)
         for key in ("concurrent", "workers_per_search"):
             if settings.get(key) is not None and (not isinstance(settings[key], int) or settings[key] < 1):
@@ -145,7 +151,7 @@ def _check_options(options: dict[str, Any]) -> None:
     valid = sorted(set(inspect.signature(search).parameters) - _RESERVED)
     for key in options:
         if key in _RESERVED:
-            raise ValueError(f"[options]: {key!r} is set by the sweep or its grid, not per option")
+            raise ValueError(f"[options]: {key!r} is set by the sweep itself, not per option")
         if key not in valid:
             raise ValueError(f"[options]: unknown option {key!r}; valid: {', '.join(valid)}")
 
@@ -250,7 +256,8 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike[str] | None = None, *, add
         per_search = workers_per_search or spec.workers_per_search or max(1, cluster_cpus // at_once)
         log.info("sweep of %d searches, %d at a time, %d evaluations in flight each, on %d CPUs",
                  len(cells), at_once, per_search, cluster_cpus)
-        options = {"workers": per_search, "max_retries": spec.max_retries}
+        stop = threading.Event()
+        options = {"workers": per_search, "max_retries": spec.max_retries, "start": False, "stop": stop}
         started = time.perf_counter()
         results: dict[Cell, CellResult] = {}
         pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="sweep")
@@ -260,8 +267,11 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike[str] | None = None, *, add
                 res = results[future.result().cell] = future.result()
                 if on_cell is not None:
                     on_cell(res)
-        finally:  # after Ctrl-C start nothing new; running cells end when Ray shuts down below
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # Ctrl-C: start no new cell, stop the running ones, then shut Ray down
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         result = SweepResult(out_dir, [results[c] for c in cells], time.perf_counter() - started)
         result.write()
         return result

@@ -156,6 +156,22 @@ def test_evaluator_is_shipped_once_per_worker_not_per_task(ray_local, tmp_path):
     assert len(pids) == len(set(pids)) <= 2  # once per worker process, not once per task
 
 
+def test_stop_event_ends_map_promptly_keeping_finished_results(ray_local):
+    stop = threading.Event()
+
+    def evaluate(arch: str) -> Candidate:
+        time.sleep(0.1 if arch == "quick" else 5.0)
+        return Candidate(arch, {})
+
+    got = []
+    start = time.perf_counter()
+    with pytest.raises(executors.Stopped), executors.get("ray", workers=2, stop=stop) as ex:
+        for cand in ex.map(evaluate, ["quick", "slow", "slower"]):
+            got.append(cand.arch)
+            stop.set()
+    assert got == ["quick"] and time.perf_counter() - start < 4.5
+
+
 def test_bad_options_raise_clear_errors():
     with pytest.raises(ValueError, match="workers"):
         executors.get("ray", workers=0)
@@ -163,6 +179,13 @@ def test_bad_options_raise_clear_errors():
         executors.get("ray", max_retries=-1)
     with pytest.raises(ValueError, match="valid: .*ray.*serial"):
         executors.get("dask")
+
+
+def test_unreachable_cluster_address_fails_fast_and_clearly():
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="no Ray cluster answers at '127.0.0.1:1'.*ray start --head"):
+        executors.init_ray("127.0.0.1:1", None)
+    assert time.perf_counter() - start < 30
 
 
 def test_cli_search_with_ray_executor(ray_local, tmp_path, capsys):

@@ -27,6 +27,12 @@ batch_size = 8
 """
 
 
+def test_fixed_grid_settings_may_sit_in_options():
+    spec = SweepSpec.from_dict({"grid": {"seed": [0, 1]}, "options": {"strategy": "random", "batch_size": 8}})
+    assert [c.name for c in spec.cells()] == ["nb201-random-s0", "nb201-random-s1"]
+    assert spec.options == {"batch_size": 8}
+
+
 def test_grid_cells_and_names():
     spec = SweepSpec.from_dict({"grid": {"strategy": ["random", "evolution"], "seed": [0, 1],
                                          "target": ["none"]}})
@@ -39,7 +45,8 @@ def test_grid_cells_and_names():
     ({"grid": {"budget": [0]}}, "budget must be integers >= 1"),
     ({"grid": {"seed": []}}, "has no values"),
     ({"options": {"batchsize": 8}}, "unknown option 'batchsize'; valid: .*batch_size"),
-    ({"options": {"seed": 3}}, "set by the sweep or its grid"),
+    ({"options": {"out": "x"}}, "set by the sweep itself"),
+    ({"grid": {"seed": [0, 1]}, "options": {"seed": 3}}, "both a \\[grid\\] axis and an \\[options\\] value"),
     ({"sweep": {"concurrent": 0}}, "concurrent must be a positive integer"),
     ({"extra": {}}, "unknown table"),
 ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
         status = "[green]done[/]" if res.status == "ok" else f"[red]failed[/] {res.error}"
         console.print(f"  {res.cell.name}: {status} ({res.evaluated} evaluated, {res.wall_s:.1f} s)")
 
-    result = run_sweep(spec, out, address=args.ray_address, cpus=args.cpus, concurrent=args.concurrent,
-                       workers_per_search=args.workers_per_search, on_cell=report)
+    try:
+        result = run_sweep(spec, out, address=args.ray_address, cpus=args.cpus, concurrent=args.concurrent,
+                           workers_per_search=args.workers_per_search, on_cell=report)
+    except KeyboardInterrupt:
+        print("nas: interrupted; every finished candidate is saved; run the same `nas sweep` command again "
+              "to resume", file=sys.stderr)
+        return 130
     console.print(summary_table(result.records(), f"sweep {out} ({result.wall_s:.1f} s)",
                                 show_arch=console.width >= 160))
     console.print(f"summary (with the best architectures): {out / 'summary.csv'}, {out / 'summary.json'}")
