@@ -68,7 +68,8 @@ class RayExecutor:
     (with ``start=False`` only such a session is used, never a new one). Setting the ``stop`` event makes
     ``map`` cancel its tasks and raise :class:`Stopped` within a second (how a sweep ends its searches).
     The evaluator is put in the object store once per ``map`` caller and cached by each worker, so a task
-    ships only an arch string. A task whose worker dies is retried ``max_retries`` times; a task that
+    ships only an arch string. Each task takes ``threads_per_worker`` CPUs (torch uses that many threads)
+    and ``gpus_per_worker`` GPUs (fractions share one). A task whose worker dies is retried ``max_retries`` times; a task that
     still fails, or raises, comes back as a ``failed`` candidate carrying the error.
 
     Example:
@@ -79,8 +80,8 @@ class RayExecutor:
     """
 
     def __init__(self, workers: int | None = None, address: str | None = None, max_retries: int = 3,
-                 threads_per_worker: int = 1, log_to_driver: bool = False, start: bool = True,
-                 stop: threading.Event | None = None) -> None:
+                 threads_per_worker: int = 1, gpus_per_worker: float = 0.0, log_to_driver: bool = False,
+                 start: bool = True, stop: threading.Event | None = None) -> None:
         if workers is not None and int(workers) < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if int(max_retries) < 0:
@@ -102,8 +103,9 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.parallelism = int(workers) if workers else max(1, cpus // self.threads)
         self.max_retries = int(max_retries)
-        self._task = ray.remote(_run_task).options(num_cpus=self.threads, max_retries=self.max_retries,
-                                                   retry_exceptions=False)
+        # Ray hides GPUs from tasks that do not ask for them, so evaluations run on CPU unless given some
+        self._task = ray.remote(_run_task).options(num_cpus=self.threads, num_gpus=float(gpus_per_worker),
+                                                   max_retries=self.max_retries, retry_exceptions=False)
         self._evaluate: Evaluate | None = None
         self._ref: Any = None
         self._stop = stop

@@ -191,7 +191,7 @@ def test_unreachable_cluster_address_fails_fast_and_clearly():
 def test_cli_search_with_ray_executor(ray_local, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["search", "--budget", "4", "--objectives", "nwot", "--batch-size", "8", "--no-progress",
-                 "--executor", "ray", "--workers", "2", "--out", str(out)])
+                 "--executor", "ray", "--workers", "2", "--no-onnx", "--out", str(out)])
     assert code == 0 and len(RunStore(out)) == 4
 
 

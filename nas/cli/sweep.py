@@ -20,8 +20,10 @@ example SWEEP.toml:
   objectives = ["synflow"]
   batch_size = 32
 
-on a cluster: `ray start --head` on one node, `ray start --address HEAD:6379` on the others, then
-`nas sweep SWEEP.toml --ray-address auto` on the head node (run directories are written there).
+on a cluster: `ray start --head` on one node, `ray start --address HEAD:6379` on the others (same
+Python environment with zcnas installed), then `nas sweep SWEEP.toml --ray-address auto` on the head
+node: evaluations run on every node, run directories are written on the head node. Where Ray uses token
+authentication, export RAY_AUTH_MODE=token and give every node the cluster's token (~/.ray/auth_token).
 """
 
 
