@@ -101,7 +101,7 @@ def test_forward_and_onnx_parity(space, tmp_path, seed):
 
 def test_proxies_run(space):
     arch = space.sample(np.random.default_rng(2))
-    scores = proxies.score(space.build(arch), proxies.calibration_batch(batch_size=8), ["synflow", "nwot"])
+    scores = proxies.score(space.build(arch), proxies.calibration_batch(batch_size=8), ["nwot", "params"])
     assert all(np.isfinite(v) and v != proxies.SENTINEL for v in scores.values())
 
 
@@ -117,3 +117,10 @@ def test_imagenet_setting_builds_and_exports(tmp_path):
     torch.manual_seed(0)
     sess = ort.InferenceSession(space.to_onnx(arch, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], ref, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_synflow_runs(space):
+    arch = space.sample(np.random.default_rng(2))
+    value = proxies.score(space.build(arch), proxies.calibration_batch(batch_size=8), ["synflow"])["synflow"]
+    assert np.isfinite(value) and value != proxies.SENTINEL

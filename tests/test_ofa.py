@@ -302,7 +302,7 @@ def test_proxies_run_at_the_reduced_proxy_resolution():
     shape = space.proxy_input_shape(arch)
     assert shape[1] == round(arch.r / 2 / 4) * 4 and space.arch_input_shape(arch)[1] == arch.r
     batch = proxies.calibration_batch(batch_size=8).resized(shape[1:])
-    scores = proxies.score(space.build(arch), batch, ["synflow", "nwot"])
+    scores = proxies.score(space.build(arch), batch, ["nwot", "params"])
     assert all(np.isfinite(v) and v != proxies.SENTINEL for v in scores.values())
 
 
@@ -337,3 +337,12 @@ def test_supernet_subnets_match_for_many_random_archs():
         with torch.no_grad():
             np.testing.assert_allclose(sup.subnet(arch).eval()(x).numpy(), sup(x, arch).numpy(),
                                        rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_synflow_runs_at_the_proxy_resolution():
+    space = search_spaces.get("ofa", proxy_scale=0.5)
+    arch = space.smallest(128)
+    batch = proxies.calibration_batch(batch_size=8).resized(space.proxy_input_shape(arch)[1:])
+    value = proxies.score(space.build(arch), batch, ["synflow"])["synflow"]
+    assert np.isfinite(value) and value != proxies.SENTINEL
