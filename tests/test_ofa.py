@@ -29,39 +29,37 @@ def arch_from_stages(stages, r):
     return OFAArch(tuple(ks), tuple(e), tuple(len(b) for b in stages), r)
 
 
-def count_macs(model, shape):
-    """Multiply-accumulates of Conv2d and Linear layers (the convention of OFA's and thop's counters)."""
+def hook_sum(model, shape, types, amount):
+    """Sum ``amount(module, output)`` over the modules of ``types`` in one eval forward of ``shape``."""
     total = 0
 
     def hook(m, _inp, out):
         nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        else:
-            total += m.in_features * m.out_features
+        total += amount(m, out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
     with torch.no_grad():
         model.eval()(torch.zeros(1, *shape))
     for h in handles:
         h.remove()
     return total
+
+
+def count_macs(model, shape):
+    """Multiply-accumulates of Conv2d and Linear layers (the convention of OFA's and thop's counters)."""
+
+    def macs(m, out):
+        if isinstance(m, nn.Linear):
+            return m.in_features * m.out_features
+        return out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    return hook_sum(model, shape, (nn.Conv2d, nn.Linear), macs)
 
 
 def count_norm_act(model, shape):
     """Elements through BN (counted twice: scale and shift) and ReLU, as mmcv-style counters add them."""
-    total = 0
-
-    def hook(m, _inp, out):
-        nonlocal total
-        total += out.numel() * (2 if isinstance(m, nn.BatchNorm2d) else 1)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.ReLU))]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return total
+    return hook_sum(model, shape, (nn.BatchNorm2d, nn.ReLU),
+                    lambda m, out: out.numel() * (2 if isinstance(m, nn.BatchNorm2d) else 1))
 
 
 def n_params(model):
