@@ -8,17 +8,20 @@ by construction (ask-log replay) gives the same run as searching with that budge
 
 Usage:
     python experiments/search_nb201.py --accuracy-table ../shared/data/nb201_accuracy.csv \\
-        --cache experiments/out/nb201_synflow.csv --proxy synflow   # default: every nb201_synflow*.csv
+        --cache 'experiments/out/nb201_synflow*.csv' --proxy synflow
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import shutil
 import statistics
 import time
 from pathlib import Path
+
+import torch
 
 import nas
 import search_spaces
@@ -34,9 +37,9 @@ class CachedProxy:
     cache files are re-read first, since precompute shards may still be writing them.
     """
 
-    def __init__(self, paths: list[str], proxy: str, fill: str | None = None, batch_size: int = 64,
+    def __init__(self, pattern: str, proxy: str, fill: str | None = None, batch_size: int = 64,
                  seed: int = 0) -> None:
-        self.proxy, self.paths, self.fill = proxy, list(paths), fill
+        self.proxy, self.pattern, self.fill = proxy, pattern, fill
         self.batch_size, self.seed = batch_size, seed
         self.rows: dict[str, dict[str, str]] = {}
         self.computed = 0
@@ -45,7 +48,8 @@ class CachedProxy:
         self._reload()
 
     def _reload(self) -> None:
-        for path in [*self.paths, *([self.fill] if self.fill else [])]:
+        paths = sorted(glob.glob(self.pattern))
+        for path in [*paths, *([self.fill] if self.fill else [])]:
             if not Path(path).exists():
                 continue
             with open(path, newline="") as f:
@@ -97,9 +101,9 @@ def main() -> None:
     """Run the grid and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accuracy-table", required=True, help="nb201_accuracy.csv (the oracle)")
-    parser.add_argument("--cache", action="append",
-                        help="CSV of proxy values (repeatable; default experiments/out/nb201_synflow*.csv); "
-                             "cells in none of them are scored and appended to <out>/filled.csv")
+    parser.add_argument("--cache", default="experiments/out/nb201_synflow*.csv",
+                        help="glob of CSVs of proxy values (re-read as precompute shards add to them); cells "
+                             "in none of them are scored and appended to <out>/filled.csv")
     parser.add_argument("--proxy", default="synflow", help="the proxy column to maximise")
     parser.add_argument("--strategies", default="all", help="comma-separated, or all")
     parser.add_argument("--seeds", type=int, default=10)
@@ -109,11 +113,11 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
+    torch.set_num_threads(1)  # one thread per process: spinning OpenMP threads crawl on a shared machine
     space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
-    caches = args.cache or sorted(str(p) for p in Path("experiments/out").glob("nb201_synflow*.csv"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    evaluate = CachedProxy(caches, args.proxy, fill=str(out / "filled.csv"))
+    evaluate = CachedProxy(args.cache, args.proxy, fill=str(out / "filled.csv"))
     print(f"cache: {len(evaluate.rows)} of {space.cardinality} cells", flush=True)
     acc = {space.to_string(a): space.accuracy(a) for a in space.all_archs()}
     names = strategies.registry.list() if args.strategies == "all" else args.strategies.split(",")

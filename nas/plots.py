@@ -83,7 +83,8 @@ def _progress(result: SearchResult, ax) -> None:  # noqa: ANN001 - a matplotlib 
     ax.scatter(idx[finite], shown[finite], s=8, c="tab:blue", alpha=0.4, label="candidate")
     running = np.maximum.accumulate(vals)
     ok = np.isfinite(running)
-    ax.plot(idx[ok], (running if obj.maximize else -running)[ok], c="tab:red", lw=1.5, label="best so far")
+    ax.plot(idx[ok], (running if obj.maximize else -running)[ok], c="tab:red", lw=1.5, drawstyle="steps-post",
+            label="best so far")
     ax.set_xlabel("evaluations")
     ax.set_ylabel(_label(result, 0))
     ax.legend(fontsize=8, loc="lower right" if obj.maximize else "upper right")
