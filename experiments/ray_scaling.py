@@ -90,6 +90,7 @@ def measure_search(executor: str, workers: int, args: argparse.Namespace) -> dic
         list(warm.map(_noop, [f"warm-{i}" for i in range(4 * workers)]))
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            os.environ["ZCNAS_CACHE_DIR"] = tmp  # a fresh proxy cache: every candidate is really scored
             start = time.perf_counter()
             result = nas.search("nb201", "random", args.proxies, budget=args.n, seed=args.seed + 1,
                                 out=Path(tmp) / "run", batch_size=args.batch_size, executor=executor,
