@@ -183,11 +183,29 @@ class RecipeCell(nn.Module):
         self.acts = nn.ModuleDict({name: tag(acts[op](), "ffn_act") for name, (op, _) in self.spec.items()
                                    if op in acts})
 
-    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+    def precompute(self, x_seq: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ``x`` terms of every linear node for all steps at once ([B, T, hidden] each): one large
+        matrix product instead of one per step, the same values."""
+        out = {}
+        for name, (op, inputs) in self.spec.items():
+            if op == "linear" and "x" in inputs:
+                parts = self.linears[name].parts
+                out[name] = sum(parts[i](x_seq) for i, s in enumerate(inputs) if s == "x")
+        return out
+
+    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor],
+                pre: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
         values: dict[str, torch.Tensor] = {"x": x}
         values.update({f"h_prev_{i}": h for i, h in enumerate(hidden)})
         for name in self.order:
             op, inputs = self.spec[name]
+            if op == "linear" and pre is not None and name in pre:
+                y = pre[name]
+                for part, s in zip(self.linears[name].parts, inputs, strict=True):
+                    if s != "x":
+                        y = y + part(values[s])
+                values[name] = y
+                continue
             args = [values[s] for s in inputs]
             if op == "linear":
                 values[name] = self.linears[name](*args)
@@ -216,9 +234,10 @@ class RecipeRNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = [x.new_zeros(x.shape[0], self.hidden_size) for _ in range(self.cell.n_hidden)]
+        pre = self.cell.precompute(x)
         outs = []
         for t in range(x.shape[1]):
-            h = self.cell(x[:, t], h)
+            h = self.cell(x[:, t], h, {k: v[:, t] for k, v in pre.items()})
             outs.append(h[0])
         return torch.stack(outs, dim=1)
 
