@@ -36,7 +36,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def small():
-    return search_spaces.get("darts", channels=8, layers=5)
+    return search_spaces.get("darts", channels=8, layers=5, input_shape=(3, 16, 16))
 
 
 def test_published_parameter_counts(space):
@@ -123,7 +123,7 @@ def test_forward_and_onnx_parity(small, tmp_path):
     arch = small.from_string(DARTS_V2)
     torch.manual_seed(0)
     model = small.build(arch).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         ref = model(x).numpy()
     assert ref.shape == (2, 10) and np.isfinite(ref).all()
@@ -137,10 +137,23 @@ def test_forward_and_onnx_parity(small, tmp_path):
 def test_every_op_in_both_cells_runs_on_odd_sizes(small):
     rng = np.random.default_rng(5)
     arch = small.sample(rng)
-    out = small.build(arch, input_shape=(3, 27, 27))(torch.randn(2, 3, 27, 27))
+    out = small.build(arch, input_shape=(3, 15, 15))(torch.randn(2, 3, 15, 15))
     assert out.shape == (2, 10)
     ops = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
            "dil_conv_5x5", "sep_conv_3x3"]
     cell = [(op, i % 2) for i, op in enumerate(ops)]
     every = small.make(cell, cell)
-    assert small.build(every)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert small.build(every)(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "bayesian", "nsga2", "reinforce"])
+def test_every_strategy_asks_and_tells(space, name):
+    from nas import strategies
+
+    if name not in strategies.registry:
+        pytest.skip(f"strategy {name} not available")
+    strategy = strategies.get(name, space, seed=0)
+    for _ in range(3):
+        archs = strategy.ask(4)
+        assert all(space.from_string(space.to_string(a)) == a for a in archs)
+        strategy.tell(archs, [(float(space.encode(a)[:14].sum()),) for a in archs])

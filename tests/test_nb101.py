@@ -33,7 +33,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def small():
-    return search_spaces.get("nb101", channels=8)
+    return search_spaces.get("nb101", channels=8, input_shape=(3, 16, 16))
 
 
 def n_params(model):
@@ -158,7 +158,7 @@ def test_forward_and_onnx_parity(small, cell, tmp_path):
     arch = small.make(*cell)
     torch.manual_seed(0)
     model = small.build(arch).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         ref = model(x).numpy()
     assert ref.shape == (2, 10) and np.isfinite(ref).all()
@@ -175,3 +175,16 @@ def test_uneven_channel_split_truncates_and_odd_sizes_pool(small):
                       ["input", C3, MP, C1, "output"])
     out = small.build(arch, input_shape=(3, 30, 30))(torch.randn(2, 3, 30, 30))
     assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "bayesian", "nsga2", "reinforce"])
+def test_every_strategy_asks_and_tells(space, name):
+    from nas import strategies
+
+    if name not in strategies.registry:
+        pytest.skip(f"strategy {name} not available")
+    strategy = strategies.get(name, space, seed=0)
+    for _ in range(3):
+        archs = strategy.ask(4)
+        assert all(isinstance(a, NB101Cell) for a in archs)
+        strategy.tell(archs, [(float(a.num_edges),) for a in archs])
