@@ -105,6 +105,24 @@ class DynamicMBConv(nn.Module):
         y = _bn(F.conv2d(y, self.pw.conv.weight[:, :mid]), self.pw.bn)
         return x + y if self.stride == 1 and self.c_in == self.c_out else y
 
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        """Reorder the expanded channels by importance (L1 norm of their projection weights), as OFA
+        does before shrinking width, so that every ``mid`` slice keeps the most important channels."""
+        order = self.pw.conv.weight.abs().sum(dim=(0, 2, 3)).argsort(descending=True)
+        self.pw.conv.weight.copy_(self.pw.conv.weight[:, order])
+        for conv, bn in ((self.expand.conv, self.expand.bn), (self.dw.conv, self.dw.bn)):
+            conv.weight.copy_(conv.weight[order])
+            _permute_bn(bn, order)
+        if self.se is not None:
+            self.se.expand.weight.copy_(self.se.expand.weight[order])
+            self.se.expand.bias.copy_(self.se.expand.bias[order])
+            self.se.reduce.weight.copy_(self.se.reduce.weight[:, order])
+            inner = self.se.expand.weight.abs().sum(dim=(0, 2, 3)).argsort(descending=True)
+            self.se.expand.weight.copy_(self.se.expand.weight[:, inner])
+            self.se.reduce.weight.copy_(self.se.reduce.weight[inner])
+            self.se.reduce.bias.copy_(self.se.reduce.bias[inner])
+
     def _se_slices(self, mid: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         assert self.se is not None
         n = make_divisible(mid // 4)
@@ -135,6 +153,12 @@ class DynamicMBConv(nn.Module):
 
 def _act_name(module: nn.Module) -> str:
     return "h_swish" if isinstance(module, nn.Hardswish) else "relu"
+
+
+def _permute_bn(bn: nn.BatchNorm2d | None, order: torch.Tensor) -> None:
+    assert bn is not None
+    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        t.copy_(t[order])
 
 
 def _copy_bn(dst: nn.BatchNorm2d | None, src: nn.BatchNorm2d | None) -> None:
@@ -189,6 +213,12 @@ class OFASupernet(nn.Module):
             x = self.blocks[i](x, arch.ks[i], arch.e[i])
         x = self.feature_mix(self.final_expand(x).mean((2, 3), keepdim=True))
         return self.classifier(self.dropout(torch.flatten(x, 1)))
+
+    def sort_channels(self) -> OFASupernet:
+        """Sort every block's expanded channels by importance (OFA's width re-organisation)."""
+        for block in self.blocks:
+            block.sort_channels()
+        return self
 
     @torch.no_grad()
     def subnet(self, arch: OFAArch) -> MobileNetV3:

@@ -344,3 +344,19 @@ def test_synflow_runs_at_the_proxy_resolution():
     batch = proxies.calibration_batch(batch_size=8).resized(space.proxy_input_shape(arch)[1:])
     value = proxies.score(space.build(arch), batch, ["synflow"])["synflow"]
     assert np.isfinite(value) and value != proxies.SENTINEL
+
+
+def test_channel_sorting_keeps_the_largest_subnet_and_orders_by_importance():
+    torch.manual_seed(2)
+    sup = OFASupernet()
+    _randomise(sup)
+    sup.eval()
+    x = torch.randn(1, 3, 64, 64)
+    arch = search_spaces.get("ofa").largest(64)
+    with torch.no_grad():
+        before = sup(x, arch)
+        sup.sort_channels()
+        after = sup(x, arch)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    norms = sup.blocks[5].pw.conv.weight.abs().sum(dim=(0, 2, 3))
+    assert torch.all(norms[:-1] >= norms[1:])
