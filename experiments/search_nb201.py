@@ -19,6 +19,7 @@ import glob
 import shutil
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,9 +38,9 @@ class CachedProxy:
     cache files are re-read first, since precompute shards may still be writing them.
     """
 
-    def __init__(self, pattern: str, proxy: str, fill: str | None = None, batch_size: int = 64,
+    def __init__(self, patterns: list[str], proxy: str, fill: str | None = None, batch_size: int = 64,
                  seed: int = 0) -> None:
-        self.proxy, self.pattern, self.fill = proxy, pattern, fill
+        self.proxy, self.patterns, self.fill = proxy, list(patterns), fill
         self.batch_size, self.seed = batch_size, seed
         self.rows: dict[str, dict[str, str]] = {}
         self.computed = 0
@@ -48,13 +49,15 @@ class CachedProxy:
         self._reload()
 
     def _reload(self) -> None:
-        paths = sorted(glob.glob(self.pattern))
-        for path in [*paths, *([self.fill] if self.fill else [])]:
+        paths = sorted({p for pattern in self.patterns for p in glob.glob(pattern)})
+        for path in paths:
             if not Path(path).exists():
                 continue
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)
-                if self.proxy not in (reader.fieldnames or []):
+                if reader.fieldnames is None:  # a shard that has not flushed its header yet
+                    continue
+                if self.proxy not in reader.fieldnames:
                     raise SystemExit(f"{path} has no column {self.proxy!r}; columns: {reader.fieldnames}")
                 # A row cut short by a killed writer is skipped.
                 self.rows.update((r["arch"], r) for r in reader if r.get(self.proxy) not in (None, ""))
@@ -97,70 +100,93 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
 
 
+def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]:
+    """All seeds and budgets of one strategy; finished (seed, budget) rows in its results file are kept."""
+    torch.set_num_threads(1)  # one thread per process: spinning OpenMP threads crawl on a shared machine
+    out = Path(args.out)
+    space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
+    acc = {space.to_string(a): space.accuracy(a) for a in space.all_archs()}
+    evaluate = CachedProxy([args.cache, str(out / "filled-*.csv")], args.proxy,
+                           fill=str(out / f"filled-{name}.csv"))
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    path = out / f"results-{name}.csv"
+    rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+    done = {(int(r["seed"]), int(r["budget"])) for r in rows}
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        if all((seed, b) in done for b in budgets):
+            continue
+        run_dir = out / f"{name}-s{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for i, budget in enumerate(budgets):
+            result = nas.search(
+                "nb201", name, [args.proxy], budget=budget, seed=seed, out=run_dir, resume=i > 0,
+                oracle_queries=args.oracle_queries, space_options={"accuracy_table": args.accuracy_table},
+                strategy_options={"storage": None} if name in ("bayesian", "nsga2") else None,
+                progress=False, plot=False, evaluate=evaluate)
+            row = {"strategy": name, "seed": seed, "budget": budget,
+                   "proxy_pick": result.best_by_proxy.arch, "acc_proxy": acc[result.best_by_proxy.arch],
+                   "oracle_pick": result.best.arch, "acc_oracle": acc[result.best.arch],
+                   "queries": len(result.oracle), "seconds": round(time.perf_counter() - t0, 1)}
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+            rows.append(row)
+        print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s ({evaluate.computed} cells scored "
+              "because no cache held them)", flush=True)
+    return rows
+
+
 def main() -> None:
-    """Run the grid and print the table."""
+    """Run the grid (one process per strategy with --jobs) and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accuracy-table", required=True, help="nb201_accuracy.csv (the oracle)")
     parser.add_argument("--cache", default="experiments/out/nb201_synflow*.csv",
                         help="glob of CSVs of proxy values (re-read as precompute shards add to them); cells "
-                             "in none of them are scored and appended to <out>/filled.csv")
+                             "in none of them are scored and appended to <out>/filled-<strategy>.csv")
     parser.add_argument("--proxy", default="synflow", help="the proxy column to maximise")
     parser.add_argument("--strategies", default="all", help="comma-separated, or all")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budgets", default="100,500")
     parser.add_argument("--oracle-queries", type=int, default=20)
-    parser.add_argument("--out", default="experiments/out/search_nb201")
+    parser.add_argument("--jobs", type=int, default=1, help="strategies searched in parallel processes")
+    parser.add_argument("--out", default="experiments/out/search_nb201",
+                        help="run dirs and results-<strategy>.csv; finished rows there are not redone")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    torch.set_num_threads(1)  # one thread per process: spinning OpenMP threads crawl on a shared machine
-    space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    evaluate = CachedProxy(args.cache, args.proxy, fill=str(out / "filled.csv"))
-    print(f"cache: {len(evaluate.rows)} of {space.cardinality} cells", flush=True)
-    acc = {space.to_string(a): space.accuracy(a) for a in space.all_archs()}
     names = strategies.registry.list() if args.strategies == "all" else args.strategies.split(",")
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    rows: list[dict[str, object]] = []
-    for name in names:
-        t0 = time.perf_counter()
-        for seed in range(args.seeds):
-            run_dir = out / f"{name}-s{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            for i, budget in enumerate(budgets):
-                result = nas.search(
-                    "nb201", name, [args.proxy], budget=budget, seed=seed, out=run_dir, resume=i > 0,
-                    oracle_queries=args.oracle_queries, space_options={"accuracy_table": args.accuracy_table},
-                    progress=False, plot=False, evaluate=evaluate)
-                rows.append({"strategy": name, "seed": seed, "budget": budget,
-                             "proxy_pick": result.best_by_proxy.arch, "acc_proxy": acc[result.best_by_proxy.arch],
-                             "oracle_pick": result.best.arch, "acc_oracle": acc[result.best.arch],
-                             "queries": len(result.oracle)})
-        print(f"{name}: {time.perf_counter() - t0:.0f} s for {args.seeds} seeds ({evaluate.computed} cells "
-              "scored so far because no cache held them)", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = [r for part in pool.map(run_strategy, names, [args] * len(names)) for r in part]
+    for r in rows:
+        r["acc_proxy"], r["acc_oracle"] = float(r["acc_proxy"]), float(r["acc_oracle"])
+        r["seed"], r["budget"] = int(r["seed"]), int(r["budget"])
 
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-    # References: what the proxy alone can give on the cells scored (the whole space once the cache is full).
-    evaluate._reload()
-    ranked = sorted(evaluate.rows, key=lambda a: float(evaluate.rows[a][args.proxy]), reverse=True)
-    top_k = [acc[a] for a in ranked[: args.oracle_queries]]
+    # References: what the proxy alone gives on the cells scored (the whole space once the cache is full).
+    space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
+    acc = {space.to_string(a): space.accuracy(a) for a in space.all_archs()}
+    cache = CachedProxy([args.cache, str(out / "filled-*.csv")], args.proxy)
+    ranked = sorted(cache.rows, key=lambda a: float(cache.rows[a][args.proxy]), reverse=True)
     k = args.oracle_queries
+    top_k = [acc[a] for a in ranked[:k]]
     print(f"\nNAS-Bench-201 CIFAR-10 test accuracy (%) of the final pick, proxy {args.proxy}, "
           f"{args.seeds} seeds, mean ± std")
-    print(f"{'strategy':<10} {'budget':>6}  {'proxy pick':>14}  {f'+{k} oracle queries':>20}")
+    print(f"{'strategy':<10} {'budget':>6}  {'proxy pick':>14}  {f'+{k} oracle queries':>20}  {'runs':>4}")
     for name in names:
         for budget in budgets:
             sel = [r for r in rows if r["strategy"] == name and r["budget"] == budget]
-            print(f"{name:<10} {budget:>6}  {_mean_std([r['acc_proxy'] for r in sel]):>14}  "
-                  f"{_mean_std([r['acc_oracle'] for r in sel]):>20}")
-    print(f"\nreferences: optimum 94.37; proxy argmax over {len(ranked)} of {space.cardinality} cells "
-          f"{acc[ranked[0]]:.2f}; best of the proxy's top {k} cells {max(top_k):.2f}")
-    print(f"wall time {time.perf_counter() - start:.0f} s; per-run rows in {out / 'results.csv'}")
+            if sel:
+                print(f"{name:<10} {budget:>6}  {_mean_std([r['acc_proxy'] for r in sel]):>14}  "
+                      f"{_mean_std([r['acc_oracle'] for r in sel]):>20}  {len(sel):>4}")
+    print(f"\nreferences: optimum 94.37; proxy argmax over the {len(ranked)} of {space.cardinality} cells "
+          f"scored {acc[ranked[0]]:.2f}; best of the proxy's top {k} of them {max(top_k):.2f}")
+    print(f"wall time {time.perf_counter() - start:.0f} s; per-run rows in {out}/results-*.csv")
 
 
 if __name__ == "__main__":
