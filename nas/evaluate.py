@@ -5,19 +5,39 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 import proxies as proxy_lib
 from nas.run import Candidate
+from proxies.cache import ProxyCache, data_key
 from search_spaces import SearchSpace, arch_input_shape
 
 log = logging.getLogger(__name__)
 
 
+def space_key(space: SearchSpace) -> str:
+    """Cache key of a space's configuration: name, classes and input shape."""
+    shape = "x".join(str(s) for s in space.input_shape)
+    return f"{space.name}/{getattr(space, 'num_classes', '-')}/{shape}"
+
+
+def init_seed(seed: int, arch_string: str) -> int:
+    """Seed of a network's initialisation: stable across processes, different for every architecture."""
+    return (seed * 1_000_003 + zlib.crc32(arch_string.encode())) % (2**63)
+
+
 @dataclass
 class Evaluator:
-    """Scores architecture strings of one space; picklable so that executors can ship it to workers."""
+    """Scores architecture strings of one space; picklable so that executors can ship it to workers.
+
+    Each network is initialised from ``init_seed(seed, arch)``, so a value depends only on the
+    architecture, the data and the seed. With a :class:`proxies.ProxyCache`, cached proxy values are
+    reused and new ones stored; a network is built only when some value is missing.
+    """
 
     space: SearchSpace
     proxies: tuple[str, ...]
@@ -25,21 +45,34 @@ class Evaluator:
     target: Any = None  # a hardware_models Target, or None
     seed: int = 0
     device: str | None = None
+    cache: ProxyCache | None = None
     _batches: dict[tuple[int, ...], proxy_lib.Batch] = field(default_factory=dict, repr=False)
+    _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
 
     def __call__(self, arch_string: str) -> Candidate:
         """Evaluate one architecture; any failure is recorded on the candidate, never raised."""
         start = time.perf_counter()
         try:
             arch = self.space.from_string(arch_string)
+            arch_string = self.space.to_string(arch)
             # A space may score proxies at a reduced resolution (``proxy_input_shape``), e.g. OFA on CPU.
             shape = getattr(self.space, "proxy_input_shape", lambda a: arch_input_shape(self.space, a))(arch)
             batch = self._batch_for(shape)
-            model = self.space.build(arch)
-            scores = proxy_lib.score(model, batch, self.proxies, seed=self.seed, device=self.device)
-            metrics: dict[str, float] = {
-                "params": sum(p.numel() for p in model.parameters()) / 1e6,
-            }
+            scores = self.cached_scores(arch_string, shape)
+            missing = [n for n in self.proxies if n not in scores]
+            model = None
+            if missing or "params" not in scores:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(init_seed(self.seed, arch_string))
+                    model = self.space.build(arch)
+            if missing:
+                new = proxy_lib.score(model, batch, missing, seed=self.seed, device=self.device)
+                scores.update(new)
+                self._store(arch_string, shape, new)
+            scores = {n: scores[n] for n in self.proxies}
+            params = scores["params"] if "params" in scores else \
+                sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
+            metrics: dict[str, float] = {"params": params}
             if self.target is not None:
                 metrics["latency_ms"] = float(self.target.predict(self.space, [arch])[0])
             return Candidate(arch_string, scores, metrics, wall_s=time.perf_counter() - start)
@@ -49,6 +82,26 @@ class Evaluator:
                              error="".join(traceback.format_exception_only(type(err), err)).strip(),
                              wall_s=time.perf_counter() - start)
 
+    def _key(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        if shape not in self._data_keys:
+            batch = self._batch_for(shape)
+            self._data_keys[shape] = data_key(batch.name, batch.inputs)
+        return {"space": space_key(self.space), "data": self._data_keys[shape],
+                "batch_size": int(self.batch.inputs.shape[0]), "seed": self.seed}
+
+    def cached_scores(self, arch_string: str, shape: tuple[int, ...]) -> dict[str, float]:
+        """The cached proxy values of ``arch_string`` at input ``shape`` (empty without a cache)."""
+        if self.cache is None:
+            return {}
+        keyed = {_versioned(n): n for n in self.proxies}
+        found = self.cache.get(arch=arch_string, proxies=keyed, **self._key(shape))
+        return {keyed[k]: v for k, v in found.items()}
+
+    def _store(self, arch_string: str, shape: tuple[int, ...], values: dict[str, float]) -> None:
+        if self.cache is not None:
+            self.cache.put(arch=arch_string, values={_versioned(n): v for n, v in values.items()},
+                           **self._key(shape))
+
     def _batch_for(self, shape: tuple[int, ...]) -> proxy_lib.Batch:
         if shape not in self._batches:
             if getattr(self.space, "input_kind", "image") == "tokens":  # text: the space's LM objective
@@ -57,3 +110,7 @@ class Evaluator:
             else:
                 self._batches[shape] = self.batch.resized(tuple(shape[1:]))
         return self._batches[shape]
+
+
+def _versioned(name: str) -> str:
+    return f"{name}@{proxy_lib.get(name).version}"

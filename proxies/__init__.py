@@ -11,13 +11,20 @@ Example:
 
 from __future__ import annotations
 
+from proxies.cache import ProxyCache, default_cache_dir
 from proxies.data import Batch, calibration_batch, load_batch
-from proxies.engine import SENTINEL, ProxySpec, get, list, proxy, registry, score
+from proxies.engine import SENTINEL, Context, ProxySpec, artefact, get, list, proxy, registry, score
+
+SUITE: tuple[str, ...] = (
+    "params", "flops", "synflow", "logsynflow", "snip", "grasp", "fisher", "grad_norm", "jacov", "nwot", "zen",
+    "epe_nas", "l2_norm", "plain", "zico", "meco", "swap", "ntk", "linear_regions",
+)
+"""The classic zero-cost proxies for image classifiers (what ``--proxies suite`` means)."""
 
 __all__ = [
-    "Batch", "ProxySpec", "SENTINEL", "calibration_batch", "get", "list", "load_batch", "proxy",
-    "registry", "score",
+    "SUITE", "Batch", "Context", "ProxyCache", "ProxySpec", "SENTINEL", "artefact", "calibration_batch",
+    "default_cache_dir", "get", "list", "load_batch", "proxy", "registry", "score",
 ]
 
-from proxies import basic  # noqa: E402,F401  (registers the proxies)
+from proxies import activation, basic, flow, gradient, jacobian, passes  # noqa: E402,F401  (registration)
 from proxies import sequence  # noqa: E402,F401  (sequence-model metrics: bert, rnn, gpt, vit)

@@ -1,11 +1,21 @@
-"""The proxy registry and the engine that computes several proxies of one network."""
+"""The proxy registry and the engine that computes several proxies of one network from shared passes.
+
+A proxy is a small function ``fn(ctx) -> float`` registered with the *artefacts* it reads (``needs``):
+the engine takes the union of what the requested proxies need, runs each pass once (one train-mode
+forward with every hook registered at once, one cross-entropy backward, one input-Jacobian backward on
+the same graph, one SynFlow pass, ...) and hands every proxy the same :class:`Context`. Artefact
+builders live in :mod:`proxies.passes`.
+"""
 
 from __future__ import annotations
 
+import builtins
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,31 +26,65 @@ from proxies.data import Batch
 log = logging.getLogger(__name__)
 
 SENTINEL = -1e30
-"""Finite score given to a proxy that fails or yields NaN/inf: it ranks the network last."""
+"""Finite score given to a proxy that fails, yields NaN/inf, or scores a degenerate network: ranks last."""
 
-ProxyFn = Callable[[nn.Module, Batch], float]
+ProxyFn = Callable[..., float]
+ArtefactFn = Callable[["Context"], Any]
 
 
 @dataclass(frozen=True)
 class ProxySpec:
-    """A registered proxy: its function, a one-line description and how it uses the network."""
+    """A registered proxy: its function, a one-line description and the shared artefacts it reads.
+
+    Every proxy is oriented so that higher is better (e.g. ``ntk`` returns minus the condition number).
+    ``version`` is part of the on-disk cache key: bump it when a definition changes.
+    """
 
     name: str
     fn: ProxyFn
     description: str
-    needs_grad: bool = False  # whether the proxy back-propagates (the engine then keeps autograd on)
-    higher_is_better: bool = True
+    needs: frozenset[str] = frozenset()
+    version: int = 1
+    legacy: bool = False  # fn(model, batch) instead of fn(ctx)
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether the proxy back-propagates."""
+        return bool(self.needs & GRAD_ARTEFACTS) or self.legacy
 
 
 registry: Registry[ProxySpec] = Registry("proxy")
+_ARTEFACTS: dict[str, ArtefactFn] = {}
+
+ORDER: tuple[str, ...] = ("forward", "input_jacobian", "ce_grads")
+"""Artefacts that share one autograd graph, in the order that lets the last one free it."""
+
+GRAD_ARTEFACTS = frozenset({"input_jacobian", "ce_grads", "hvp", "half_grads", "layer_outputs"})
+"""Needs that make the shared forward keep an autograd graph."""
 
 
-def proxy(name: str, description: str, needs_grad: bool = False,
-          higher_is_better: bool = True) -> Callable[[ProxyFn], ProxyFn]:
-    """Register ``fn(model, batch) -> float`` as the proxy ``name``."""
+def proxy(name: str, description: str, needs: Iterable[str] = (), version: int = 1,
+          needs_grad: bool = False, higher_is_better: bool = True) -> Callable[[ProxyFn], ProxyFn]:
+    """Register ``fn(ctx) -> float`` as the proxy ``name`` reading the artefacts ``needs``.
+
+    A function taking ``(model, batch)`` is accepted too (it then runs on its own, after the others).
+    """
+    if not higher_is_better:
+        raise ValueError(f"proxy {name!r}: register proxies oriented higher-is-better (negate the value)")
 
     def wrap(fn: ProxyFn) -> ProxyFn:
-        registry.register(name, ProxySpec(name, fn, description, needs_grad, higher_is_better))
+        legacy = len(inspect.signature(fn).parameters) == 2
+        registry.register(name, ProxySpec(name, fn, description, frozenset(needs), version, legacy))
+        return fn
+
+    return wrap
+
+
+def artefact(name: str) -> Callable[[ArtefactFn], ArtefactFn]:
+    """Register the builder of a shared artefact (computed at most once per :func:`score` call)."""
+
+    def wrap(fn: ArtefactFn) -> ArtefactFn:
+        _ARTEFACTS[name] = fn
         return fn
 
     return wrap
@@ -51,29 +95,109 @@ def get(name: str) -> ProxySpec:
     return registry.get(name)
 
 
-def list(pattern: str = "*") -> list[str]:  # noqa: A001
+def list(pattern: str = "*") -> builtins.list[str]:  # noqa: A001
     """Registered proxy names matching ``pattern``."""
     return registry.list(pattern)
 
 
+class Context:
+    """What proxies read: the model, the batch, the seed, and lazily built shared artefacts."""
+
+    def __init__(self, model: nn.Module, batch: Batch, needs: frozenset[str], seed: int) -> None:
+        self.model = model
+        self.batch = batch
+        self.needs = needs
+        self.seed = seed
+        self.device = batch.inputs.device
+        self._built: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        """The artefact ``name``, built on first use; a builder's failure is re-raised to every reader."""
+        if name not in self._built:
+            try:
+                self._built[name] = _ARTEFACTS[name](self)
+            except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError) as err:
+                self._built[name] = err
+        value = self._built[name]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def generator(self, salt: int) -> torch.Generator:
+        """A torch generator on the batch's device seeded from the engine seed and ``salt``."""
+        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + salt)
+
+    def release(self) -> None:
+        """Drop every artefact (and with them any autograd graph)."""
+        self._built.clear()
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
           device: torch.device | str | None = None) -> dict[str, float]:
-    """Compute the proxies ``names`` of ``model`` on ``batch``; failures give ``SENTINEL``, never raise."""
-    specs = [get(n) for n in names]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Compute the proxies ``names`` of ``model`` on ``batch`` sharing passes; failures give ``SENTINEL``.
+
+    The model's parameters are left unchanged and its buffers (BatchNorm running statistics) and
+    train/eval mode are restored afterwards. Same model, batch and seed give identical values.
+    """
+    specs = [get(n) for n in dict.fromkeys(names)]
+    device = torch.device(device) if device is not None else _default_device()
     model = model.to(device)
     batch = batch.to(device)
+    needs = frozenset().union(*(s.needs for s in specs)) if specs else frozenset()
+    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+             if not isinstance(v, nn.Parameter)}
+    was_training = model.training
     out: dict[str, float] = {}
-    for spec in specs:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        ctx = Context(model, batch, needs, seed)
         try:
-            value = float(spec.fn(model, batch))
-        except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError) as err:
-            log.warning("proxy %s failed (%s); ranking the network last", spec.name, err)
-            value = math.nan
-        if not math.isfinite(value):
-            log.warning("proxy %s gave %s; ranking the network last", spec.name, value)
-            value = SENTINEL
-        out[spec.name] = value if spec.higher_is_better or value == SENTINEL else value
-        model.zero_grad(set_to_none=True)
+            if ctx.get("degenerate"):
+                log.warning("the network's output does not depend on its input; every proxy ranks it last")
+                return {s.name: SENTINEL for s in specs}
+            for name in ORDER:  # shared passes first, in the order that frees the graph last
+                if name == "forward" and needs & FORWARD_USERS or name in needs:
+                    try:
+                        ctx.get(name)
+                    except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError):
+                        pass  # reported by each proxy that reads it
+            for spec in specs:
+                out[spec.name] = _run_one(spec, ctx, model, batch)
+        finally:
+            ctx.release()
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for k, v in model.state_dict(keep_vars=True).items():
+                    if k in saved:
+                        v.copy_(saved[k])
+            model.train(was_training)
     return out
+
+
+FORWARD_USERS = frozenset({
+    "forward", "input_jacobian", "ce_grads", "hvp", "half_grads", "layer_outputs", "relu_kernel",
+    "relu_neuron_codes", "relu_pixel_regions", "feature_min_eig",
+})
+"""Needs that are served by the shared train-mode forward of the whole batch."""
+
+
+def _run_one(spec: ProxySpec, ctx: Context, model: nn.Module, batch: Batch) -> float:
+    try:
+        if spec.legacy:
+            value = float(spec.fn(model, batch))
+        else:
+            value = float(spec.fn(ctx))
+    except (RuntimeError, ValueError, FloatingPointError, ZeroDivisionError, torch.linalg.LinAlgError) as err:
+        log.warning("proxy %s failed (%s); ranking the network last", spec.name, err)
+        return SENTINEL
+    finally:
+        if spec.legacy:
+            model.zero_grad(set_to_none=True)
+    if not math.isfinite(value):
+        log.warning("proxy %s gave %s; ranking the network last", spec.name, value)
+        return SENTINEL
+    return value

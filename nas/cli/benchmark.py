@@ -1,0 +1,113 @@
+"""``nas benchmark proxies``: rank correlation of every proxy with true accuracy, and with NASLib."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+import proxies as proxy_lib
+import search_spaces
+from nas import proxy_benchmark as pb
+from nas.cli import UsageError
+from nas.cli.common import split_names
+from proxies.cache import ProxyCache
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the sub-command."""
+    p = sub.add_parser("benchmark", help="benchmark proxies against true accuracies")
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    what.required = True
+    q = what.add_parser("proxies", help="Spearman / Kendall tau of proxies vs accuracy (NAS-Bench-201)")
+    q.add_argument("--space", default="nb201", help="search space with an accuracy oracle (nb201)")
+    q.add_argument("--dataset", default="cifar10", choices=sorted(pb.NB201_DATASETS),
+                   help="accuracy-table column (default cifar10)")
+    q.add_argument("--accuracy-table", required=True, metavar="PATH", help="CSV of true accuracies")
+    q.add_argument("--n", type=int, default=1000, help="uniformly sampled cells (default 1000; 0: none)")
+    q.add_argument("--proxies", default="suite",
+                   help="comma-separated proxy names, 'suite' (the classic image proxies, default) or 'all'")
+    q.add_argument("--naslib", metavar="PATH", default=None,
+                   help="NASLib proxy values (default: nb201_naslib_proxies.csv beside the accuracy table)")
+    q.add_argument("--naslib-proxies", default=None,
+                   help="proxies to compare with NASLib on its cells (default: those of --proxies NASLib has)")
+    q.add_argument("--no-naslib", action="store_true", help="skip the comparison with NASLib")
+    q.add_argument("--data", default=None, help="calibration data (default: shipped CIFAR-10 images)")
+    q.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
+    q.add_argument("--seed", type=int, default=0, help="sampling, data and initialisation seed")
+    q.add_argument("--cache-dir", default=None, help="proxy cache folder (default $ZCNAS_CACHE_DIR or "
+                                                     "~/.cache/zcnas)")
+    q.add_argument("--cached-only", action="store_true", help="report cached values only; compute nothing")
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    q.add_argument("--values-csv", default=None, help="write every computed value to this CSV")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    q.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the cells, print the correlation table and NASLib agreement."""
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n < 0:
+        raise UsageError(f"--n must be >= 0, got {args.n}")
+    options = pb.NB201_DATASETS[args.dataset] if args.space == "nb201" else {}
+    space = search_spaces.get(args.space, accuracy_table=args.accuracy_table, dataset=args.dataset, **options)
+    names = {"all": proxy_lib.list(), "suite": list(proxy_lib.SUITE)}.get(args.proxies) or split_names(args.proxies)
+    for name in names:
+        proxy_lib.get(name)
+    cache = ProxyCache(args.cache_dir)
+    batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
+    archs = pb.sample_archs(space, args.n, args.seed)
+    naslib, naslib_names = None, []
+    if not args.no_naslib:
+        path = Path(args.naslib) if args.naslib else Path(args.accuracy_table).parent / "nb201_naslib_proxies.csv"
+        naslib = pb.read_naslib(path, args.dataset)
+        naslib_names = [n for n in (split_names(args.naslib_proxies) if args.naslib_proxies else names)
+                        if n in pb.NASLIB_PROXIES]
+    console = Console()
+    with Progress(console=console, disable=args.no_progress, transient=True) as bar:
+        task = bar.add_task("sampled cells", total=len(archs))
+        table = pb.compute_values(space, archs, names, batch, args.seed, cache, args.cached_only,
+                                  lambda i: bar.update(task, completed=i))
+        ours_naslib = None
+        if naslib is not None and naslib_names:
+            task = bar.add_task("NASLib cells", total=len(naslib))
+            ours_naslib = pb.compute_values(space, list(naslib), naslib_names, batch, args.seed, cache,
+                                            args.cached_only, lambda i: bar.update(task, completed=i))
+    accuracy = np.array([space.accuracy(space.from_string(a)) for a in archs])
+    rows = pb.rank_rows(table.values, accuracy) if archs else []
+    agreement = pb.naslib_agreement(ours_naslib, naslib) if ours_naslib is not None else {}
+    out = Table(title=f"{args.space} {args.dataset}: {len(archs)} cells, batch {args.batch_size}, seed {args.seed}")
+    for col in ("proxy", "n", "Spearman", "Kendall", "n NASLib", "Spearman(ours, NASLib)",
+                "NASLib vs val acc", "ours vs test acc (NASLib cells)"):
+        out.add_column(col, justify="left" if col == "proxy" else "right")
+    acc_naslib = np.array([space.accuracy(space.from_string(a)) for a in ours_naslib.archs]) \
+        if ours_naslib is not None else None
+    ours_on_naslib = {r.name: r for r in pb.rank_rows(ours_naslib.values, acc_naslib, False)} \
+        if ours_naslib is not None else {}
+    listed = [r.name for r in rows]
+    for r in rows + [pb.Row(n, 0, math.nan, math.nan) for n in agreement if n not in listed]:
+        agree = agreement.get(r.name)
+        on = ours_on_naslib.get(r.name)
+        out.add_row(r.name, str(r.n) if r.n else "", _f(r.spearman), _f(r.kendall),
+                    str(agree[0]) if agree else "", _f(agree[1]) if agree else "",
+                    _f(agree[2]) if agree else "", _f(on.spearman) if on else "")
+    console.print(out)
+    if args.values_csv:
+        extra = {n: pb.scorers.get(n)(table.values) for n in pb.scorers.list()}
+        table.to_csv(args.values_csv, extra)
+        if ours_naslib is not None:
+            ours_naslib.to_csv(Path(args.values_csv).with_suffix(".naslib.csv"))
+        console.print(f"values written to {args.values_csv}")
+    return 0
+
+
+def _f(x: float) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.3f}"

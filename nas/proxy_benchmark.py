@@ -1,0 +1,167 @@
+"""Rank-correlation benchmark of zero-cost proxies against true accuracies (and against NASLib's values).
+
+Extra scorers (e.g. ensembles of proxies) plug in with :func:`register_scorer`: each gets the per-proxy
+values of the benchmarked cells and returns one score per cell, reported as an extra row.
+
+Example:
+    >>> @register_scorer("sum_of_ranks")  # doctest: +SKIP
+    ... def sum_of_ranks(values):
+    ...     return sum(scipy.stats.rankdata(v) for v in values.values())
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+import proxies as proxy_lib
+from nas.evaluate import Evaluator
+from nas.registry import Registry
+from proxies.cache import ProxyCache
+from search_spaces import SearchSpace
+
+Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]
+scorers: Registry[Scorer] = Registry("benchmark scorer")
+
+NASLIB_PROXIES = ("flops", "params", "snip", "jacov", "grad_norm", "plain", "epe_nas", "fisher", "grasp",
+                  "l2_norm", "synflow")
+"""Proxies whose values NASLib publishes for NAS-Bench-201 (same names here)."""
+
+NB201_DATASETS: dict[str, dict[str, object]] = {
+    "cifar10": {"num_classes": 10},
+    "cifar100": {"num_classes": 100},
+    "imagenet16_120": {"num_classes": 120, "input_shape": (3, 16, 16)},
+}
+"""NAS-Bench-201 space options per dataset column of the accuracy table."""
+
+
+def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
+    """Register ``fn(values: {proxy: array}) -> array`` as an extra benchmark row ``name``."""
+
+    def wrap(fn: Scorer) -> Scorer:
+        scorers.register(name, fn)
+        return fn
+
+    return wrap
+
+
+@dataclass
+class ProxyValues:
+    """Proxy values of a list of architectures; NaN where a value was not computed."""
+
+    archs: list[str]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_csv(self, path: str | os.PathLike[str], extra: dict[str, Sequence[float]] | None = None) -> None:
+        """Write ``arch,<proxy>...[,<extra>...]``, one row per architecture."""
+        extra = extra or {}
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["arch", *self.values, *extra])
+            for i, arch in enumerate(self.archs):
+                writer.writerow([arch, *(repr(float(v[i])) for v in self.values.values()),
+                                 *(repr(float(v[i])) for v in extra.values())])
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the benchmark table."""
+
+    name: str
+    n: int
+    spearman: float
+    kendall: float
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int) -> list[str]:
+    """``n`` distinct uniformly sampled architecture strings (all of them when n >= cardinality)."""
+    rng = np.random.default_rng(seed)
+    all_archs = getattr(space, "all_archs", None)
+    if all_archs is not None:
+        archs = all_archs()
+        idx = rng.permutation(len(archs))[: min(n, len(archs))]
+        return [space.to_string(archs[i]) for i in idx]
+    out: dict[str, None] = {}
+    for _ in range(100 * n):
+        if len(out) >= n:
+            break
+        out.setdefault(space.to_string(space.sample(rng)), None)
+    return list(out)
+
+
+def compute_values(space: SearchSpace, archs: Sequence[str], names: Sequence[str], batch: proxy_lib.Batch,
+                   seed: int, cache: ProxyCache | None, cached_only: bool = False,
+                   progress: Callable[[int], None] | None = None) -> ProxyValues:
+    """Proxy values of ``archs`` through an :class:`Evaluator` (with the cache); ``cached_only`` reads
+    the cache and computes nothing."""
+    table = ProxyValues(list(archs), {n: np.full(len(archs), np.nan) for n in names})
+    evaluate = Evaluator(space, tuple(names), batch, seed=seed, cache=cache)
+    for i, arch in enumerate(archs):
+        if cached_only:
+            scores = evaluate.cached_scores(arch, tuple(space.input_shape)) if cache is not None else {}
+        else:
+            scores = evaluate(arch).scores
+        for name, value in scores.items():
+            table.values[name][i] = value
+        if progress is not None:
+            progress(i + 1)
+    return table
+
+
+def rank_rows(values: dict[str, np.ndarray], target: np.ndarray, with_scorers: bool = True) -> list[Row]:
+    """Spearman and Kendall tau of every proxy (and registered scorer) against ``target``."""
+    columns = dict(values)
+    if with_scorers:
+        for name in scorers.list():
+            columns[name] = np.asarray(scorers.get(name)(values), dtype=float)
+    rows = []
+    for name, v in columns.items():
+        ok = np.isfinite(v) & np.isfinite(target)
+        if ok.sum() < 3:
+            rows.append(Row(name, int(ok.sum()), math.nan, math.nan))
+            continue
+        rho = stats.spearmanr(v[ok], target[ok]).statistic
+        tau = stats.kendalltau(v[ok], target[ok]).statistic
+        rows.append(Row(name, int(ok.sum()), float(rho), float(tau)))
+    return rows
+
+
+def read_naslib(path: str | os.PathLike[str], dataset: str) -> dict[str, dict[str, float]]:
+    """NASLib's per-cell values for ``dataset``: {arch: {column: value}} (``val_accuracy`` included)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"NASLib proxy table {path} not found (nb201_naslib_proxies.csv; --naslib)")
+    out: dict[str, dict[str, float]] = {}
+    with open(file, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["dataset"] == dataset:
+                out[row["arch"]] = {k: float(v) for k, v in row.items() if k not in ("arch", "dataset")}
+    if not out:
+        raise ValueError(f"{path}: no rows for dataset {dataset!r}")
+    return out
+
+
+def naslib_agreement(ours: ProxyValues, naslib: dict[str, dict[str, float]]) -> dict[str, tuple[int, float, float]]:
+    """Per shared proxy: (cells, Spearman(ours, NASLib), Spearman(NASLib, NASLib's val_accuracy))."""
+    archs = [a for a in ours.archs if a in naslib]
+    idx = [ours.archs.index(a) for a in archs]
+    val = np.array([naslib[a]["val_accuracy"] for a in archs])
+    out = {}
+    for name, v in ours.values.items():
+        if name not in NASLIB_PROXIES:
+            continue
+        mine = v[idx]
+        theirs = np.array([naslib[a][name] for a in archs])
+        ok = np.isfinite(mine) & np.isfinite(theirs)
+        if ok.sum() < 3:
+            continue
+        out[name] = (int(ok.sum()), float(stats.spearmanr(mine[ok], theirs[ok]).statistic),
+                     float(stats.spearmanr(theirs[ok], val[ok]).statistic))
+    return out

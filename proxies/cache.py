@@ -1,0 +1,87 @@
+"""On-disk cache of proxy values keyed by (space, arch, proxy@version, data, batch size, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "ZCNAS_CACHE_DIR"
+DB_NAME = "proxies.sqlite"
+
+
+def default_cache_dir() -> Path:
+    """``$ZCNAS_CACHE_DIR`` if set, else ``~/.cache/zcnas``."""
+    return Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "zcnas")
+
+
+def data_key(name: str, inputs: Any) -> str:
+    """A short key naming a calibration batch by its name and a digest of its contents."""
+    digest = hashlib.sha1(inputs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return f"{name}:{digest}"
+
+
+class ProxyCache:
+    """A SQLite table of proxy values; safe to share between processes and picklable (it reconnects).
+
+    Example:
+        >>> import tempfile
+        >>> cache = ProxyCache(tempfile.mkdtemp())
+        >>> key = dict(space="nb201", data="cifar10:abc", batch_size=64, seed=0)
+        >>> cache.put(arch="a", values={"synflow@1": 1.5}, **key)
+        >>> cache.get(arch="a", proxies=["synflow@1", "nwot@1"], **key)
+        {'synflow@1': 1.5}
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.dir = Path(directory) if directory is not None else default_cache_dir()
+        self.path = self.dir / DB_NAME
+        self._db: sqlite3.Connection | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dir": self.dir, "path": self.path, "_db": None}
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS proxy_values (space TEXT NOT NULL, arch TEXT NOT NULL, "
+                "proxy TEXT NOT NULL, data TEXT NOT NULL, batch_size INTEGER NOT NULL, seed INTEGER NOT NULL, "
+                "value REAL NOT NULL, PRIMARY KEY (space, arch, proxy, data, batch_size, seed))")
+            self._db.commit()
+        return self._db
+
+    def get(self, space: str, arch: str, proxies: Iterable[str], data: str, batch_size: int,
+            seed: int) -> dict[str, float]:
+        """The cached values among ``proxies`` (missing ones are absent from the result)."""
+        names = list(proxies)
+        if not names:
+            return {}
+        marks = ",".join("?" * len(names))
+        rows = self._conn().execute(
+            f"SELECT proxy, value FROM proxy_values WHERE space=? AND arch=? AND data=? AND batch_size=? "
+            f"AND seed=? AND proxy IN ({marks})", (space, arch, data, batch_size, seed, *names)).fetchall()
+        return {p: float(v) for p, v in rows}
+
+    def put(self, space: str, arch: str, values: Mapping[str, float], data: str, batch_size: int,
+            seed: int) -> None:
+        """Store ``values`` (proxy -> value), replacing older entries with the same key."""
+        db = self._conn()
+        with db:
+            db.executemany("INSERT OR REPLACE INTO proxy_values VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(space, arch, p, data, batch_size, seed, float(v)) for p, v in values.items()])
+
+    def __len__(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM proxy_values").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the connection (it reopens on next use)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,263 @@
+"""Shared artefacts: each pass over the network runs once per ``score`` call and serves every proxy.
+
+* ``degenerate``: a 2-sample train-mode forward; True when the output does not depend on the input.
+* ``forward``: one train-mode forward of the batch (BatchNorm uses batch statistics, as NASLib and
+  the papers do), with every hook the requested proxies need registered once; it keeps an autograd
+  graph only when a gradient artefact is needed, else it runs under ``torch.inference_mode``.
+* ``input_jacobian``: d(sum of logits)/d(input) per sample, a backward on the shared graph.
+* ``ce_grads``: one cross-entropy backward on the shared graph giving the weight gradients of every
+  convolution / linear layer, optionally the gradients of their outputs (``layer_outputs``), two
+  half-batch gradients (``half_grads``) and the Hessian-gradient product (``hvp``).
+* ``synflow``: SynFlow's own pass (all-ones input, |weights|, float64).
+* ``layer_macs``: multiply-accumulates of convolution / linear layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from proxies.engine import FORWARD_USERS, Context, artefact
+
+WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+RELUS = (nn.ReLU, nn.ReLU6)
+PIXEL_REGION_SAMPLES = 8
+"""Samples whose pixels are used by ``relu_pixel_regions`` (enough points, bounded cost)."""
+
+
+def weight_layers(model: nn.Module) -> list[nn.Module]:
+    """Convolution and linear layers with a trainable weight, in module order."""
+    return [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and m.weight.requires_grad]
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Rows of a (N, L) boolean matrix as (N, ceil(L/62)) int64 keys; equal rows <=> equal keys."""
+    chunks = []
+    for start in range(0, bits.shape[1], 62):
+        part = bits[:, start:start + 62].long()
+        powers = torch.ones(part.shape[1], dtype=torch.long, device=bits.device).cumsum(0).sub_(1)
+        chunks.append((part << powers).sum(1))
+    return torch.stack(chunks, 1)
+
+
+def unique_rows(keys: torch.Tensor) -> torch.Tensor:
+    """Distinct rows of an int64 key matrix from :func:`pack_bits`."""
+    if keys.shape[1] == 1:
+        return torch.unique(keys[:, 0])[:, None]
+    return torch.unique(keys, dim=0)
+
+
+@artefact("degenerate")
+def _degenerate(ctx: Context) -> bool:
+    """Train-mode forward of 2 samples (BatchNorm keeps signals O(1), unlike eval mode at init where a
+    deep network's input-dependent part can shrink below float precision next to the biases); outputs
+    that do not differ at all mean the input is disconnected from the output."""
+    x = ctx.batch.inputs[:2]
+    if x.shape[0] < 2:
+        x = torch.cat([x, x.flip(-1) + 1.0])
+    ctx.model.train()
+    with torch.inference_mode():
+        y = ctx.model(x).double()
+    spread = (y[0] - y[1]).abs().max()
+    return bool(torch.isfinite(spread) and spread <= 1e-12 * y.abs().max())
+
+
+@dataclass
+class Forward:
+    """What the shared train-mode forward recorded."""
+
+    inputs: torch.Tensor
+    logits: torch.Tensor | None = None
+    relu_kernel: torch.Tensor | None = None  # NASWOT kernel, float64 (B, B)
+    neuron_codes: list[torch.Tensor] = field(default_factory=list)  # distinct per-neuron patterns per ReLU
+    pixel_regions: list[int] = field(default_factory=list)  # distinct per-pixel channel patterns per ReLU
+    feature_min_eig: list[float] = field(default_factory=list)  # MeCo term per 4-D module output
+    layer_outputs: list[torch.Tensor] = field(default_factory=list)  # conv/linear outputs (with graph)
+    macs: float = 0.0
+
+
+@artefact("forward")
+def _forward(ctx: Context) -> Forward:
+    model, needs = ctx.model, ctx.needs
+    model.train()
+    x = ctx.batch.inputs
+    if "input_jacobian" in needs:
+        x = x.detach().clone().requires_grad_(True)
+    rec = Forward(x)
+    handles = []
+    try:
+        if needs & {"relu_kernel", "relu_neuron_codes", "relu_pixel_regions"}:
+            hook = _relu_hook(rec, needs)
+            handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RELUS)]
+        if "feature_min_eig" in needs:
+            handles += [m.register_forward_hook(_meco_hook(rec)) for m in model.modules()]
+        if needs & {"layer_outputs", "layer_macs"}:
+            hook = _layer_hook(rec, "layer_outputs" in needs)
+            handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+        grad_mode = torch.enable_grad() if needs & {"input_jacobian", "ce_grads"} else torch.inference_mode()
+        with grad_mode:
+            rec.logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return rec
+
+
+def _relu_hook(rec: Forward, needs: frozenset[str]):  # noqa: ANN202 - a torch hook
+    def hook(_m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        with torch.no_grad():
+            b = out.shape[0]
+            codes = (out > 0).reshape(b, -1)
+            if "relu_kernel" in needs:
+                # K = C C^T + (1-C)(1-C)^T = 2 C C^T - s_i - s_j + n: one matmul instead of two; float32
+                # is exact here because every entry is an integer below 2**24.
+                c = codes.float()
+                s = c.sum(1)
+                k = (2 * (c @ c.T) - s[:, None] - s[None, :] + c.shape[1]).double()
+                rec.relu_kernel = k if rec.relu_kernel is None else rec.relu_kernel + k
+            if "relu_neuron_codes" in needs:
+                rec.neuron_codes.append(unique_rows(pack_bits(codes.T)))
+            if "relu_pixel_regions" in needs and out.dim() == 4:
+                m = min(b, PIXEL_REGION_SAMPLES)
+                pixels = (out[:m] > 0).permute(0, 2, 3, 1).reshape(-1, out.shape[1])
+                rec.pixel_regions.append(int(unique_rows(pack_bits(pixels)).shape[0]))
+
+    return hook
+
+
+def _meco_hook(rec: Forward):  # noqa: ANN202 - a torch hook
+    def hook(_m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if not torch.is_tensor(out) or out.dim() != 4 or out.shape[2] * out.shape[3] < 2:
+            return  # a 1x1 map has no spatial samples to correlate (MeCo's NaN -> 0 gives 0 anyway)
+        with torch.no_grad():
+            fea = out[0].reshape(out.shape[1], -1).double()
+            corr = torch.nan_to_num(torch.corrcoef(fea), nan=0.0, posinf=0.0, neginf=0.0)
+            rec.feature_min_eig.append(float(torch.linalg.eigvalsh(corr)[0]))
+
+    return hook
+
+
+def _layer_hook(rec: Forward, keep_outputs: bool):  # noqa: ANN202 - a torch hook
+    def hook(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if keep_outputs:
+            rec.layer_outputs.append(out)
+        per_output = m.weight[0].numel() if isinstance(m, nn.modules.conv._ConvNd) else m.in_features
+        rec.macs += out[0].numel() * per_output
+
+    return hook
+
+
+@artefact("layer_macs")
+def _layer_macs(ctx: Context) -> float:
+    if ctx.needs & FORWARD_USERS:
+        return ctx.get("forward").macs
+    rec = Forward(ctx.batch.inputs[:1])
+    hook = _layer_hook(rec, False)
+    handles = [m.register_forward_hook(hook) for m in ctx.model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    try:
+        ctx.model.eval()
+        with torch.inference_mode():
+            ctx.model(rec.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return rec.macs
+
+
+@artefact("input_jacobian")
+def _input_jacobian(ctx: Context) -> torch.Tensor:
+    f = ctx.get("forward")
+    (g,) = torch.autograd.grad(f.logits, f.inputs, torch.ones_like(f.logits), retain_graph=True)
+    return g.detach()
+
+
+@dataclass
+class Grads:
+    """Cross-entropy gradients of the convolution / linear weights (and more, when asked for)."""
+
+    layers: list[nn.Module]
+    grads: list[torch.Tensor]
+    act_grads: list[torch.Tensor]  # d loss / d layer output, aligned with Forward.layer_outputs
+    halves: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # per half of the batch
+    hvp: list[torch.Tensor] | None = None  # Hessian times gradient (GraSP)
+
+
+@artefact("ce_grads")
+def _ce_grads(ctx: Context) -> Grads:
+    f = ctx.get("forward")
+    layers = weight_layers(ctx.model)
+    weights = [m.weight for m in layers]
+    wrt = weights + f.layer_outputs
+    create = "hvp" in ctx.needs
+    targets = ctx.batch.targets
+    n = targets.shape[0]
+    halves = None
+    if "half_grads" in ctx.needs and n >= 2:
+        # Mean CE over the batch = weighted mean of the halves' mean CE, so the full gradient is the
+        # weighted sum of the two half gradients: two backwards on one graph, no second forward.
+        per_sample = F.cross_entropy(f.logits, targets, reduction="none")
+        h = n // 2
+        ga = _grad(per_sample[:h].mean(), wrt, retain=True, create=create)
+        gb = _grad(per_sample[h:].mean(), wrt, retain=create, create=create)
+        full = [(h * a + (n - h) * b) / n for a, b in zip(ga, gb, strict=True)]
+        halves = ([a.detach() for a in ga[: len(weights)]], [b.detach() for b in gb[: len(weights)]])
+    else:
+        full = _grad(F.cross_entropy(f.logits, targets), wrt, retain=create, create=create)
+    hvp = None
+    if create:
+        gw = full[: len(weights)]
+        z = sum((g.detach() * g).sum() for g in gw if g.requires_grad)
+        hvp = [h.detach() for h in _grad(z, weights, retain=False, create=False)] if torch.is_tensor(z) \
+            else [torch.zeros_like(w) for w in weights]
+    f.logits = f.logits.detach()  # the graph is no longer needed
+    f.layer_outputs = [o.detach() for o in f.layer_outputs]
+    full = [g.detach() for g in full]
+    return Grads(layers, full[: len(weights)], full[len(weights):], halves, hvp)
+
+
+def _grad(loss: torch.Tensor, wrt: list[torch.Tensor], retain: bool, create: bool) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, wrt, retain_graph=retain, create_graph=create, allow_unused=True)
+    return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt, strict=True)]
+
+
+@artefact("synflow")
+def _synflow(ctx: Context) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(|w|, dR/dw) per convolution / linear layer for R = sum of the logits of an all-ones input.
+
+    Runs in float64 on |parameters| with BatchNorm as identity (running mean 0, variance 1 in eval
+    mode), which is NASLib's BN-free SynFlow copy without copying the model.
+    """
+    model = ctx.model
+    model.eval()
+    layer_weights = {id(m.weight) for m in weight_layers(model)}
+    params, tracked = {}, []
+    for name, p in model.named_parameters():
+        q = p.detach().abs().double()
+        if id(p) in layer_weights:
+            q.requires_grad_(True)
+            tracked.append(q)
+        params[name] = q
+    buffers = {}
+    for name, b in model.named_buffers():
+        if name.endswith("running_mean"):
+            buffers[name] = torch.zeros_like(b, dtype=torch.float64)
+        elif name.endswith("running_var"):
+            buffers[name] = torch.ones_like(b, dtype=torch.float64)
+        else:
+            buffers[name] = b.double() if b.is_floating_point() else b
+    x = torch.ones((1, *ctx.batch.inputs.shape[1:]), dtype=torch.float64, device=ctx.device)
+    with torch.enable_grad():
+        out = functional_call(model, {**params, **buffers}, (x,))
+        grads = torch.autograd.grad(out.sum(), tracked, allow_unused=True)
+    return [(w.detach(), torch.zeros_like(w) if g is None else g) for w, g in zip(tracked, grads, strict=True)]
+
+
+def log_sum(values: list[torch.Tensor]) -> float:
+    """log of the sum of non-negative tensors' elements, -inf when it is zero."""
+    total = sum(float(v.sum()) for v in values)
+    return math.log(total) if total > 0 else -math.inf

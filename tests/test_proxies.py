@@ -1,0 +1,138 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import proxies
+import search_spaces
+from nas.cli import main
+from nas.evaluate import Evaluator
+from proxies.cache import ProxyCache
+
+SUITE = ["params", "flops", "synflow", "logsynflow", "snip", "grasp", "fisher", "grad_norm", "jacov", "nwot",
+         "zen", "epe_nas", "l2_norm", "plain", "zico", "meco", "swap", "ntk", "linear_regions"]
+DEGENERATE = ("none", "none", "skip_connect", "none", "nor_conv_3x3", "none")  # node 3 unreachable
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and a busy machine makes more threads much slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_space():
+    """NAS-Bench-201 cells in a narrow, shallow network on 16x16 inputs: the real ops, cheap to run."""
+    return search_spaces.get("nb201", channels=8, cells_per_stage=1, input_shape=(3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return proxies.calibration_batch(batch_size=10, seed=0, input_shape=(3, 16, 16))
+
+
+def _build(space, arch, seed=0):
+    torch.manual_seed(seed)
+    return space.build(arch)
+
+
+def test_every_proxy_is_registered_with_a_description():
+    for name in SUITE:
+        spec = proxies.get(name)
+        assert spec.description and "\n" not in spec.description
+
+
+def test_suite_on_20_random_cells_is_finite(small_space, batch):
+    rng = np.random.default_rng(0)
+    archs = [small_space.sample(rng) for _ in range(20)]
+    for arch in archs:
+        values = proxies.score(_build(small_space, arch), batch, SUITE, seed=0, device="cpu")
+        assert set(values) == set(SUITE)
+        assert all(math.isfinite(v) for v in values.values())
+        if small_space.is_degenerate(arch):
+            assert set(values.values()) == {proxies.SENTINEL}
+        else:
+            for name in ("params", "flops", "synflow", "snip", "nwot", "jacov", "swap"):
+                assert values[name] != proxies.SENTINEL, (name, arch)
+
+
+def test_degenerate_cell_ranks_last(small_space, batch):
+    assert small_space.is_degenerate(DEGENERATE)
+    bad = proxies.score(_build(small_space, DEGENERATE), batch, SUITE, device="cpu")
+    good = proxies.score(_build(small_space, ("nor_conv_3x3",) * 6), batch, SUITE, device="cpu")
+    for name in SUITE:
+        assert bad[name] == proxies.SENTINEL and good[name] > bad[name], name
+
+
+def test_same_seed_gives_identical_values_and_model_is_untouched(small_space, batch):
+    model = _build(small_space, ("nor_conv_3x3", "skip_connect", "nor_conv_1x1", "avg_pool_3x3",
+                                 "nor_conv_3x3", "skip_connect"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = proxies.score(model, batch, SUITE, seed=3, device="cpu")
+    b = proxies.score(model, batch, SUITE, seed=3, device="cpu")
+    assert a == b
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_shared_passes_give_the_values_of_single_proxies(small_space, batch):
+    model = _build(small_space, ("nor_conv_3x3", "nor_conv_1x1", "skip_connect", "nor_conv_3x3",
+                                 "avg_pool_3x3", "nor_conv_1x1"))
+    together = proxies.score(model, batch, SUITE, seed=1, device="cpu")
+    for name in SUITE:
+        alone = proxies.score(model, batch, [name], seed=1, device="cpu")[name]
+        assert alone == pytest.approx(together[name], rel=1e-4, abs=1e-6), name
+
+
+def test_failing_proxy_ranks_last_and_never_raises(small_space):
+    tiny = proxies.calibration_batch(batch_size=1, input_shape=(3, 16, 16))  # correlations need 2 samples
+    values = proxies.score(_build(small_space, ("nor_conv_3x3",) * 6), tiny, ["jacov", "params"], device="cpu")
+    assert values["jacov"] == proxies.SENTINEL and values["params"] > 0
+
+
+def test_evaluator_cache_hit_returns_identical_values(small_space, batch, tmp_path):
+    cache = ProxyCache(tmp_path)
+    names = ("synflow", "nwot", "snip", "params")
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|"
+    first = Evaluator(small_space, names, batch, seed=0, cache=cache)(arch)
+    assert len(cache) == len(names)
+    second = Evaluator(small_space, names, batch, seed=0, cache=ProxyCache(tmp_path))(arch)
+    assert first.status == second.status == "ok" and first.scores == second.scores
+    fresh = Evaluator(small_space, names, batch, seed=0)(arch)  # seeded init: same values without a cache
+    assert fresh.scores == first.scores
+    other_seed = Evaluator(small_space, names, batch, seed=1, cache=cache)(arch)
+    assert other_seed.scores != first.scores and len(cache) == 2 * len(names)
+
+
+def test_nas_score_all_proxies(tmp_path):
+    space = search_spaces.get("nb201")
+    rng = np.random.default_rng(1)
+    archs = [space.to_string(space.sample(rng)) for _ in range(2)]
+    path = tmp_path / "archs.txt"
+    path.write_text("\n".join(archs) + "\n")
+    out = tmp_path / "s.csv"
+    assert main(["score", "--arch-file", str(path), "--proxies", "all", "--batch-size", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0][1:] == proxies.list() and len(rows) == 3
+    assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[1:])
+
+
+def test_benchmark_cli_prints_table_and_naslib_agreement(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    lines = (shared_data / "nb201_naslib_proxies.csv").read_text().splitlines()
+    naslib = tmp_path / "naslib.csv"
+    naslib.write_text("\n".join([lines[0], *[r for r in lines[1:] if ",cifar10," in r][:8]]) + "\n")
+    argv = ["benchmark", "proxies", "--accuracy-table", str(shared_data / "nb201_accuracy.csv"), "--n", "6",
+            "--proxies", "params,flops,nwot", "--naslib", str(naslib), "--naslib-proxies", "params",
+            "--batch-size", "8", "--threads", "1", "--cache-dir", str(tmp_path), "--no-progress",
+            "--values-csv", str(tmp_path / "v.csv")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Spearman" in out and "nwot" in out and "1.000" in out
+    assert len((tmp_path / "v.csv").read_text().splitlines()) == 7
+    assert main([*argv, "--cached-only"]) == 0  # everything cached: recomputes nothing
+    assert "nwot" in capsys.readouterr().out
