@@ -116,7 +116,7 @@ class Context:
         if name not in self._built:
             try:
                 self._built[name] = _ARTEFACTS[name](self)
-            except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError) as err:
+            except Exception as err:  # noqa: BLE001 - re-raised to each reader, which ranks the net last
                 self._built[name] = err
         value = self._built[name]
         if isinstance(value, Exception):
@@ -156,15 +156,15 @@ def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
         torch.manual_seed(seed)
         ctx = Context(model, batch, needs, seed)
         try:
-            if ctx.get("degenerate"):
+            if _degenerate(ctx):
                 log.warning("the network's output does not depend on its input; every proxy ranks it last")
                 return {s.name: SENTINEL for s in specs}
             for name in ORDER:  # shared passes first, in the order that frees the graph last
                 if name == "forward" and needs & FORWARD_USERS or name in needs:
                     try:
                         ctx.get(name)
-                    except (RuntimeError, ValueError, FloatingPointError, torch.linalg.LinAlgError):
-                        pass  # reported by each proxy that reads it
+                    except Exception:  # noqa: BLE001, S110 - reported by each proxy that reads it
+                        pass
             for spec in specs:
                 out[spec.name] = _run_one(spec, ctx, model, batch)
         finally:
@@ -185,14 +185,22 @@ FORWARD_USERS = frozenset({
 """Needs that are served by the shared train-mode forward of the whole batch."""
 
 
+def _degenerate(ctx: Context) -> bool:
+    try:
+        return bool(ctx.get("degenerate"))
+    except Exception as err:  # noqa: BLE001 - each proxy then fails (and ranks last) on its own
+        log.debug("degeneracy check failed: %s", err)
+        return False
+
+
 def _run_one(spec: ProxySpec, ctx: Context, model: nn.Module, batch: Batch) -> float:
     try:
         if spec.legacy:
             value = float(spec.fn(model, batch))
         else:
             value = float(spec.fn(ctx))
-    except (RuntimeError, ValueError, FloatingPointError, ZeroDivisionError, torch.linalg.LinAlgError) as err:
-        log.warning("proxy %s failed (%s); ranking the network last", spec.name, err)
+    except Exception as err:  # noqa: BLE001 - a proxy must never stop a search
+        log.warning("proxy %s failed (%s: %s); ranking the network last", spec.name, type(err).__name__, err)
         return SENTINEL
     finally:
         if spec.legacy:

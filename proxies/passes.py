@@ -36,20 +36,34 @@ def weight_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Rows of a (N, L) boolean matrix as (N, ceil(L/62)) int64 keys; equal rows <=> equal keys."""
-    chunks = []
-    for start in range(0, bits.shape[1], 62):
-        part = bits[:, start:start + 62].long()
-        powers = torch.ones(part.shape[1], dtype=torch.long, device=bits.device).cumsum(0).sub_(1)
-        chunks.append((part << powers).sum(1))
-    return torch.stack(chunks, 1)
+    """Rows of a (N, L) boolean matrix as (N, ceil(L/63)) int64 keys; equal rows <=> equal keys.
+
+    Bits are summed in 21-bit groups by a float32 matmul (exact: sums stay below 2**24), three groups
+    per int64 key."""
+    n = bits.shape[0]
+    cols = []
+    for start in range(0, bits.shape[1], 63):
+        key = torch.zeros(n, dtype=torch.long, device=bits.device)
+        for sub in range(start, min(start + 63, bits.shape[1]), 21):
+            part = bits[:, sub:min(sub + 21, start + 63, bits.shape[1])].float()
+            powers = torch.pow(2.0, torch.arange(part.shape[1], dtype=torch.float32, device=bits.device))
+            key |= (part @ powers).long() << (sub - start)
+        cols.append(key)
+    return torch.stack(cols, 1)
 
 
 def unique_rows(keys: torch.Tensor) -> torch.Tensor:
-    """Distinct rows of an int64 key matrix from :func:`pack_bits`."""
+    """Distinct rows of an int64 key matrix from :func:`pack_bits` (1-D uniques only: fast)."""
     if keys.shape[1] == 1:
         return torch.unique(keys[:, 0])[:, None]
-    return torch.unique(keys, dim=0)
+    _, ids = torch.unique(keys[:, 0], return_inverse=True)
+    for j in range(1, keys.shape[1]):
+        values, inv = torch.unique(keys[:, j], return_inverse=True)
+        _, ids = torch.unique(ids * len(values) + inv, return_inverse=True)
+    n = keys.shape[0]
+    first = torch.full((int(ids.max()) + 1,), n, dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, ids, torch.arange(n, device=keys.device), "amin")
+    return keys[first]
 
 
 @artefact("degenerate")
@@ -59,7 +73,7 @@ def _degenerate(ctx: Context) -> bool:
     that do not differ at all mean the input is disconnected from the output."""
     x = ctx.batch.inputs[:2]
     if x.shape[0] < 2:
-        x = torch.cat([x, x.flip(-1) + 1.0])
+        x = torch.cat([x, x.flip(-1)])
     ctx.model.train()
     with torch.inference_mode():
         y = ctx.model(x).double()
@@ -197,22 +211,22 @@ def _ce_grads(ctx: Context) -> Grads:
     targets = ctx.batch.targets
     n = targets.shape[0]
     halves = None
+    full_loss = F.cross_entropy(f.logits, targets, reduction="none")
     if "half_grads" in ctx.needs and n >= 2:
-        # Mean CE over the batch = weighted mean of the halves' mean CE, so the full gradient is the
-        # weighted sum of the two half gradients: two backwards on one graph, no second forward.
-        per_sample = F.cross_entropy(f.logits, targets, reduction="none")
+        # Mean CE over the batch is the weighted mean of the halves' mean CE, so the second half's
+        # gradient follows from the full one: one extra plain backward, no second forward.
         h = n // 2
-        ga = _grad(per_sample[:h].mean(), wrt, retain=True, create=create)
-        gb = _grad(per_sample[h:].mean(), wrt, retain=create, create=create)
-        full = [(h * a + (n - h) * b) / n for a, b in zip(ga, gb, strict=True)]
-        halves = ([a.detach() for a in ga[: len(weights)]], [b.detach() for b in gb[: len(weights)]])
+        ga = [g.detach() for g in _grad(full_loss[:h].mean(), weights, retain=True, create=False)]
+        full = _grad(full_loss.mean(), wrt, retain=create, create=create)
+        gb = [(n * g.detach() - h * a) / (n - h) for g, a in zip(full[: len(weights)], ga, strict=True)]
+        halves = (ga, gb)
     else:
-        full = _grad(F.cross_entropy(f.logits, targets), wrt, retain=create, create=create)
+        full = _grad(full_loss.mean(), wrt, retain=create, create=create)
     hvp = None
     if create:
         gw = full[: len(weights)]
         z = sum((g.detach() * g).sum() for g in gw if g.requires_grad)
-        hvp = [h.detach() for h in _grad(z, weights, retain=False, create=False)] if torch.is_tensor(z) \
+        hvp = [v.detach() for v in _grad(z, weights, retain=False, create=False)] if torch.is_tensor(z) \
             else [torch.zeros_like(w) for w in weights]
     f.logits = f.logits.detach()  # the graph is no longer needed
     f.layer_outputs = [o.detach() for o in f.layer_outputs]
