@@ -23,6 +23,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError, default_to_onnx
+from search_spaces.cell_oracle import OracleMixin, read_accuracy_csv
 from search_spaces.darts_ops import Cell, DartsNetwork
 
 OPS: tuple[str, ...] = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -118,7 +119,7 @@ def _literal(node: ast.expr, name: str) -> Any:
 
 
 @register("darts")
-class DartsSpace:
+class DartsSpace(OracleMixin):
     """DARTS / NAS-Bench-301 cell space: normal + reduction cell, 8 edges each, 7 ops; ~10^18 networks.
 
     Args:
@@ -126,6 +127,9 @@ class DartsSpace:
         channels: initial channels C (32 as NAS-Bench-301 trained; DARTS' final evaluation used 36).
         layers: cells in the network (8 in NAS-Bench-301; DARTS' final evaluation used 20).
         input_shape: (C, H, W) of the input images.
+        accuracy_table: optional ``arch,<dataset>`` CSV of true accuracies; enables :meth:`accuracy` (an
+            oracle for benchmarks, never a search signal).
+        dataset: the accuracy column to read.
 
     Example:
         >>> space = DartsSpace(channels=8, layers=5)
@@ -138,11 +142,15 @@ class DartsSpace:
     description = "DARTS / NAS-Bench-301 cells: normal + reduce, 8 edges x 7 ops each; ~1e18 networks, CIFAR"
 
     def __init__(self, num_classes: int = 10, channels: int = 32, layers: int = 8,
-                 input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
+                 input_shape: tuple[int, int, int] = (3, 32, 32),
+                 accuracy_table: str | os.PathLike[str] | None = None, dataset: str = "cifar10") -> None:
         self.num_classes = num_classes
         self.channels = channels
         self.layers = layers
         self.input_shape = tuple(input_shape)
+        self.dataset = dataset
+        if accuracy_table is not None:
+            self._accuracy = read_accuracy_csv(accuracy_table, dataset, self.from_string)
 
     @property
     def cardinality(self) -> int:

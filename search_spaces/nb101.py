@@ -22,6 +22,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError, default_to_onnx
+from search_spaces.cell_oracle import OracleMixin, read_accuracy_csv
 from search_spaces.nb101_graph import (
     INPUT,
     MAX_VERTICES,
@@ -133,7 +134,7 @@ class NB101Network(nn.Module):
 
 
 @register("nb101")
-class NB101Space:
+class NB101Space(OracleMixin):
     """NAS-Bench-101 cell space: 7-vertex DAGs, at most 9 edges, 3 ops; 423,624 distinct cells.
 
     Architectures are :class:`NB101Cell` values, pruned and in the canonical vertex order the
@@ -145,6 +146,9 @@ class NB101Space:
         num_stacks: stacks of cells (3 in the benchmark).
         cells_per_stack: cells per stack (3 in the benchmark).
         input_shape: (C, H, W) of the input images.
+        accuracy_table: optional ``arch,<dataset>`` CSV of true accuracies; enables :meth:`accuracy` (an
+            oracle for benchmarks, never a search signal).
+        dataset: the accuracy column to read.
 
     Example:
         >>> space = NB101Space(channels=16)
@@ -158,12 +162,16 @@ class NB101Space:
     description = "NAS-Bench-101 cells: 7-vertex DAGs, <=9 edges, 3 ops; 423,624 networks, CIFAR 32x32"
 
     def __init__(self, num_classes: int = 10, channels: int = 128, num_stacks: int = 3,
-                 cells_per_stack: int = 3, input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
+                 cells_per_stack: int = 3, input_shape: tuple[int, int, int] = (3, 32, 32),
+                 accuracy_table: str | os.PathLike[str] | None = None, dataset: str = "cifar10") -> None:
         self.num_classes = num_classes
         self.channels = channels
         self.num_stacks = num_stacks
         self.cells_per_stack = cells_per_stack
         self.input_shape = tuple(input_shape)
+        self.dataset = dataset
+        if accuracy_table is not None:
+            self._accuracy = read_accuracy_csv(accuracy_table, dataset, self.from_string)
 
     @property
     def cardinality(self) -> int:

@@ -157,3 +157,16 @@ def test_every_strategy_asks_and_tells(space, name):
         archs = strategy.ask(4)
         assert all(space.from_string(space.to_string(a)) == a for a in archs)
         strategy.tell(archs, [(float(space.encode(a)[:14].sum()),) for a in archs])
+
+
+def test_optional_accuracy_table_accepts_genotype_strings(tmp_path):
+    import csv
+
+    path = tmp_path / "acc.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["arch", "cifar10"], [DARTS_V2, "97.2"]])
+    space = search_spaces.get("darts", accuracy_table=path)
+    v2 = space.from_string(DARTS_V2)
+    assert space.has_oracle and space.accuracy(space.from_string(space.to_string(v2))) == pytest.approx(97.2)
+    with pytest.raises(ValueError, match="columns 'arch' and 'cifar100'"):
+        search_spaces.get("darts", accuracy_table=path, dataset="cifar100")

@@ -188,3 +188,20 @@ def test_every_strategy_asks_and_tells(space, name):
         archs = strategy.ask(4)
         assert all(isinstance(a, NB101Cell) for a in archs)
         strategy.tell(archs, [(float(a.num_edges),) for a in archs])
+
+
+def test_optional_accuracy_table_is_keyed_by_canonical_cell(tmp_path):
+    import csv
+
+    path = tmp_path / "acc.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arch", "cifar10"])
+        w.writerow([json.dumps({"matrix": INCEPTION_QUERY[0], "ops": INCEPTION_QUERY[1]}), "93.1"])
+    space = search_spaces.get("nb101", accuracy_table=path)
+    assert space.has_oracle and not search_spaces.get("nb101").has_oracle
+    assert space.accuracy(space.make(*INCEPTION_STORED)) == pytest.approx(93.1)
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow(['{"matrix": [[0, 0], [0, 0]], "ops": ["input", "output"]}', "10"])
+    with pytest.raises(ValueError, match="line 3: output not reachable"):
+        search_spaces.get("nb101", accuracy_table=path)

@@ -1,0 +1,51 @@
+"""Optional accuracy oracles for the nb101 and darts spaces: a CSV of architecture strings and accuracies.
+
+Neither benchmark's accuracies ship with the project; a user who has them (for example NASLib's
+NAS-Bench-101 / NAS-Bench-301 exports) writes ``arch,<dataset>`` rows, with ``arch`` in any string form
+the space parses. Isomorphic or reordered specs map to one canonical architecture, so each row lands on
+the candidate the search proposes. An oracle is for benchmarking only, never a search signal.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Hashable
+
+from search_spaces.base import ArchError
+
+
+def read_accuracy_csv(path: str | os.PathLike[str], dataset: str,
+                      parse: Callable[[str], Hashable]) -> dict[Hashable, float]:
+    """``{arch: accuracy}`` from the ``arch`` and ``dataset`` columns; a bad row raises naming its line."""
+    out: dict[Hashable, float] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "arch" not in reader.fieldnames or dataset not in reader.fieldnames:
+            raise ValueError(f"{path}: needs the columns 'arch' and {dataset!r}; it has {reader.fieldnames}")
+        for line, row in enumerate(reader, 2):
+            try:
+                out[parse(row["arch"])] = float(row[dataset])
+            except (ArchError, ValueError) as err:
+                raise ValueError(f"{path}, line {line}: {err}") from None
+    return out
+
+
+class OracleMixin:
+    """``accuracy(arch)`` and ``has_oracle`` over a table read by :func:`read_accuracy_csv`."""
+
+    _accuracy: dict[Hashable, float] | None = None
+
+    def accuracy(self, arch: Hashable) -> float:
+        """True accuracy from the attached table (an oracle, for benchmarks only)."""
+        if self._accuracy is None:
+            raise RuntimeError("no accuracy table attached; pass accuracy_table=PATH (an arch,<dataset> CSV)")
+        try:
+            return self._accuracy[arch]
+        except KeyError:
+            raise KeyError("architecture not in the attached accuracy table") from None
+
+    @property
+    def has_oracle(self) -> bool:
+        """Whether an accuracy table is attached."""
+        return self._accuracy is not None
