@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
+import os
 import time
 import traceback
 import zlib
@@ -13,16 +16,29 @@ import torch
 
 import proxies as proxy_lib
 from nas.run import Candidate
-from proxies.cache import ProxyCache, data_key
+from proxies.cache import ENV_VAR, ProxyCache, data_key
 from search_spaces import SearchSpace, arch_input_shape
 
 log = logging.getLogger(__name__)
 
 
 def space_key(space: SearchSpace) -> str:
-    """Cache key of a space's configuration: name, classes and input shape."""
+    """Cache key of a space's configuration: name, classes, input shape, plus a digest of any other
+    constructor option set to a non-default value (e.g. NAS-Bench-201 ``channels=8``)."""
     shape = "x".join(str(s) for s in space.input_shape)
-    return f"{space.name}/{getattr(space, 'num_classes', '-')}/{shape}"
+    key = f"{space.name}/{getattr(space, 'num_classes', '-')}/{shape}"
+    try:
+        params = inspect.signature(type(space).__init__).parameters
+    except (TypeError, ValueError):
+        return key
+    changed = {n: getattr(space, n) for n, p in params.items()
+               if n not in ("self", "num_classes", "input_shape", "dataset", "accuracy_table")
+               and p.default is not inspect.Parameter.empty and hasattr(space, n)
+               and isinstance(getattr(space, n), (int, float, str, bool, tuple))
+               and getattr(space, n) != p.default}
+    if changed:
+        key += "/" + hashlib.sha1(repr(sorted(changed.items())).encode()).hexdigest()[:12]
+    return key
 
 
 def init_seed(seed: int, arch_string: str) -> int:
@@ -36,7 +52,8 @@ class Evaluator:
 
     Each network is initialised from ``init_seed(seed, arch)``, so a value depends only on the
     architecture, the data and the seed. With a :class:`proxies.ProxyCache`, cached proxy values are
-    reused and new ones stored; a network is built only when some value is missing.
+    reused and new ones stored; a network is built only when some value is missing. Without one, the
+    cache in ``$ZCNAS_CACHE_DIR`` is used when that variable is set (an opt-in for every search).
     """
 
     space: SearchSpace
@@ -48,6 +65,10 @@ class Evaluator:
     cache: ProxyCache | None = None
     _batches: dict[tuple[int, ...], proxy_lib.Batch] = field(default_factory=dict, repr=False)
     _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cache is None and os.environ.get(ENV_VAR):
+            self.cache = ProxyCache()
 
     def __call__(self, arch_string: str) -> Candidate:
         """Evaluate one architecture; any failure is recorded on the candidate, never raised."""
