@@ -1,18 +1,20 @@
 """Throughput of NAS-Bench-201 candidate evaluation: serial vs the Ray executor with 1 and 2 workers.
 
-Every mode evaluates the same distinct random NB201 cells with the same evaluator (calibration batch,
+All modes evaluate the same distinct random NB201 cells with the same evaluator (calibration batch,
 proxies, seed) and must produce identical scores. torch uses ONE thread per evaluation everywhere (the
 serial baseline in this process, and each Ray worker), so 2 workers on 2 cores is a fair 2-core vs
-1-core comparison. Ray start-up and the first task per worker (importing torch) are measured apart and
-left out of the throughput. The per-task overhead is the round trip of a no-op evaluation through a
-1-worker Ray executor, and the extra time per candidate of ray-1 over serial.
+1-core comparison. The modes run in interleaved rounds on one local 2-CPU Ray instance (ray-1 keeps one
+task in flight, ray-2 two), so that load from other processes on a shared machine hits them alike; the
+median over rounds is reported. Ray start-up and the first task per worker (process start, importing
+torch) are measured apart and left out of the throughput. The per-task overhead is the round trip of a
+no-op evaluation through ray-1, and the extra time per candidate of ray-1 over serial.
 
 The ``search`` rows run ``nas.search`` end to end (strategy, SQLite writes, the loop asking in batches
-of ``workers``) on the same budget with Ray already started, so they add the loop's wait for the slowest
-task of each batch to the executor rows (which keep every worker busy).
+of ``workers``) with Ray already started, so they add the loop's wait for the slowest task of each batch
+to the executor rows (which keep every worker busy).
 
 Usage:
-    nice python experiments/ray_scaling.py --n 40 --repeats 2 --out experiments/out/ray_scaling.json
+    python experiments/ray_scaling.py --n 30 --rounds 3 --out experiments/out/ray_scaling.json
 """
 
 from __future__ import annotations
@@ -50,33 +52,40 @@ def _timed(ex: Any, evaluate: Callable[[str], Candidate], archs: list[str]) -> t
     return time.perf_counter() - start, out
 
 
-def measure_executor(mode: str, workers: int, evaluate: Evaluator, archs: list[str], warmup: list[str],
-                     repeats: int) -> dict[str, Any]:
-    """Candidates per second of one executor on ``archs`` (best and median of ``repeats``)."""
-    load = os.getloadavg()[0]
+def measure_executors(evaluate: Evaluator, rounds: list[list[str]], warmup: list[str]) -> dict[str, Any]:
+    """Interleaved rounds of serial, ray-1 and ray-2 on one local 2-CPU Ray instance.
+
+    Each round times the three modes back to back on the same candidates, so that a change in the load
+    of a shared machine hits every mode alike; the per-mode throughput is the median over rounds.
+    """
+    import ray
+
     start = time.perf_counter()
-    ex = SerialExecutor() if mode == "serial" else RayExecutor(workers=workers, max_retries=0)
+    init_ray(None, 2)
     startup = time.perf_counter() - start
-    try:
-        warm_s, _ = _timed(ex, evaluate, warmup[: max(1, workers)])  # starts workers, imports torch there
-        times, scores = [], {}
-        for _ in range(repeats):
+    modes = {"serial": SerialExecutor(), "ray-1": RayExecutor(workers=1, max_retries=0),
+             "ray-2": RayExecutor(workers=2, max_retries=0)}
+    first_tasks, _ = _timed(modes["ray-2"], evaluate, warmup[:2])  # starts both workers, imports torch
+    _timed(modes["serial"], evaluate, warmup[2:3])
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    loads: list[float] = []
+    same = True
+    for archs in rounds:
+        loads.append(os.getloadavg()[0])
+        reference = None
+        for name, ex in modes.items():
             t, scores = _timed(ex, evaluate, archs)
-            times.append(t)
-        noop = None
-        if mode == "ray" and workers == 1:
-            ids = [f"noop-{i}" for i in range(200)]
-            _timed(ex, _noop, ids[:10])
-            noop = _timed(ex, _noop, ids)[0] / len(ids)
-    finally:
-        start = time.perf_counter()
-        ex.close()
-        shutdown = time.perf_counter() - start
-    return {"mode": f"{mode}" if mode == "serial" else f"ray-{workers}", "workers": workers,
-            "startup_s": startup, "first_tasks_s": warm_s, "shutdown_s": shutdown, "times_s": times,
-            "cand_per_s": len(archs) / min(times), "cand_per_s_median": len(archs) / statistics.median(times),
-            "noop_task_ms": noop * 1e3 if noop is not None else None, "load_before": load,
-            "load_after": os.getloadavg()[0], "scores": scores}
+            times[name].append(len(archs) / t)
+            reference = reference or scores
+            same = same and scores == reference
+    ids = [f"noop-{i}" for i in range(300)]
+    _timed(modes["ray-1"], _noop, ids[:20])
+    noop_ms = _timed(modes["ray-1"], _noop, ids)[0] / len(ids) * 1e3
+    start = time.perf_counter()
+    ray.shutdown()
+    shutdown = time.perf_counter() - start
+    return {"startup_s": startup, "first_tasks_s": first_tasks, "shutdown_s": shutdown,
+            "cand_per_s": times, "loads": loads, "noop_task_ms": noop_ms, "identical_scores": same}
 
 
 def measure_search(executor: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -106,8 +115,8 @@ def measure_search(executor: str, workers: int, args: argparse.Namespace) -> dic
 def main() -> None:
     """Measure every mode and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=40, help="distinct candidates per measurement")
-    parser.add_argument("--repeats", type=int, default=1, help="timed passes per mode (best is reported)")
+    parser.add_argument("--n", type=int, default=30, help="distinct candidates per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is reported)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--proxies", default="synflow,nwot", type=lambda s: s.split(","))
     parser.add_argument("--seed", type=int, default=0)
@@ -119,28 +128,26 @@ def main() -> None:
 
     space = search_spaces.get("nb201")
     rng = np.random.default_rng(args.seed)
-    pool = list(dict.fromkeys(space.to_string(space.sample(rng)) for _ in range(4 * args.n + 8)))
-    archs, warmup = pool[: args.n], pool[args.n: args.n + 4]
+    pool = list(dict.fromkeys(space.to_string(space.sample(rng)) for _ in range(2 * args.rounds * args.n + 8)))
+    pool = pool[: args.rounds * args.n + 3]  # distinct cells: every round scores new networks
     batch = proxies.load_batch(None, args.batch_size, args.seed, tuple(space.input_shape))
     evaluate = Evaluator(space, tuple(args.proxies), batch, None, args.seed)
-
-    rows = [measure_executor("serial", 1, evaluate, archs, warmup, args.repeats),
-            measure_executor("ray", 1, evaluate, archs, warmup, args.repeats),
-            measure_executor("ray", 2, evaluate, archs, warmup, args.repeats)]
-    same = all(r["scores"] == rows[0]["scores"] for r in rows)
-    base = rows[0]["cand_per_s"]
-    print(f"NB201, {args.n} distinct candidates, proxies {','.join(args.proxies)}, batch {args.batch_size}, "
-          f"1 torch thread per evaluation, {os.cpu_count()} CPUs; identical scores in every mode: {same}")
-    print(f"{'mode':<8} {'cand/s':>7} {'median':>7} {'speed-up':>8} {'start s':>8} {'1st task s':>10} "
-          f"{'stop s':>7} {'load':>10}")
-    for r in rows:
-        print(f"{r['mode']:<8} {r['cand_per_s']:7.3f} {r['cand_per_s_median']:7.3f} {r['cand_per_s'] / base:7.2f}x "
-              f"{r['startup_s']:8.2f} {r['first_tasks_s']:10.2f} {r['shutdown_s']:7.2f} "
-              f"{r['load_before']:4.1f}->{r['load_after']:4.1f}")
-    noop = rows[1]["noop_task_ms"]
-    extra = (1 / rows[1]["cand_per_s"] - 1 / base) * 1e3
-    print(f"per-task overhead: no-op round trip through ray-1 {noop:.2f} ms; ray-1 minus serial per "
-          f"candidate {extra:.1f} ms ({extra / (1e3 / base) * 100:.1f} % of a serial evaluation)")
+    rounds = [pool[i * args.n:(i + 1) * args.n] for i in range(args.rounds)]
+    m = measure_executors(evaluate, rounds, pool[args.rounds * args.n:])
+    med = {k: statistics.median(v) for k, v in m["cand_per_s"].items()}
+    print(f"NB201, {args.rounds} rounds x {args.n} distinct candidates, proxies {','.join(args.proxies)}, "
+          f"batch {args.batch_size}, 1 torch thread per evaluation (serial and each worker), "
+          f"{os.cpu_count()} CPUs; identical scores in every mode: {m['identical_scores']}; load average "
+          f"at each round: {', '.join(f'{x:.1f}' for x in m['loads'])}")
+    print(f"{'mode':<8} {'cand/s (median)':>15} {'speed-up':>9}   per round")
+    for name, rates in m["cand_per_s"].items():
+        print(f"{name:<8} {med[name]:15.3f} {med[name] / med['serial']:8.2f}x   "
+              + " ".join(f"{r:.3f}" for r in rates))
+    extra = (1 / med["ray-1"] - 1 / med["serial"]) * 1e3
+    print(f"Ray start-up {m['startup_s']:.1f} s, first task per worker (process start, torch import) "
+          f"{m['first_tasks_s']:.1f} s, shutdown {m['shutdown_s']:.1f} s")
+    print(f"per-task overhead: no-op round trip through ray-1 {m['noop_task_ms']:.2f} ms; ray-1 minus serial "
+          f"per candidate {extra:.1f} ms ({extra * med['serial'] / 10:.1f} % of a serial evaluation)")
     searches = []
     if not args.no_search:
         print(f"nas.search, random strategy, budget {args.n} (Ray started and warmed before timing):")
@@ -150,10 +157,8 @@ def main() -> None:
                   f"({s['cand_per_s'] / searches[0]['cand_per_s']:.2f}x)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        slim = [{k: v for k, v in r.items() if k != "scores"} for r in rows]
         Path(args.out).write_text(json.dumps({"n": args.n, "proxies": args.proxies, "batch_size": args.batch_size,
-                                              "identical_scores": same, "executors": slim,
-                                              "searches": searches}, indent=2) + "\n")
+                                              "executors": m, "searches": searches}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
