@@ -11,7 +11,7 @@
 A check is printed: for each reference device measured on FBNet, the same recipe fitted *without* its
 FBNet rows (NAS-Bench-201 only, as for rpi4) ranks its FBNet architectures with the Spearman shown.
 
-    python experiments/build_target_models.py [--nb201-rows 4000] [--other-rows 600]
+    python experiments/build_target_models.py [--nb201-rows 4000] [--fbnet-rows 600] [--ofa-rows 200]
 """
 
 from __future__ import annotations
@@ -61,14 +61,15 @@ def main() -> None:
     """Fit and write the models; print the check table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nb201-rows", type=int, default=4000)
-    ap.add_argument("--other-rows", type=int, default=600, help="FBNet and OFA rows used per device")
+    ap.add_argument("--fbnet-rows", type=int, default=600, help="FBNet rows used per device")
+    ap.add_argument("--ofa-rows", type=int, default=200, help="OFA rows used per device")
     ap.add_argument("--out", default=str(hardware_models.SHIPPED))
     args = ap.parse_args()
     t0 = time.time()
     archs, cols, Y, X = ld.nb201_all()
     sub = np.random.default_rng(0).choice(len(X), size=min(args.nb201_rows, len(X)), replace=False)
-    _, fcols, fY, fX = ld.space_rows("fbnet", args.other_rows)
-    _, ocols, oY, oX = ld.space_rows("ofa", args.other_rows)
+    _, fcols, fY, fX = ld.space_rows("fbnet", args.fbnet_rows)
+    _, ocols, oY, oX = ld.space_rows("ofa", args.ofa_rows)
     other: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
     for fcol, ncol in ld.FBNET_TO_NB201.items():
         other.setdefault(ncol, []).append(("FBNet", fX, fY[:, fcols.index(fcol)]))

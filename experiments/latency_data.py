@@ -73,18 +73,32 @@ def check_nb201(n: int = 5, seed: int = 0) -> float:
     return float(np.abs(fast - full).max())
 
 
-def nb201_all() -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """NAS-Bench-201 table with features for all rows, cached as an NPZ beside the feature cache."""
+def _chunk_features(job: tuple[str, list[str]]) -> str:
+    """Worker: features of one chunk of cells, saved to ``path`` (so an interrupted run resumes)."""
+    path, chunk = job
+    torch.set_num_threads(1)
+    if not Path(path).is_file():
+        np.save(path + ".tmp.npy", nb201_features(chunk))
+        os.replace(path + ".tmp.npy", path)
+    return path
+
+
+def nb201_all(workers: int = 3, chunk: int = 500) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """NAS-Bench-201 table with features for all rows, computed in chunks by ``workers`` processes and
+    cached as NPY files beside the feature cache."""
+    import multiprocessing
+
     archs, cols, Y = read_table("nb201")
-    path = default_cache().directory / "nb201_full_decomposed.npz" if default_cache().directory else None
-    if path is not None and path.is_file():
-        data = np.load(path)
-        if data["X"].shape[0] == len(archs):
-            return archs, cols, Y, data["X"]
-    X = nb201_features(archs)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, X=X)
+    folder = (default_cache().directory or Path("/tmp/zcnas-graph-features")) / "nb201_decomposed"
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(folder / f"rows_{i:05d}_{len(archs[i:i + chunk])}.npy"), archs[i:i + chunk])
+            for i in range(0, len(archs), chunk)]
+    todo = [j for j in jobs if not Path(j[0]).is_file()]
+    if todo:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(todo))) as pool:
+            for _ in pool.imap_unordered(_chunk_features, todo):
+                pass
+    X = np.vstack([np.load(path) for path, _ in jobs])
     return archs, cols, Y, X
 
 

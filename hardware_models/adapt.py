@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hardware_models.feature_cache import FeatureCache, default_cache
+from hardware_models.graph_features import FEATURE_NAMES
 from hardware_models.model import GraphTarget, LatencyModel, save_user_target
 from predictors import DeviceMixtureRegressor
 
@@ -44,10 +45,16 @@ def references() -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.stack([m.coef for m in models]), np.array([m.intercept for m in models])
 
 
+RESIDUAL_ALPHA = 5.0
+"""Ridge penalty of the per-feature correction on top of the mix (chosen on HELP's protocol, see
+``experiments/latency_help_protocol.py --residual-alpha``)."""
+
+
 def fit_mixture(X: np.ndarray, y: np.ndarray, names: Sequence[str], W: np.ndarray, b: np.ndarray,
-                fitted: str) -> LatencyModel:
+                fitted: str, residual_alpha: float | None = RESIDUAL_ALPHA) -> LatencyModel:
     """The adapted linear model of a device from its measured features ``X`` and latencies ``y``."""
-    reg = DeviceMixtureRegressor(W, b).fit(X, y)
+    live = np.array([not n.startswith("dead_") for n in FEATURE_NAMES])
+    reg = DeviceMixtureRegressor(W, b, residual_alpha, live).fit(X, y)
     weights = {n: float(w) for n, w in zip(names, reg.weights_) if w > 0}
     return LatencyModel(reg.coef_, reg.intercept_, fitted, weights)
 
@@ -118,16 +125,18 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     return target
 
 
-def fit_reference(blocks: Sequence[tuple[np.ndarray, np.ndarray]], fitted: str, alpha: float = 0.0) -> LatencyModel:
+def fit_reference(blocks: Sequence[tuple[np.ndarray, np.ndarray]], fitted: str, alpha: float = 0.0,
+                  relative: bool = False) -> LatencyModel:
     """Meta-training step: one device's non-negative cost model from its measurements in several spaces.
 
-    ``blocks`` holds one ``(features, latencies)`` pair per space; errors are relative and every space
-    weighs the same in total, so a space with 15,625 rows does not drown one with 500.
+    ``blocks`` holds one ``(features, latencies)`` pair per space; every space weighs the same in total,
+    so a space with 15,625 rows does not drown one with 500. Absolute errors (the default) gave better
+    references than relative ones on HELP's protocol.
     """
     from predictors import NNLSRegressor
 
     X = np.vstack([bx for bx, _ in blocks])
     y = np.concatenate([by for _, by in blocks])
     w = np.concatenate([np.full(len(by), 1.0 / np.sqrt(len(by))) for _, by in blocks])
-    reg = NNLSRegressor(relative=True, alpha=alpha).fit(X, y, sample_weight=w)
+    reg = NNLSRegressor(relative=relative, alpha=alpha).fit(X, y, sample_weight=w)
     return LatencyModel(reg.coef_, reg.intercept_, fitted)

@@ -99,6 +99,14 @@ class FeatureCache:
         except OSError as err:  # a read-only home must not stop predictions
             log.warning("could not write the graph-feature cache %s: %s", path, err)
 
+    def put(self, space: Any, archs: Sequence[Any], X: np.ndarray, persist: bool = False) -> None:
+        """Insert precomputed feature rows (e.g. from an exact decomposition) for ``archs``."""
+        key = space_key(space)
+        new = {space.to_string(a): np.asarray(x, dtype=float) for a, x in zip(archs, X)}
+        self._table(key).update(new)
+        if persist:
+            self._store(key, new)
+
     def load_table(self, space: Any, path: str | os.PathLike[str]) -> int:
         """Merge a TSV written by this class (e.g. precomputed) into the memory table; returns rows read."""
         table = self._table(space_key(space))

@@ -71,16 +71,19 @@ class NNLSRegressor:
 
 
 class DeviceMixtureRegressor:
-    """Few-shot model of a new device: a non-negative mix of reference devices' linear models.
+    """Few-shot model of a new device: a non-negative mix of reference devices' linear models, plus a
+    small non-negative correction on individual features.
 
     The mixing weights are the device's hardware embedding: from a handful of measurements they say which
-    known devices (and in what proportion) the new one behaves like. The result is itself a linear model
-    over graph features, so it predicts for any architecture of any space.
+    known devices (and in what proportion) the new one behaves like. The ridge-penalised correction lets a
+    device that resembles no reference (an accelerator) price some node types differently. The result is
+    itself a linear model over graph features, so it predicts for any architecture of any space.
 
     Args:
         reference_coef: (devices x features) costs of the reference devices' models.
         reference_intercept: (devices,) their intercepts.
-        alpha: ridge penalty on the (column-scaled) mixing weights.
+        residual_alpha: ridge penalty of the per-feature correction (None: no correction).
+        residual_mask: features that may receive a correction (default: all).
 
     Example:
         >>> W = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -90,24 +93,46 @@ class DeviceMixtureRegressor:
         [2.0, 1.0]
     """
 
-    def __init__(self, reference_coef: np.ndarray, reference_intercept: np.ndarray, alpha: float = 0.0) -> None:
+    def __init__(self, reference_coef: np.ndarray, reference_intercept: np.ndarray,
+                 residual_alpha: float | None = None, residual_mask: np.ndarray | None = None) -> None:
         self.reference_coef = reference_coef
         self.reference_intercept = reference_intercept
-        self.alpha = alpha
+        self.residual_alpha = residual_alpha
+        self.residual_mask = residual_mask
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> DeviceMixtureRegressor:
-        """Fit the mixing weights (>= 0) and a free intercept to the measured latencies."""
+        """Fit the mixing weights (>= 0), the optional correction (>= 0) and a free intercept."""
         X, y = _check_xy(X, y)
         W = np.asarray(self.reference_coef, dtype=float)
         b = np.asarray(self.reference_intercept, dtype=float)
         if W.shape[1] != X.shape[1]:
             raise ValueError(f"X has {X.shape[1]} features but the references have {W.shape[1]}")
-        basis = X @ W.T + b
-        A = np.c_[basis, np.ones(len(X)), -np.ones(len(X))]
-        sol = solve_nnls(A, y, self.alpha)
-        self.weights_ = sol[:-2]
+        unit = float(np.mean(np.abs(y))) or 1.0  # work in units of the mean latency: alpha is scale-free
+        blocks = [(X @ W.T + b) / unit]
+        mask = np.zeros(X.shape[1], dtype=bool)
+        if self.residual_alpha is not None:
+            mask = np.ones(X.shape[1], dtype=bool) if self.residual_mask is None else \
+                np.asarray(self.residual_mask, dtype=bool)
+            fscale = np.abs(X[:, mask]).max(axis=0)
+            mask[np.flatnonzero(mask)[fscale == 0]] = False  # no information about absent node types
+            fscale = np.abs(X[:, mask]).max(axis=0)
+            blocks.append(X[:, mask] / fscale)
+        k, m = W.shape[0], int(mask.sum())
+        A = np.hstack([*blocks, np.ones((len(X), 1)), -np.ones((len(X), 1))])
+        scale = np.abs(A).max(axis=0)
+        scale[scale == 0] = 1.0
+        As, target = A / scale, y / unit
+        if m:
+            penalty = np.zeros((m, A.shape[1]))
+            penalty[np.arange(m), k + np.arange(m)] = np.sqrt(self.residual_alpha)
+            As, target = np.vstack([As, penalty]), np.concatenate([target, np.zeros(m)])
+        sol, _ = nnls(As, target, maxiter=50 * A.shape[1])
+        sol = sol / scale
+        self.weights_ = sol[:k]
         self.coef_ = self.weights_ @ W
-        self.intercept_ = float(self.weights_ @ b + sol[-2] - sol[-1])
+        if m:
+            self.coef_[mask] += sol[k:k + m] / fscale * unit
+        self.intercept_ = float(self.weights_ @ b + (sol[-2] - sol[-1]) * unit)
         self.n_features_in_ = X.shape[1]
         return self
 

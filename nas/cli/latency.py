@@ -32,23 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ad.set_defaults(func=run_adapt)
 
     me = acts.add_parser("measure", help="measure sampled architectures on this machine (onnxruntime)")
-    add_space_args(me)
-    me.add_argument("--n", type=int, default=20, help="number of architectures (default 20)")
-    me.add_argument("--out", required=True, help="output CSV arch,latency_ms,threads")
+    _add_sample_args(me, "output CSV arch,latency_ms,threads")
     me.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     me.add_argument("--repeats", type=int, default=20, help="timed runs per model; the median is kept")
     me.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    me.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
-    me.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     me.set_defaults(func=run_measure)
 
     kit = acts.add_parser("kit", help="write ONNX models + a standalone script to measure on a device")
-    add_space_args(kit)
-    kit.add_argument("--n", type=int, default=20, help="number of architectures (default 20)")
-    kit.add_argument("--out", required=True, help="new folder for the kit")
-    kit.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
-    kit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_sample_args(kit, "new folder for the kit")
     kit.set_defaults(func=run_kit)
+
+
+def _add_sample_args(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """Flags shared by the actions that sample architectures: space, --n, --out, --seed, --no-progress."""
+    add_space_args(parser)
+    parser.add_argument("--n", type=int, default=20, help="number of architectures (default 20)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _check_n(n: int) -> None:
