@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import os
 import shutil
 import statistics
 import time
@@ -110,12 +111,13 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
                            fill=str(out / f"filled-{name}.csv"))
     budgets = sorted(int(b) for b in args.budgets.split(","))
     path = out / f"results-{name}.csv"
-    rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
-    done = {(int(r["seed"]), int(r["budget"])) for r in rows}
     t0 = time.perf_counter()
     for seed in range(args.seeds):
-        if all((seed, b) in done for b in budgets):
+        rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+        if all((seed, b) in {(int(r["seed"]), int(r["budget"])) for r in rows} for b in budgets):
             continue
+        if not _claim(out / "claims" / f"{name}-s{seed}"):
+            continue  # another process of this benchmark is searching this seed
         run_dir = out / f"{name}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
         for i, budget in enumerate(budgets):
@@ -134,10 +136,26 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
-            rows.append(row)
         print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s ({evaluate.computed} cells scored "
               "because no cache held them)", flush=True)
-    return rows
+    return list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+
+
+def _claim(path: Path) -> bool:
+    """Atomically claim a (strategy, seed) for this process; a claim of a dead process is taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            path.unlink(missing_ok=True)
+            return _claim(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def main() -> None:

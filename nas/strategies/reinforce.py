@@ -3,7 +3,10 @@
 The policy is one independent categorical distribution per decision (``space.decisions()``), trained
 with the policy gradient, a moving-average baseline and an entropy bonus. Rewards are the objective
 values standardised by running statistics (proxies live on arbitrary scales), averaged over objectives;
-an infeasible candidate gets a fixed low reward. Sampling uses a private seeded ``torch.Generator`` and
+an infeasible candidate gets a fixed low reward. Proposals are drawn from the policy without
+replacement (a draw already proposed is rejected and redrawn, up to a limit), and an architecture told
+again teaches nothing new and is skipped: otherwise the policy collapses onto its favourite and a
+deduplicating loop would see nothing new for the rest of the budget. Sampling uses a private seeded ``torch.Generator`` and
 the parameters start at zero, so the same seed and the same feedback give the same proposals.
 """
 
@@ -16,6 +19,9 @@ import torch
 
 from nas.strategies import Values, register, require
 from search_spaces import Arch, SearchSpace
+
+REDRAW_ROUNDS = 16
+"""Rounds of 64 draws searched for an architecture not proposed before; then a repeat is returned."""
 
 INFEASIBLE_REWARD = -3.0
 """Standardised reward of an infeasible or failed candidate (three standard deviations below the mean)."""
@@ -34,8 +40,8 @@ class Reinforce:
 
     name = "reinforce"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1, lr: float = 0.1,
-                 baseline_decay: float = 0.9, entropy_weight: float = 1e-3) -> None:
+    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1, lr: float = 0.05,
+                 baseline_decay: float = 0.9, entropy_weight: float = 0.02) -> None:
         for method in ("decisions", "from_choices", "to_choices"):
             require(space, method, self.name)
         self.space = space
@@ -47,16 +53,33 @@ class Reinforce:
         self.entropy_weight = entropy_weight
         self.baseline: float | None = None
         self._stats = [_RunningStats() for _ in range(n_objectives)]
+        self._seen: set[Arch] = set()
+        self._proposed: set[Arch] = set()
 
     def ask(self, n: int) -> list[Arch]:
-        """Sample ``n`` architectures from the current policy."""
+        """Sample ``n`` architectures from the current policy, each new to this strategy if it can."""
         with torch.no_grad():
             probs = [torch.softmax(lg, dim=0) for lg in self.logits]
-            choices = [torch.multinomial(p, n, replacement=True, generator=self.generator) for p in probs]
-        return [self.space.from_choices([int(c[i]) for c in choices]) for i in range(n)]
+        out: list[Arch] = []
+        for _ in range(n):
+            arch = None
+            for _ in range(REDRAW_ROUNDS):
+                draws = [torch.multinomial(p, 64, replacement=True, generator=self.generator) for p in probs]
+                candidates = [self.space.from_choices([int(d[i]) for d in draws]) for i in range(64)]
+                arch = next((a for a in candidates if a not in self._proposed), candidates[0])
+                if arch not in self._proposed:
+                    break
+            self._proposed.add(arch)
+            out.append(arch)
+        return out
 
     def tell(self, archs: Sequence[Arch], values: Sequence[Values]) -> None:
-        """One policy-gradient step on the batch of told architectures."""
+        """One policy-gradient step on the batch of told architectures not told before."""
+        fresh = [(a, v) for a, v in zip(archs, values, strict=True) if a not in self._seen]
+        self._seen.update(archs)
+        if not fresh:
+            return
+        archs, values = [a for a, _ in fresh], [v for _, v in fresh]
         for value in values:
             for stat, v in zip(self._stats, value, strict=True):
                 stat.add(v)
