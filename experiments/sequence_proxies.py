@@ -78,6 +78,7 @@ def run_space(name: str, n: int, time_n: int, batch_size: int, names: list[str],
             for p in names:
                 alone[p].append(timed_score(model, batch, [p])[1])
         rows.append({"space": name, "arch": space.to_string(arch), "shared_s": seconds, **scores})
+        logging.getLogger(__name__).warning("%s %d/%d %.1fs", name, i + 1, n, seconds)
     print(f"\n## {name}: {n} architectures, batch {tuple(batch.inputs.shape)}, CPU threads "
           f"{torch.get_num_threads()}")
     print(f"{'proxy':<20} {'alone s/arch':>12} {'failed':>7}")
@@ -109,8 +110,11 @@ def main() -> None:
     ap.add_argument("--proxies", default=",".join(GENERIC + SEQUENCE))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="CSV of every architecture's values")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: timings per core)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)  # failed proxies are counted in the table instead
+    logging.getLogger(__name__).setLevel(logging.WARNING)  # progress lines
     names = [p for p in args.proxies.split(",") if p]
     rows: list[dict[str, object]] = []
     for name in args.spaces.split(","):
