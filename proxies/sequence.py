@@ -54,7 +54,10 @@ def eig_score(rows: torch.Tensor) -> float:
     if bool((std == 0).any()):
         return float("nan")  # a constant unit has no correlation, as np.corrcoef says
     corr = (x / std) @ (x / std).T
-    eig = torch.linalg.eigvalsh(corr)
+    try:
+        eig = torch.linalg.eigvalsh(corr)
+    except torch.linalg.LinAlgError:  # near-singular: the singular values of a PSD matrix are its eigenvalues
+        eig = torch.linalg.svdvals(corr)
     return float(-(torch.log(eig + EIG_K) + 1.0 / (eig + EIG_K)).sum())
 
 
