@@ -40,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "best (needs an oracle, e.g. nb201 with --accuracy-table)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy option, e.g. population_size=50 (repeatable; VALUE is JSON or a string)")
+    p.add_argument("--labels", metavar="FILE", help="arch,accuracy CSV of a few trained architectures "
+                   "(<= 50) for the few-label proxy ensemble_fit")
     add_data_args(p)
     p.set_defaults(batch_size=None)  # None lets the space's defaults apply
     p.add_argument("--executor", default="serial", help="serial (default) or ray")
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         budget=args.budget, seed=args.seed, out=out, target=args.target, latency_ms=args.latency_ms,
         max_params=args.max_params, max_flops=args.max_flops,
         proxies=split_names(args.proxies) if args.proxies else None, batch_size=args.batch_size,
-        data=args.data, oracle_queries=args.oracle_queries, executor=args.executor,
+        data=args.data, oracle_queries=args.oracle_queries, labels=args.labels,
+        executor=args.executor,
         executor_options=executor_options(args), strategy_options=strategy_options(args.option) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
     )
@@ -124,6 +127,12 @@ def print_result(result: nas.SearchResult, rows: int = TABLE_ROWS) -> None:
     console = Console()
     best = result.best
     front = result.pareto
+    if not front:
+        limits = {k: v for k, v in result.config.get("constraints", {}).items() if v is not None}
+        console.print(f"no feasible candidate among {len(result.candidates)} evaluated "
+                      f"({sum(c.status != 'ok' for c in result.candidates)} failed; limits: {limits or 'none'}); "
+                      "loosen the limits or raise --budget")
+        return
     if best is not None and best.arch not in {c.arch for c in front}:
         front = [best, *front]  # the oracle's pick may lie off the proxy front
     names = [o.name for o in result.objectives]
