@@ -52,6 +52,8 @@ class FeatureCache:
             Path(directory) if directory is not None else None)
         self.extractor = extractor
         self._tables: dict[str, dict[str, np.ndarray]] = {}
+        self._keys: dict[int, tuple[Any, str]] = {}  # id(space) -> (space, key): the key costs a hash
+        self._by_arch: dict[tuple[str, Any], np.ndarray] = {}  # skips to_string on repeated calls
 
     def _table(self, key: str) -> dict[str, np.ndarray]:
         if key not in self._tables:
@@ -70,10 +72,23 @@ class FeatureCache:
     def _path(self, key: str) -> Path | None:
         return None if self.directory is None else self.directory / f"{key}.tsv"
 
+    def _key(self, space: Any) -> str:
+        held = self._keys.get(id(space))
+        if held is None or held[0] is not space:
+            held = self._keys[id(space)] = (space, space_key(space))
+        return held[1]
+
     def features(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
         """Matrix of feature vectors (one row per architecture), extracting and storing the missing ones."""
-        key = space_key(space)
+        key = self._key(space)
         table = self._table(key)
+        if len(archs) == 1:  # the search loop's call: skip the list machinery
+            try:
+                vec = self._by_arch.get((key, archs[0]))
+            except TypeError:  # an unhashable architecture value
+                vec = None
+            if vec is not None:
+                return vec[None, :]
         names = [space.to_string(a) for a in archs]
         missing = [(n, a) for n, a in zip(names, archs) if n not in table]
         if missing:
@@ -85,7 +100,13 @@ class FeatureCache:
             self._store(key, new)
         if not names:
             return np.zeros((0, len(FEATURE_NAMES)))
-        return np.stack([table[n] for n in names])
+        rows = [table[n] for n in names]
+        if len(self._by_arch) < 1_000_000:
+            try:
+                self._by_arch.update(((key, a), r) for a, r in zip(archs, rows))
+            except TypeError:
+                pass
+        return np.stack(rows)
 
     def _store(self, key: str, new: dict[str, np.ndarray]) -> None:
         path = self._path(key)

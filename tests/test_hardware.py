@@ -35,8 +35,13 @@ def feature(vec: np.ndarray, name: str) -> float:
     return float(vec[FEATURE_NAMES.index(name)])
 
 
+def small_nb201() -> object:
+    """NAS-Bench-201 with one cell per stage: same node types, a third of the export time."""
+    return search_spaces.get("nb201", cells_per_stage=1)
+
+
 def test_torch_path_matches_the_onnx_graph() -> None:
-    space = search_spaces.get("nb201")
+    space = small_nb201()
     arch = space.from_string("|nor_conv_1x1~0|+|none~0|avg_pool_3x3~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|")
     onnx_vec, torch_vec = export_features(space, arch), torch_features(space, arch)
     np.testing.assert_allclose(torch_vec, onnx_vec, rtol=1e-2, atol=1e-6)
@@ -108,11 +113,11 @@ def measurements(space: object, n: int, target: str = "pixel3") -> list[tuple[st
 def test_adapt_registers_a_user_target_usable_by_name(config_dir: Path) -> None:
     from hardware_models.adapt import adapt
 
-    space = search_spaces.get("nb201")
+    space = small_nb201()
     adapt(space, measurements(space, 10), "mydevice")
     assert (config_dir / "targets" / "mydevice.json").is_file()
     assert "mydevice" in hardware_models.list()
-    archs = [space.sample(np.random.default_rng(i)) for i in range(30)]
+    archs = [space.sample(np.random.default_rng(i)) for i in range(12)]
     from scipy.stats import spearmanr
 
     rho = spearmanr(hardware_models.get("mydevice").predict(space, archs),
@@ -129,7 +134,7 @@ def test_adapt_registers_a_user_target_usable_by_name(config_dir: Path) -> None:
 def test_adapt_bad_input_registers_nothing(bad: str, message: str, config_dir: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     space = search_spaces.get("nb201")
-    rows = measurements(space, 3 if bad == "few" else 12)
+    rows = [(space.to_string(space.sample(np.random.default_rng(i))), 1.0 + i) for i in range(3 if bad == "few" else 12)]
     if bad == "unknown":
         rows[4] = ("|conv_9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|", 3.0)
     if bad == "negative":
@@ -164,8 +169,10 @@ def test_targets_listing_says_how_models_were_fitted(capsys: pytest.CaptureFixtu
 
 
 def test_kit_script_runs_with_onnxruntime_only(tmp_path: Path) -> None:
-    kit = tmp_path / "kit"
-    assert main(["latency", "kit", "--space", "nb201", "--n", "2", "--out", str(kit), "--no-progress"]) == 0
+    from hardware_models.measure import write_kit
+
+    space = small_nb201()
+    kit = write_kit(space, [space.sample(np.random.default_rng(i)) for i in range(2)], tmp_path / "kit")
     assert len(list((kit / "models").glob("*.onnx"))) == 2
     subprocess.run([sys.executable, str(kit / "measure.py"), "--repeats", "2", "--warmup", "1"],
                    check=True, capture_output=True, cwd=tmp_path)
@@ -178,3 +185,22 @@ def test_shipped_file_is_small_json() -> None:
     if hardware_models.SHIPPED.is_file():
         assert hardware_models.SHIPPED.stat().st_size < 2_000_000
         json.loads(hardware_models.SHIPPED.read_text())
+
+
+@pytest.mark.slow
+def test_cli_kit_and_measure(tmp_path: Path) -> None:
+    assert main(["latency", "kit", "--space", "nb201", "--n", "2", "--out", str(tmp_path / "kit"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "kit" / "measure.py").is_file()
+    out = tmp_path / "m.csv"
+    assert main(["latency", "measure", "--space", "nb201", "--n", "2", "--repeats", "2", "--warmup", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 2 and rows[0]["threads"] == "1"
+
+
+def test_kit_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "kit" / "x").write_text("")
+    assert main(["latency", "kit", "--space", "nb201", "--n", "1", "--out", str(tmp_path / "kit")]) == 2
+    assert "not empty" in capsys.readouterr().err
