@@ -185,6 +185,8 @@ def main() -> None:
     for r in rows:
         r["acc_proxy"], r["acc_oracle"] = float(r["acc_proxy"]), float(r["acc_oracle"])
         r["seed"], r["budget"] = int(r["seed"]), int(r["budget"])
+    # A seed interrupted between its budgets is redone whole; its rows are identical (deterministic runs).
+    rows = list({(r["strategy"], r["seed"], r["budget"]): r for r in rows}.values())
 
     # References: what the proxy alone gives on the cells scored (the whole space once the cache is full).
     space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
