@@ -49,6 +49,8 @@ def _tagged(model: nn.Module, role: str) -> list[nn.Module]:
 def eig_score(rows: torch.Tensor) -> float:
     """``-sum(log(l + k) + 1/(l + k))`` over the eigenvalues of the correlation matrix of ``rows``."""
     x = rows.double()
+    if not bool(torch.isfinite(x).all()):
+        return float("nan")  # exploding activations (e.g. an unbounded recurrence): ranked last
     x = x - x.mean(dim=1, keepdim=True)
     std = x.norm(dim=1, keepdim=True)
     if bool((std == 0).any()):

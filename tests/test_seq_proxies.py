@@ -63,6 +63,8 @@ def test_hidden_cov_score_matches_the_papers_numpy_definition() -> None:
     assert math.isclose(eig_score(rows), ref, rel_tol=1e-6)
     rows[2] = 1.0
     assert math.isnan(eig_score(rows))  # a constant unit: np.corrcoef gives NaN too
+    rows[2, 0] = float("inf")
+    assert math.isnan(eig_score(rows))  # exploding hidden states
 
 
 def _model_and_batch(name: str):
