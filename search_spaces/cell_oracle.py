@@ -45,6 +45,10 @@ class OracleMixin:
         except KeyError:
             raise KeyError("architecture not in the attached accuracy table") from None
 
+    def oracle_archs(self) -> list[Hashable]:
+        """The architectures of the attached table, in file order (empty without one)."""
+        return list(self._accuracy or {})
+
     @property
     def has_oracle(self) -> bool:
         """Whether an accuracy table is attached."""
