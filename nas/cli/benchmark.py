@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what = p.add_subparsers(dest="what", metavar="WHAT")
     what.required = True
     q = what.add_parser("proxies", help="Spearman / Kendall tau of proxies vs accuracy (NAS-Bench-201)")
-    q.add_argument("--space", default="nb201", help="search space with an accuracy oracle (nb201)")
+    q.add_argument("--space", default="nb201",
+                   help="nb201 (needs --accuracy-table), nb101 or darts (accuracies optional)")
     q.add_argument("--dataset", default="cifar10", choices=sorted(pb.NB201_DATASETS),
                    help="accuracy-table column (default cifar10)")
-    q.add_argument("--accuracy-table", required=True, metavar="PATH", help="CSV of true accuracies")
+    q.add_argument("--accuracy-table", metavar="PATH",
+                   help="CSV of true accuracies (nb201: required; nb101/darts: an arch,<dataset> CSV whose "
+                        "cells are the ones benchmarked)")
     q.add_argument("--n", type=int, default=1000, help="uniformly sampled cells (default 1000; 0: none)")
     q.add_argument("--proxies", default="suite",
                    help="comma-separated proxy names, 'suite' (the classic image proxies, default) or 'all'")
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 0:
         raise UsageError(f"--n must be >= 0, got {args.n}")
+    if args.space == "nb201" and not args.accuracy_table:
+        raise UsageError("nb201 needs --accuracy-table (nb201_accuracy.csv)")
     options = pb.NB201_DATASETS[args.dataset] if args.space == "nb201" else {}
     space = search_spaces.get(args.space, accuracy_table=args.accuracy_table, dataset=args.dataset, **options)
     names = {"all": proxy_lib.list(), "suite": list(proxy_lib.SUITE)}.get(args.proxies) or split_names(args.proxies)
@@ -64,27 +70,36 @@ def run(args: argparse.Namespace) -> int:
         proxy_lib.get(name)
     cache = ProxyCache(args.cache_dir)
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
-    archs = pb.sample_archs(space, args.n, args.seed)
+    oracle = bool(getattr(space, "has_oracle", False))
+    if oracle and hasattr(space, "oracle_archs"):  # a partial table (nb101, darts): benchmark its cells
+        known = space.oracle_archs()
+        idx = np.random.default_rng(args.seed).permutation(len(known))[: args.n]
+        archs = [space.to_string(known[i]) for i in idx]
+    else:
+        archs = pb.sample_archs(space, args.n, args.seed)
     naslib, naslib_names = None, []
-    if not args.no_naslib:
+    if not args.no_naslib and (args.naslib or args.space == "nb201"):
         path = Path(args.naslib) if args.naslib else Path(args.accuracy_table).parent / "nb201_naslib_proxies.csv"
         naslib = pb.read_naslib(path, args.dataset)
         naslib_names = [n for n in (split_names(args.naslib_proxies) if args.naslib_proxies else names)
                         if n in pb.NASLIB_PROXIES]
     console = Console()
+    start = time.perf_counter()
     with Progress(console=console, disable=args.no_progress, transient=True) as bar:
         task = bar.add_task("sampled cells", total=len(archs))
         table = pb.compute_values(space, archs, names, batch, args.seed, cache, args.cached_only,
                                   lambda i: bar.update(task, completed=i))
+        per_cell = (time.perf_counter() - start) / max(1, len(archs))
         ours_naslib = None
         if naslib is not None and naslib_names:
             task = bar.add_task("NASLib cells", total=len(naslib))
             ours_naslib = pb.compute_values(space, list(naslib), naslib_names, batch, args.seed, cache,
                                             args.cached_only, lambda i: bar.update(task, completed=i))
-    accuracy = np.array([space.accuracy(space.from_string(a)) for a in archs])
+    accuracy = np.array([space.accuracy(space.from_string(a)) if oracle else math.nan for a in archs])
     rows = pb.rank_rows(table.values, accuracy) if archs else []
     agreement = pb.naslib_agreement(ours_naslib, naslib) if ours_naslib is not None else {}
-    out = Table(title=f"{args.space} {args.dataset}: {len(archs)} cells, batch {args.batch_size}, seed {args.seed}")
+    out = Table(title=f"{args.space} {args.dataset}: {len(archs)} cells, batch {args.batch_size}, seed {args.seed}, "
+                      f"{per_cell:.2f} s/cell")
     for col in ("proxy", "n", "Spearman", "Kendall", "n NASLib", "Spearman(ours, NASLib)",
                 "NASLib vs val acc", "ours vs test acc (NASLib cells)"):
         out.add_column(col, justify="left" if col == "proxy" else "right")
@@ -100,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
                     str(agree[0]) if agree else "", _f(agree[1]) if agree else "",
                     _f(agree[2]) if agree else "", _f(on.spearman) if on else "")
     console.print(out)
+    if not oracle:
+        finite = sum(bool(np.isfinite(v).all()) for v in table.values.values())
+        console.print(f"no accuracies for {args.space}: {len(archs)} sampled cells scored by {len(names)} proxies "
+                      f"({finite} finite on every cell); rank them with --accuracy-table (an arch,{args.dataset} "
+                      "CSV), keep the values with --values-csv")
     if args.values_csv:
         extra = {n: pb.scorers.get(n)(table.values) for n in pb.scorers.list()}
         table.to_csv(args.values_csv, extra)
