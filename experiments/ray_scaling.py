@@ -6,7 +6,9 @@ serial baseline in this process, and each Ray worker), so 2 workers on 2 cores i
 1-core comparison. The modes run in interleaved rounds on one local 2-CPU Ray instance (ray-1 keeps one
 task in flight, ray-2 two), so that load from other processes on a shared machine hits them alike; the
 median over rounds is reported. Ray start-up and the first task per worker (process start, importing
-torch) are measured apart and left out of the throughput. The per-task overhead is the round trip of a
+torch) are measured apart and left out of the throughput. Beside wall-clock throughput the script
+reports the CPU seconds per candidate spent by this process and all Ray processes, which shows Ray's
+CPU overhead independently of how busy a shared machine is. The per-task overhead is the round trip of a
 no-op evaluation through ray-1, and the extra time per candidate of ray-1 over serial.
 
 The ``search`` rows run ``nas.search`` end to end (strategy, SQLite writes, the loop asking in batches
@@ -52,6 +54,28 @@ def _timed(ex: Any, evaluate: Callable[[str], Candidate], archs: list[str]) -> t
     return time.perf_counter() - start, out
 
 
+def tree_cpu_s() -> float:
+    """CPU seconds used so far by this process and all its descendants (Ray's raylet, GCS, workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += (int(stats[pid][11]) + int(stats[pid][12])) / tick  # utime + stime
+        todo += children.get(pid, [])
+    return total
+
+
 def measure_executors(evaluate: Evaluator, rounds: list[list[str]], warmup: list[str]) -> dict[str, Any]:
     """Interleaved rounds of serial, ray-1 and ray-2 on one local 2-CPU Ray instance.
 
@@ -68,13 +92,16 @@ def measure_executors(evaluate: Evaluator, rounds: list[list[str]], warmup: list
     first_tasks, _ = _timed(modes["ray-2"], evaluate, warmup[:2])  # starts both workers, imports torch
     _timed(modes["serial"], evaluate, warmup[2:3])
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu_per_cand: dict[str, list[float]] = {m: [] for m in modes}
     loads: list[float] = []
     same = True
     for archs in rounds:
         loads.append(os.getloadavg()[0])
         reference = None
         for name, ex in modes.items():
+            cpu = tree_cpu_s()
             t, scores = _timed(ex, evaluate, archs)
+            cpu_per_cand[name].append((tree_cpu_s() - cpu) / len(archs))
             times[name].append(len(archs) / t)
             reference = reference or scores
             same = same and scores == reference
@@ -85,7 +112,7 @@ def measure_executors(evaluate: Evaluator, rounds: list[list[str]], warmup: list
     ray.shutdown()
     shutdown = time.perf_counter() - start
     return {"startup_s": startup, "first_tasks_s": first_tasks, "shutdown_s": shutdown,
-            "cand_per_s": times, "loads": loads, "noop_task_ms": noop_ms, "identical_scores": same}
+            "cand_per_s": times, "cpu_s_per_cand": cpu_per_cand, "loads": loads, "noop_task_ms": noop_ms, "identical_scores": same}
 
 
 def measure_search(executor: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -139,10 +166,14 @@ def main() -> None:
           f"batch {args.batch_size}, 1 torch thread per evaluation (serial and each worker), "
           f"{os.cpu_count()} CPUs; identical scores in every mode: {m['identical_scores']}; load average "
           f"at each round: {', '.join(f'{x:.1f}' for x in m['loads'])}")
-    print(f"{'mode':<8} {'cand/s (median)':>15} {'speed-up':>9}   per round")
+    cpu = {k: statistics.median(v) for k, v in m["cpu_s_per_cand"].items()}
+    print(f"{'mode':<8} {'cand/s (median)':>15} {'speed-up':>9} {'CPU s/cand':>11} {'CPU ratio':>9}   "
+          "cand/s per round")
     for name, rates in m["cand_per_s"].items():
-        print(f"{name:<8} {med[name]:15.3f} {med[name] / med['serial']:8.2f}x   "
-              + " ".join(f"{r:.3f}" for r in rates))
+        print(f"{name:<8} {med[name]:15.3f} {med[name] / med['serial']:8.2f}x {cpu[name]:11.3f} "
+              f"{cpu[name] / cpu['serial']:9.3f}   " + " ".join(f"{r:.3f}" for r in rates))
+    print("(CPU s/cand: CPU time of this process and all Ray processes per candidate; unlike wall time it "
+          "does not depend on what else runs on the machine)")
     extra = (1 / med["ray-1"] - 1 / med["serial"]) * 1e3
     print(f"Ray start-up {m['startup_s']:.1f} s, first task per worker (process start, torch import) "
           f"{m['first_tasks_s']:.1f} s, shutdown {m['shutdown_s']:.1f} s")
