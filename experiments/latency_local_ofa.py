@@ -50,7 +50,7 @@ def measured(space_name: str, n: int, args: argparse.Namespace) -> tuple[list, n
     import tempfile
 
     space = search_spaces.get(space_name)
-    path = OUT / f"local_{space_name}_{n}.csv"
+    path = OUT / f"local_{space_name}_{n}_{args.stat}.csv"
     if path.is_file() and not args.remeasure:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -64,7 +64,7 @@ def measured(space_name: str, n: int, args: argparse.Namespace) -> tuple[list, n
     print(f"  {space_name}: {len(files)} exported ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
     ms = []
     for i, file in enumerate(files, 1):
-        ms.append(measure_onnx(file, args.threads, args.warmup, args.repeats))
+        ms.append(measure_onnx(file, args.threads, args.warmup, args.repeats, args.stat))
         if i % 10 == 0:
             print(f"  {space_name} {i}/{len(files)} measured ({time.time() - start:.0f} s)", file=sys.stderr,
                   flush=True)
@@ -82,10 +82,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--remeasure", action="store_true")
+    ap.add_argument("--stat", choices=("median", "min"), default="min",
+                    help="statistic of the repeats: min resists other processes on a shared machine")
+    ap.add_argument("--only", default="ofa,nb201,fbnet", help="spaces to measure/use")
     ap.add_argument("--export-workers", type=int, default=2, help="processes exporting ONNX in parallel")
     ap.add_argument("--measure-only", action="store_true")
     args = ap.parse_args()
-    data = {name: measured(name, n, args) for name, n in PLAN.items()}
+    data = {name: measured(name, n, args) for name, n in PLAN.items() if name in args.only.split(",")}
     if args.measure_only:
         return
     cache = default_cache()
@@ -93,7 +96,7 @@ def main() -> None:
     y = {name: ms for name, (_, ms) in data.items()}
     names, W, b = references()
     ofa_X, ofa_y = X["ofa"], y["ofa"]
-    print(f"local CPU (onnxruntime, {args.threads} thread(s), median of {args.repeats}); "
+    print(f"local CPU (onnxruntime, {args.threads} thread(s), {args.stat} of {args.repeats}); "
           f"{len(ofa_y)} OFA subnets, resolutions {sorted({a.r for a in data['ofa'][0]})}")
     print(f"{'adapted from':40s} {'Spearman on OFA':>16s}")
     rhos = []
@@ -105,6 +108,8 @@ def main() -> None:
     print(f"{'10 OFA (5 draws; other 90)':40s} {np.mean(rhos):9.3f}+-{np.std(rhos):.3f}")
     for label, spaces in (("40 NB201, no OFA (all 100)", ["nb201"]), ("40 FBNet, no OFA (all 100)", ["fbnet"]),
                           ("40 NB201 + 40 FBNet, no OFA (all 100)", ["nb201", "fbnet"])):
+        if any(s not in data for s in spaces):
+            continue
         Xs = np.vstack([X[s] for s in spaces])
         # each space weighs the same: relative errors, as latencies differ by space
         ys = np.concatenate([y[s] for s in spaces])

@@ -204,3 +204,10 @@ def test_kit_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "kit" / "x").write_text("")
     assert main(["latency", "kit", "--space", "nb201", "--n", "1", "--out", str(tmp_path / "kit")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_measure_rejects_unknown_statistic() -> None:
+    from hardware_models.measure import measure_onnx
+
+    with pytest.raises(ValueError, match="median"):
+        measure_onnx("model.onnx", stat="mean")

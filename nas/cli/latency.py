@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     me.add_argument("--repeats", type=int, default=20, help="timed runs per model; the median is kept")
     me.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    me.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic of the timed runs (min resists other processes on a busy machine)")
     me.set_defaults(func=run_measure)
 
     kit = acts.add_parser("kit", help="write ONNX models + a standalone script to measure on a device")
@@ -104,9 +106,9 @@ def run_measure(args: argparse.Namespace) -> int:
     with Progress(disable=args.no_progress) as bar:
         task = bar.add_task("measuring", total=len(archs))
         ms = measure_archs(space, archs, args.threads, args.warmup, args.repeats,
-                           progress=lambda i, n: bar.update(task, completed=i))
+                           progress=lambda i, n: bar.update(task, completed=i), stat=args.stat)
     write_measurements(args.out, space, archs, ms, args.threads)
-    print(f"{len(archs)} architectures measured ({args.threads} thread(s), median of {args.repeats}) -> "
+    print(f"{len(archs)} architectures measured ({args.threads} thread(s), {args.stat} of {args.repeats}) -> "
           f"{args.out}; median {np.median(ms):.3f} ms")
     return 0
 
