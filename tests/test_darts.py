@@ -170,3 +170,15 @@ def test_optional_accuracy_table_accepts_genotype_strings(tmp_path):
     assert space.has_oracle and space.accuracy(space.from_string(space.to_string(v2))) == pytest.approx(97.2)
     with pytest.raises(ValueError, match="columns 'arch' and 'cifar100'"):
         search_spaces.get("darts", accuracy_table=path, dataset="cifar100")
+
+
+@pytest.mark.parametrize("space_name", ["darts", "nb101"])
+def test_benchmark_proxies_cli_runs_without_accuracies(space_name, tmp_path, capsys):
+    from nas.cli import main
+
+    values = tmp_path / "values.csv"
+    argv = ["benchmark", "proxies", "--space", space_name, "--n", "2", "--proxies", "params,l2_norm",
+            "--batch-size", "2", "--no-progress", "--cache-dir", str(tmp_path), "--values-csv", str(values)]
+    assert main(argv) == 0
+    assert f"no accuracies for {space_name}: 2 sampled cells" in " ".join(capsys.readouterr().out.split())
+    assert len(values.read_text().splitlines()) == 3
