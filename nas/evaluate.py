@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 import proxies as proxy_lib
@@ -63,12 +64,26 @@ class Evaluator:
     seed: int = 0
     device: str | None = None
     cache: ProxyCache | None = None
+    labels: Any = None  # (arch, accuracy) pairs or an arch,accuracy CSV, for the few-label ``ensemble_fit``
+    ensembles: dict[str, Any] = field(default_factory=dict)  # prepared proxy ensembles (proxies.ensemble)
     _batches: dict[tuple[int, ...], proxy_lib.Batch] = field(default_factory=dict, repr=False)
     _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.cache is None and os.environ.get(ENV_VAR):
             self.cache = ProxyCache()
+        if proxy_lib.ensemble.needs_ensemble(self.proxies) and not self.ensembles:
+            # The label-free reference is drawn from the space with the run's seed, so values are stable.
+            rng = np.random.default_rng(self.seed)
+            size = proxy_lib.ensemble.REFERENCE_SIZE
+            ref = [self.space.to_string(self.space.sample(rng)) for _ in range(size)]
+            self.ensembles = proxy_lib.ensemble.prepare(self.proxies, ref, self._component_values,
+                                                        self.labels, self.seed)
+
+    def _component_values(self, archs: list[str], names: list[str]) -> dict[str, list[float]]:
+        evaluate = Evaluator(self.space, tuple(names), self.batch, None, self.seed, self.device, self.cache)
+        scores = [evaluate(a).scores for a in archs]
+        return {n: [s.get(n, float("nan")) for s in scores] for n in names}
 
     def __call__(self, arch_string: str) -> Candidate:
         """Evaluate one architecture; any failure is recorded on the candidate, never raised."""
@@ -79,8 +94,9 @@ class Evaluator:
             # A space may score proxies at a reduced resolution (``proxy_input_shape``), e.g. OFA on CPU.
             shape = getattr(self.space, "proxy_input_shape", lambda a: arch_input_shape(self.space, a))(arch)
             batch = self._batch_for(shape)
-            scores = self.cached_scores(arch_string, shape)
-            missing = [n for n in self.proxies if n not in scores]
+            names = proxy_lib.ensemble.expand(self.proxies, self.ensembles)  # ensembles -> components
+            scores = self.cached_scores(arch_string, shape, names)
+            missing = [n for n in names if n not in scores]
             model = None
             if missing or "params" not in scores:
                 with torch.random.fork_rng(devices=[]):
@@ -90,6 +106,7 @@ class Evaluator:
                 new = proxy_lib.score(model, batch, missing, seed=self.seed, device=self.device)
                 scores.update(new)
                 self._store(arch_string, shape, new)
+            scores.update(proxy_lib.ensemble.combine(self.ensembles, scores))
             scores = {n: scores[n] for n in self.proxies}
             params = scores["params"] if "params" in scores else \
                 sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
@@ -110,11 +127,12 @@ class Evaluator:
         return {"space": space_key(self.space), "data": self._data_keys[shape],
                 "batch_size": int(self.batch.inputs.shape[0]), "seed": self.seed}
 
-    def cached_scores(self, arch_string: str, shape: tuple[int, ...]) -> dict[str, float]:
-        """The cached proxy values of ``arch_string`` at input ``shape`` (empty without a cache)."""
+    def cached_scores(self, arch_string: str, shape: tuple[int, ...],
+                      names: list[str] | None = None) -> dict[str, float]:
+        """The cached values of ``names`` (default: the proxies) of ``arch_string`` at input ``shape``."""
         if self.cache is None:
             return {}
-        keyed = {_versioned(n): n for n in self.proxies}
+        keyed = {_versioned(n): n for n in (self.proxies if names is None else names)}
         found = self.cache.get(arch=arch_string, proxies=keyed, **self._key(shape))
         return {keyed[k]: v for k, v in found.items()}
 

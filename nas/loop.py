@@ -60,6 +60,7 @@ def search(
     batch_size: int | None = None,
     data: str | None = None,
     oracle_queries: int | None = None,
+    labels: str | os.PathLike[str] | None = None,
     executor: str = "serial",
     executor_options: dict[str, Any] | None = None,
     strategy_options: dict[str, Any] | None = None,
@@ -75,7 +76,8 @@ def search(
     candidate is written to ``out``'s database as it finishes. With ``resume=True`` the run in ``out``
     continues to ``budget`` (default: its stored budget) with its stored settings, evaluating nothing
     twice. ``oracle_queries=K`` (a space with true accuracies only) ends with RoBoT's greedy step: the top
-    K candidates are queried and the best queried one is the pick. ``evaluate`` replaces the built
+    K candidates are queried and the best queried one is the pick. ``labels`` (an ``arch,accuracy`` CSV,
+    stored in the run) feeds the few-label ``ensemble_fit`` proxy. ``evaluate`` replaces the built
     evaluator (a lookup table in benchmarks); such a run can only be resumed with the same ``evaluate``.
     The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
@@ -123,6 +125,7 @@ def search(
             "batch_size": int(settings["batch_size"]), "data": settings["data"],
             "constraints": {"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops},
             "oracle_queries": int(oracle_queries or 0),
+            "labels": proxy_lib.ensemble.read_labels(labels) if labels else None,
             "evaluator": "custom" if evaluate is not None else "proxies",
         }
     if int(config["budget"]) < 1:
@@ -203,7 +206,8 @@ class _Setup:
         if evaluate is None:
             batch = proxy_lib.load_batch(config.get("data"), config.get("batch_size", 64), config["seed"],
                                          tuple(space.input_shape))
-            evaluate = Evaluator(space, tuple(config["proxies"]), batch, target, config["seed"])
+            evaluate = Evaluator(space, tuple(config["proxies"]), batch, target, config["seed"],
+                                 labels=config.get("labels"))
         return cls(config, space, objs, cons, evaluate)
 
 

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -120,7 +121,9 @@ def rank_rows(values: dict[str, np.ndarray], target: np.ndarray, with_scorers: b
     columns = dict(values)
     if with_scorers:
         for name in scorers.list():
-            columns[name] = np.asarray(scorers.get(name)(values), dtype=float)
+            fn = scorers.get(name)  # a scorer that takes ``target`` may fit on a few labels (NaN there)
+            out = fn(values, target=target) if "target" in inspect.signature(fn).parameters else fn(values)
+            columns[name] = np.asarray(out, dtype=float)
     rows = []
     for name, v in columns.items():
         ok = np.isfinite(v) & np.isfinite(target)
@@ -165,3 +168,7 @@ def naslib_agreement(ours: ProxyValues, naslib: dict[str, dict[str, float]]) -> 
         out[name] = (int(ok.sum()), float(stats.spearmanr(mine[ok], theirs[ok]).statistic),
                      float(stats.spearmanr(theirs[ok], val[ok]).statistic))
     return out
+
+
+register_scorer("ensemble")(proxy_lib.ensemble.benchmark_label_free)
+register_scorer("ensemble_fit")(proxy_lib.ensemble.benchmark_few_label)

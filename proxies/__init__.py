@@ -18,6 +18,7 @@ from proxies.engine import SENTINEL, Context, ProxySpec, artefact, get, list, pr
 SUITE: tuple[str, ...] = (
     "params", "flops", "synflow", "logsynflow", "snip", "grasp", "fisher", "grad_norm", "jacov", "nwot", "zen",
     "epe_nas", "l2_norm", "plain", "zico", "meco", "swap", "ntk", "linear_regions",
+    "az_expressivity", "az_progressivity", "az_trainability",
 )
 """The classic zero-cost proxies for image classifiers (what ``--proxies suite`` means)."""
 
@@ -26,5 +27,14 @@ __all__ = [
     "default_cache_dir", "get", "list", "load_batch", "proxy", "registry", "score",
 ]
 
-from proxies import activation, basic, flow, gradient, jacobian, passes  # noqa: E402,F401  (registration)
-from proxies import sequence  # noqa: E402,F401  (sequence-model metrics: bert, rnn, gpt, vit)
+from proxies import (  # noqa: E402,F401  (registration; sequence: bert, rnn, gpt, vit metrics)
+    activation,
+    aznas,
+    basic,
+    ensemble,
+    flow,
+    gradient,
+    jacobian,
+    passes,
+    sequence,
+)

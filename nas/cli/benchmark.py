@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nb201 needs --accuracy-table (nb201_accuracy.csv)")
     options = pb.NB201_DATASETS[args.dataset] if args.space == "nb201" else {}
     space = search_spaces.get(args.space, accuracy_table=args.accuracy_table, dataset=args.dataset, **options)
-    names = {"all": proxy_lib.list(), "suite": list(proxy_lib.SUITE)}.get(args.proxies) or split_names(args.proxies)
+    singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]  # ensembles: scorer rows
+    names = {"all": singles, "suite": list(proxy_lib.SUITE)}.get(args.proxies) or split_names(args.proxies)
     for name in names:
         proxy_lib.get(name)
     cache = ProxyCache(args.cache_dir)

@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_space_args(p)
     p.add_argument("--arch-file", required=True, help="one architecture string per line")
     p.add_argument("--proxies", default="synflow,nwot,params",
-                   help="comma-separated proxy names, or 'all' (see `nas proxies`)")
+                   help="comma-separated proxy names, or 'all' single proxies (see `nas proxies`)")
+    p.add_argument("--labels", metavar="FILE", help="arch,accuracy CSV of a few trained architectures "
+                   "(<= 50) for the few-label proxy ensemble_fit")
     add_data_args(p)
     p.add_argument("--out", required=True, help="output CSV: arch,<proxy>... in input order")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -29,12 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import track
 
     space = search_spaces.get(args.space, **space_options(args))
-    names = proxy_lib.list() if args.proxies == "all" else split_names(args.proxies)
+    singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]
+    names = singles if args.proxies == "all" else split_names(args.proxies)
     for name in names:
         proxy_lib.get(name)
     archs = read_arch_file(space, args.arch_file)
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
-    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed)
+    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=args.labels)
     with open(args.out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", *names])

@@ -1,0 +1,163 @@
+"""AZ-NAS component proxies (Lee & Ham, CVPR 2024): expressivity, progressivity and trainability.
+
+All three come from one forward pass over the network's blocks plus one backward step per pair of
+consecutive blocks: the engine builds that once per ``score`` call as the shared artefact ``az``.
+Definitions follow the paper and its reference code:
+
+* blocks: the outputs of the network's top-level blocks in execution order. A proxy knows nothing of
+  spaces, so blocks are found structurally: the model's children, with ``nn.Sequential``/``nn.ModuleList``
+  containers of composite modules expanded, keeping modules that return a 4-D feature map; trailing
+  modules without any convolution (head normalisation, activation, pooling) are dropped. On
+  NAS-Bench-201 this gives exactly the reference code's stem + 17 cells.
+* expressivity: sum over blocks of the entropy of the normalised eigenvalues of the channel covariance
+  of the block's output (features pooled over batch and positions): isotropic features score high.
+* progressivity: the smallest increase of that entropy from one block to the next.
+* trainability: mean over block pairs of ``2 - s - 1/s``, where ``s`` is the largest singular value of
+  the channel-wise Jacobian of the block's output w.r.t. its input (probed with Rademacher vectors,
+  strided inputs folded with pixel-unshuffle); 0 at ``s = 1``. A block that is exactly the identity
+  makes the score -inf (ranked last), as in the paper.
+
+Deviations: the network is re-initialised Kaiming-normal (fan-in) on a copy, as the reference code does,
+so the caller's weights are untouched; BN is in training mode; the batch is the caller's real batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from proxies.engine import Context, artefact, proxy
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+def feature_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's top-level blocks in registration order (containers of composite modules expanded)."""
+    out: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            composite = isinstance(child, _CONTAINERS) and any(
+                any(True for _ in c.children()) for c in child.children())
+            if composite:
+                visit(child)
+            else:
+                out.append(child)
+
+    visit(model)
+    return out
+
+
+def _has_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in module.modules())
+
+
+def _kaiming_fan_in(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.affine:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _block_features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Input to the first block followed by every block's 4-D output, autograd kept."""
+    blocks = feature_blocks(net)
+    feats: list[tuple[int, torch.Tensor]] = []
+
+    def hook(idx: int):  # noqa: ANN202
+        def fn(_m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+                feats.append((idx, out))
+        return fn
+
+    handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    last_conv = max((i for i, b in enumerate(blocks) if _has_conv(b)), default=-1)
+    return [f for i, f in feats if i <= last_conv]
+
+
+def _entropy(feat: torch.Tensor) -> float:
+    """Entropy of the normalised eigenvalue spectrum of the channel covariance of ``feat`` (B, C, H, W)."""
+    f = feat.detach().permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double()
+    f = f - f.mean(dim=0, keepdim=True)
+    eig = torch.linalg.eigvalsh(f.T @ f / f.shape[0]).clamp_min(0)
+    p = eig / eig.sum()
+    return float(-(p * torch.log(p + 1e-8)).sum())
+
+
+def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator) -> float | None:
+    """Largest singular value of the channel Jacobian of ``f_out`` w.r.t. ``f_in``; nan for an identity
+    block, None where the two are not comparable."""
+    g_out = torch.randint(0, 2, f_out.shape, device=f_out.device, generator=gen).to(f_out.dtype) * 2 - 1
+    (g_in,) = torch.autograd.grad(f_out, f_in, g_out, retain_graph=True, allow_unused=True)
+    if g_in is None:
+        return 0.0  # the output does not depend on the input: no gradient flows at all
+    if g_in.shape == g_out.shape and torch.equal(g_in, g_out):
+        return math.nan
+    if g_in.shape[-1] != g_out.shape[-1]:
+        g_in = nn.functional.pixel_unshuffle(g_in, g_in.shape[-1] // g_out.shape[-1])
+    if g_in.shape[-2:] != g_out.shape[-2:]:
+        return None
+    go = g_out.permute(0, 2, 3, 1).reshape(-1, g_out.shape[1])
+    gi = g_in.permute(0, 2, 3, 1).reshape(-1, g_in.shape[1])
+    mat = (gi.T @ go / go.shape[0]).double()
+    return float(torch.linalg.svdvals(mat).max())
+
+
+@artefact("az")
+def az_components(ctx: Context) -> dict[str, float]:
+    """Expressivity, progressivity and trainability from one pass over a re-initialised copy of the net."""
+    net = copy.deepcopy(ctx.model)
+    cuda = [ctx.device] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the same init whatever other proxies drew before
+        torch.manual_seed(ctx.seed * 1_000_003 + 201)
+        net.apply(_kaiming_fan_in)
+    net.train()
+    gen = ctx.generator(salt=201)
+    with torch.enable_grad():
+        feats = _block_features(net, ctx.batch.inputs)
+        if len(feats) < 2:
+            raise ValueError("AZ-NAS needs at least two feature blocks")
+        ent = [_entropy(f) for f in feats]
+        scores = []
+        for i in reversed(range(1, len(feats))):
+            s = _jacobian_norm(feats[i - 1], feats[i], gen)
+            if s is None:
+                continue
+            scores.append(2.0 - s - 1.0 / (s + 1e-6) if math.isfinite(s) else -math.inf)
+    return {
+        "az_expressivity": float(sum(ent)),
+        "az_progressivity": float(min(b - a for a, b in zip(ent, ent[1:], strict=False))),
+        "az_trainability": float(sum(scores) / len(scores)) if scores else -math.inf,
+    }
+
+
+@proxy("az_expressivity", "AZ-NAS expressivity: summed eigen-spectrum entropy of block features",
+       needs={"az"})
+def az_expressivity(ctx: Context) -> float:
+    """AZ-NAS expressivity (see the module docstring)."""
+    return ctx.get("az")["az_expressivity"]
+
+
+@proxy("az_progressivity", "AZ-NAS progressivity: smallest entropy gain between consecutive blocks",
+       needs={"az"})
+def az_progressivity(ctx: Context) -> float:
+    """AZ-NAS progressivity (see the module docstring)."""
+    return ctx.get("az")["az_progressivity"]
+
+
+@proxy("az_trainability", "AZ-NAS trainability: mean 2-s-1/s of block Jacobian spectral norms s",
+       needs={"az"})
+def az_trainability(ctx: Context) -> float:
+    """AZ-NAS trainability (see the module docstring)."""
+    return ctx.get("az")["az_trainability"]
