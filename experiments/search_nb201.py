@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="100,500")
     parser.add_argument("--oracle-queries", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1, help="strategies searched in parallel processes")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the rows saved so far")
     parser.add_argument("--out", default="experiments/out/search_nb201",
                         help="run dirs and results-<strategy>.csv; finished rows there are not redone")
     args = parser.parse_args()
@@ -180,8 +181,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     names = strategies.registry.list() if args.strategies == "all" else args.strategies.split(",")
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = [r for part in pool.map(run_strategy, names, [args] * len(names)) for r in part]
+    if args.table_only:
+        rows = [r for name in names if (out / f"results-{name}.csv").exists()
+                for r in csv.DictReader(open(out / f"results-{name}.csv", newline=""))]
+    else:
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            rows = [r for part in pool.map(run_strategy, names, [args] * len(names)) for r in part]
     for r in rows:
         r["acc_proxy"], r["acc_oracle"] = float(r["acc_proxy"]), float(r["acc_oracle"])
         r["seed"], r["budget"] = int(r["seed"]), int(r["budget"])
@@ -196,7 +201,7 @@ def main() -> None:
     k = args.oracle_queries
     top_k = [acc[a] for a in ranked[:k]]
     print(f"\nNAS-Bench-201 CIFAR-10 test accuracy (%) of the final pick, proxy {args.proxy}, "
-          f"{args.seeds} seeds, mean ± std")
+          f"seeds 0..{args.seeds - 1} (runs: seeds finished), mean ± std")
     print(f"{'strategy':<10} {'budget':>6}  {'proxy pick':>14}  {f'+{k} oracle queries':>20}  {'runs':>4}")
     for name in names:
         for budget in budgets:
