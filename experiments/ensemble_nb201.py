@@ -44,7 +44,8 @@ def read_values(paths: list[str]) -> dict[str, dict[str, float]]:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 arch = row.pop("arch")
-                vals = {k: float(v) for k, v in row.items() if k != "seconds" and v not in ("", None)}
+                vals = {k: float(v) for k, v in row.items()
+                        if k != "seconds" and v not in ("", None) and v.lower() != "nan"}  # nan: not computed
                 rows.setdefault(arch, {}).update(vals)
     return rows
 
