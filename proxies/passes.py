@@ -100,7 +100,8 @@ def _forward(ctx: Context) -> Forward:
     model, needs = ctx.model, ctx.needs
     model.train()
     x = ctx.batch.inputs
-    if "input_jacobian" in needs:
+    if "input_jacobian" in needs and x.is_floating_point():
+        # Token ids cannot carry gradients; Jacobian proxies then fail alone and rank last.
         x = x.detach().clone().requires_grad_(True)
     rec = Forward(x)
     handles = []
