@@ -140,6 +140,7 @@ def small_reference(monkeypatch, tmp_path):
     monkeypatch.setenv("ZCNAS_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_ensemble_through_evaluator_and_engine(space, batch, small_reference):
     from nas.evaluate import Evaluator
 
