@@ -18,6 +18,7 @@ import torch
 import proxies as proxy_lib
 from nas.run import Candidate
 from proxies.cache import ENV_VAR, ProxyCache, data_key
+from proxies.engine import ENGINE_VERSION
 from search_spaces import SearchSpace, arch_input_shape
 
 log = logging.getLogger(__name__)
@@ -152,4 +153,4 @@ class Evaluator:
 
 
 def _versioned(name: str) -> str:
-    return f"{name}@{proxy_lib.get(name).version}"
+    return f"{name}@{proxy_lib.get(name).version}.{ENGINE_VERSION}"

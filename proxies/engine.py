@@ -25,6 +25,10 @@ from proxies.data import Batch
 
 log = logging.getLogger(__name__)
 
+ENGINE_VERSION = 2
+"""Part of every on-disk cache key beside each proxy's own version: bump it when a shared pass or the
+degeneracy rule changes (2: the degeneracy check runs in train mode; eval mode flagged sound cells)."""
+
 SENTINEL = -1e30
 """Finite score given to a proxy that fails, yields NaN/inf, or scores a degenerate network: ranks last."""
 
