@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -29,3 +32,22 @@ def ray_local():
     yield ray
     if owned:
         ray.shutdown()
+
+
+def _check_onnx_parity(space, arch, x, path: Path, atol: float) -> np.ndarray:
+    torch.manual_seed(0)
+    model = space.build(arch).eval()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    torch.manual_seed(0)  # to_onnx builds its own network: the same seed gives the same weights
+    sess = ort.InferenceSession(space.to_onnx(arch, path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=atol)
+    return ref
+
+
+@pytest.fixture
+def onnx_parity(tmp_path: Path):
+    """``check(space, arch, x, atol=1e-4)``: asserts the arch's ONNX export matches torch (rtol 1e-3) on
+    ``x`` and returns the torch output, both networks built from the same seed."""
+    return lambda space, arch, x, atol=1e-4: _check_onnx_parity(space, arch, x, tmp_path / "m.onnx", atol)

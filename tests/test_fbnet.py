@@ -2,7 +2,6 @@ import csv
 import json
 
 import numpy as np
-import onnxruntime as ort
 import optuna
 import pytest
 import torch
@@ -84,19 +83,11 @@ def test_stride_schedule_gives_4x4_features_on_cifar(space):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_forward_and_onnx_parity(space, tmp_path, seed):
+def test_forward_and_onnx_parity(space, onnx_parity, seed):
     arch = space.sample(np.random.default_rng(seed))
     arch = ("k3_e1_g2", "skip", *arch[2:])  # cover the grouped / shuffled op and an identity skip
-    torch.manual_seed(0)
-    model = space.build(arch).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        ref = model(x).numpy()
+    ref = onnx_parity(space, arch, torch.randn(2, 3, 32, 32), atol=1e-5)
     assert ref.shape == (2, 100)
-    torch.manual_seed(0)  # to_onnx builds its own network: the same seed gives the same weights
-    sess = ort.InferenceSession(space.to_onnx(arch, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-5)
 
 
 def test_proxies_run(space):
@@ -106,17 +97,9 @@ def test_proxies_run(space):
 
 
 @pytest.mark.slow
-def test_imagenet_setting_builds_and_exports(tmp_path):
+def test_imagenet_setting_builds_and_exports(onnx_parity):
     space = search_spaces.get("fbnet", dataset="imagenet", num_classes=1000)
-    arch = space.sample(np.random.default_rng(3))
-    torch.manual_seed(0)
-    model = space.build(arch).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    torch.manual_seed(0)
-    sess = ort.InferenceSession(space.to_onnx(arch, tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], ref, rtol=1e-3, atol=1e-5)
+    onnx_parity(space, space.sample(np.random.default_rng(3)), torch.randn(1, 3, 224, 224), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@ import csv
 import json
 
 import numpy as np
-import onnxruntime as ort
 import optuna
 import pytest
 import torch
@@ -146,20 +145,11 @@ def test_cardinality_matches_ofa(space):
     assert space.cardinality == (9 ** 2 + 9 ** 3 + 9 ** 4) ** 5 * 25 > 10 ** 19
 
 
-def test_forward_and_onnx_parity(space, tmp_path):
+def test_forward_and_onnx_parity(space, onnx_parity):
     arch = space.sample(np.random.default_rng(3))
     arch = OFAArch(arch.ks, arch.e, arch.d, 128)
-    torch.manual_seed(0)
-    model = space.build(arch).eval()
-    x = torch.randn(2, 3, 128, 128)
-    with torch.no_grad():
-        ref = model(x).numpy()
+    ref = onnx_parity(space, arch, torch.randn(2, 3, 128, 128))
     assert ref.shape == (2, 1000) and space.arch_input_shape(arch) == (3, 128, 128)
-    torch.manual_seed(0)  # to_onnx builds its own network: the same seed gives the same weights
-    path = space.to_onnx(arch, tmp_path / "m.onnx")
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
 
 
 def test_params_and_macs_of_published_specialised_subnets(space):
@@ -305,20 +295,10 @@ def test_proxies_run_at_the_reduced_proxy_resolution():
 
 
 @pytest.mark.slow
-def test_onnx_parity_of_the_largest_subnets(tmp_path):
+def test_onnx_parity_of_the_largest_subnets(onnx_parity):
     for width in (1.0, 1.2):
         space = search_spaces.get("ofa", width_mult=width)
-        arch = space.largest(224)
-        torch.manual_seed(0)
-        model = space.build(arch).eval()
-        x = torch.randn(1, 3, 224, 224)
-        with torch.no_grad():
-            ref = model(x).numpy()
-        torch.manual_seed(0)
-        sess = ort.InferenceSession(space.to_onnx(arch, tmp_path / f"w{width}.onnx"),
-                                    providers=["CPUExecutionProvider"])
-        out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-        np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+        onnx_parity(space, space.largest(224), torch.randn(1, 3, 224, 224))
 
 
 @pytest.mark.slow
