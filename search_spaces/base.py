@@ -108,3 +108,12 @@ def default_to_onnx(space: SearchSpace, arch: Arch, path: str | os.PathLike[str]
     model = space.build(arch)
     example = torch.zeros(batch_size, *arch_input_shape(space, arch))
     return export_onnx(model, example, path)
+
+
+def suggest_choices(space: Any, trial: Any) -> list[int]:
+    """Ask an Optuna trial for each of ``space.decisions()``; returns the chosen option indices."""
+    choices = []
+    for name, options in space.decisions():
+        options = list(options)
+        choices.append(options.index(trial.suggest_categorical(name, options)))
+    return choices

@@ -22,7 +22,7 @@ import numpy as np
 from torch import nn
 
 from search_spaces import register
-from search_spaces.base import ArchError, default_to_onnx
+from search_spaces.base import ArchError, default_to_onnx, suggest_choices
 from search_spaces.cell_oracle import OracleMixin, read_accuracy_csv
 from search_spaces.darts_ops import Cell, DartsNetwork
 
@@ -273,11 +273,7 @@ class DartsSpace(OracleMixin):
 
     def suggest(self, trial: Any) -> DartsGenotype:
         """Ask an Optuna trial for every decision."""
-        choices = []
-        for name, options in self.decisions():
-            value = trial.suggest_categorical(name, list(options))
-            choices.append(list(options).index(value))
-        return self.from_choices(choices)
+        return self.from_choices(suggest_choices(self, trial))
 
     def build(self, arch: DartsGenotype, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None, auxiliary: bool = False) -> nn.Module:

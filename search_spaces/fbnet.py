@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from search_spaces import register
-from search_spaces.base import ArchError, export_onnx
+from search_spaces.base import ArchError, export_onnx, suggest_choices
 
 OPS: tuple[str, ...] = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 N_LAYERS = 22
@@ -228,7 +228,7 @@ class FBNetSpace:
 
     def suggest(self, trial: Any) -> FBNetArch:
         """Ask an Optuna trial for one op per layer."""
-        return tuple(trial.suggest_categorical(name, list(opts)) for name, opts in self.decisions())
+        return self.from_choices(suggest_choices(self, trial))
 
     def build(self, arch: FBNetArch, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None) -> nn.Module:

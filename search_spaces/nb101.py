@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from search_spaces import register
-from search_spaces.base import ArchError, default_to_onnx
+from search_spaces.base import ArchError, default_to_onnx, suggest_choices
 from search_spaces.cell_oracle import OracleMixin, read_accuracy_csv
 from search_spaces.nb101_graph import (
     INPUT,
@@ -281,11 +281,7 @@ class NB101Space(OracleMixin):
 
     def suggest(self, trial: Any) -> NB101Cell:
         """Ask an Optuna trial for every decision (an invalid draw is repaired as in ``from_choices``)."""
-        choices = []
-        for name, options in self.decisions():
-            value = trial.suggest_categorical(name, list(options))
-            choices.append(list(options).index(value))
-        return self.from_choices(choices)
+        return self.from_choices(suggest_choices(self, trial))
 
     def build(self, arch: NB101Cell, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from search_spaces import register
-from search_spaces.base import ArchError, default_to_onnx
+from search_spaces.base import ArchError, default_to_onnx, suggest_choices
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Edge k of the cell, in canonical string order: (to_node, from_node).
@@ -231,7 +231,7 @@ class NB201Space:
 
     def suggest(self, trial: Any) -> NB201Arch:
         """Ask an Optuna trial for one op per edge."""
-        return tuple(trial.suggest_categorical(name, list(opts)) for name, opts in self.decisions())  # type: ignore[return-value]
+        return self.from_choices(suggest_choices(self, trial))
 
     def build(self, arch: NB201Arch, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None) -> nn.Module:
