@@ -11,9 +11,9 @@ reports the CPU seconds per candidate spent by this process and all Ray processe
 CPU overhead independently of how busy a shared machine is. The per-task overhead is the round trip of a
 no-op evaluation through ray-1, and the extra time per candidate of ray-1 over serial.
 
-The ``search`` rows run ``nas.search`` end to end (strategy, SQLite writes, the loop asking in batches
-of ``workers``) with Ray already started, so they add the loop's wait for the slowest task of each batch
-to the executor rows (which keep every worker busy).
+The ``search`` rows run ``nas.search`` end to end (strategy, SQLite writes, the ask log) with Ray already
+started. Random search is asynchronous, so on Ray the loop keeps ``workers`` evaluations in flight and
+tells and asks one candidate as each finishes, like the executor rows; they add the loop's own cost.
 
 Usage:
     python experiments/ray_scaling.py --n 30 --rounds 3 --out experiments/out/ray_scaling.json

@@ -134,8 +134,11 @@ class RayExecutor:
                 if self._stop is not None and self._stop.is_set():
                     raise Stopped("stopped on request; finished candidates are kept")
         finally:
-            for ref in pending:  # the caller stopped early: these results would be dropped anyway
-                ray.cancel(ref)
+            # The caller stopped early: these results would be dropped anyway. Forced, because a plain
+            # cancel raises KeyboardInterrupt inside the task, which can leave its worker half-way
+            # through an import (torch then fails in every later task there); a killed worker is replaced.
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     def _put(self, evaluate: Evaluate) -> Any:
         import ray

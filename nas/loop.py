@@ -4,6 +4,10 @@ Resuming replays the strategy: every ask is logged (before its candidates are ev
 the strategy is asked again with the same sizes and told the stored values, which rebuilds its state
 exactly without evaluating anything twice. A strategy whose proposals differ from the log on replay is
 detected; the run then goes on live from that point (still evaluating nothing twice).
+
+Asks and tells come in batches of the executor's ``parallelism``, except for a strategy that declares
+``asynchronous = True`` on an executor with several slots: such a run (fixed when it starts) keeps every
+slot busy, telling each result alone as it arrives and asking one more (:mod:`nas.async_loop`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hardware_models
 import proxies as proxy_lib
 import search_spaces
 from nas import executors, strategies
+from nas.async_loop import AsyncDriver
 from nas.evaluate import Evaluator
 from nas.exploit import check_oracle, greedy_queries
 from nas.objectives import Constraints, Objective, parse_objectives
@@ -243,42 +248,15 @@ def _run(setup: _Setup, store: RunStore, ex: executors.Executor, progress: bool,
     started = time.perf_counter()
     if len(known) < budget:
         strategy = _make_strategy(setup, store.dir)
-        logged = store.asks()
-        seen: set[str] = set()
         bar = _Progress(budget, len(known), enabled=progress)
-        seq = stale = 0
         finished = False
         try:
-            while seq < len(logged) or len(known) < budget:
-                replaying = seq < len(logged)
-                n = len(logged[seq]) if replaying else min(ex.parallelism, budget - len(known))
-                archs = strategy.ask(n)
-                strings = [space.to_string(a) for a in archs]
-                if replaying and strings != logged[seq]:
-                    log.warning("strategy %r proposed other architectures on resume than it did before (ask "
-                                "%d); continuing live from here, nothing is evaluated twice",
-                                config["strategy"], seq)
-                    logged = logged[:seq]
-                    store.truncate_asks(seq)
-                    replaying = False
-                if not replaying:
-                    store.log_ask(seq, strings)
-                todo = list(dict.fromkeys(s for s in strings if s not in known))[: max(0, budget - len(known))]
-                for cand in ex.map(setup.evaluate, todo):
-                    cand = store.add(cand)
-                    known[cand.arch] = cand
-                    result.candidates.append(cand)
-                    bar.update(result)
-                told = [(a, s) for a, s in zip(archs, strings, strict=True) if s in known]
-                if told:
-                    strategy.tell([a for a, _ in told], [result.oriented(known[s]) for _, s in told])
-                stale = 0 if any(s not in seen for s in strings) else stale + 1
-                seen.update(strings)
-                seq += 1
-                if stale >= MAX_STALE_ASKS:
-                    log.warning("no new architecture in %d asks; stopping at %d of %d candidates",
-                                stale, len(known), budget)
-                    break
+            if _ask_mode(store, strategy, ex, bool(known)) == "async":
+                driver = AsyncDriver(strategy, space, store, result, budget, MAX_STALE_ASKS,
+                                     on_result=lambda _: bar.update(result))
+                driver.run(ex, setup.evaluate)
+            else:
+                _run_batched(setup, store, ex, strategy, result, known, bar)
             finished = True
         finally:
             bar.close()
@@ -292,6 +270,54 @@ def _run(setup: _Setup, store: RunStore, ex: executors.Executor, progress: bool,
         store.set_oracle(result.oracle)
     result.write_outputs(store.dir, plot)
     return result
+
+
+def _ask_mode(store: RunStore, strategy: strategies.Strategy, ex: executors.Executor, started: bool) -> str:
+    """``async`` or ``batch``, fixed when a run starts; runs from before the asynchronous driver are batched."""
+    mode = store.get_meta("ask_mode")
+    if mode is None:
+        fresh = not started and not store.asks()
+        mode = "async" if fresh and getattr(strategy, "asynchronous", False) and ex.parallelism > 1 else "batch"
+        store.set_meta("ask_mode", mode)
+    return str(mode)
+
+
+def _run_batched(setup: _Setup, store: RunStore, ex: executors.Executor, strategy: strategies.Strategy,
+                 result: SearchResult, known: dict[str, Candidate], bar: _Progress) -> None:
+    """Ask ``parallelism`` architectures, evaluate them all, tell them together; replay the log first."""
+    config, space, budget = setup.config, setup.space, int(setup.config["budget"])
+    logged = store.asks()
+    seen: set[str] = set()
+    seq = stale = 0
+    while seq < len(logged) or len(known) < budget:
+        replaying = seq < len(logged)
+        n = len(logged[seq]) if replaying else min(ex.parallelism, budget - len(known))
+        archs = strategy.ask(n)
+        strings = [space.to_string(a) for a in archs]
+        if replaying and strings != logged[seq]:
+            log.warning("strategy %r proposed other architectures on resume than it did before (ask "
+                        "%d); continuing live from here, nothing is evaluated twice", config["strategy"], seq)
+            logged = logged[:seq]
+            store.truncate_asks(seq)
+            replaying = False
+        if not replaying:
+            store.log_ask(seq, strings)
+        todo = list(dict.fromkeys(s for s in strings if s not in known))[: max(0, budget - len(known))]
+        for cand in ex.map(setup.evaluate, todo):
+            cand = store.add(cand)
+            known[cand.arch] = cand
+            result.candidates.append(cand)
+            bar.update(result)
+        told = [(a, s) for a, s in zip(archs, strings, strict=True) if s in known]
+        if told:
+            strategy.tell([a for a, _ in told], [result.oriented(known[s]) for _, s in told])
+        stale = 0 if any(s not in seen for s in strings) else stale + 1
+        seen.update(strings)
+        seq += 1
+        if stale >= MAX_STALE_ASKS:
+            log.warning("no new architecture in %d asks; stopping at %d of %d candidates",
+                        stale, len(known), budget)
+            break
 
 
 class _Progress:

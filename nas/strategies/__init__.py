@@ -3,6 +3,11 @@
 A strategy is created as ``get(name, space, seed=..., n_objectives=..., **options)``; ``ask(n)`` returns
 architectures to evaluate and ``tell(archs, values)`` gives back, per arch, a tuple of objective values
 oriented so that higher is better (infeasible or failed candidates get ``-inf``).
+
+A strategy whose class sets ``asynchronous = True`` accepts ``tell`` for any subset of its open
+proposals in any order, and ``ask`` while others are still being evaluated; with a parallel executor the
+loop then tells each result as it arrives and asks for one more. Otherwise (the default) the loop asks
+a batch, evaluates all of it and tells it in one call.
 """
 
 from __future__ import annotations

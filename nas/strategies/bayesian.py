@@ -31,6 +31,7 @@ class _OptunaStrategy:
 
     name = "optuna"
     uses_storage = True
+    asynchronous = False
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, **sampler_options: Any) -> None:
@@ -80,6 +81,11 @@ class _OptunaStrategy:
 class TPESearch(_OptunaStrategy):
     """Tree-structured Parzen estimator (Optuna's multivariate TPE; MOTPE with several objectives).
 
+    Asynchronous: trials still being evaluated are open Optuna trials, and the constant liar
+    (``constant_liar=True``, on by default) counts them as bad results while sampling, so parallel asks
+    spread out instead of piling onto one promising region. With one evaluation at a time there is no
+    open trial to lie about, so a serial run samples the same either way.
+
     Example:
         >>> import search_spaces
         >>> tpe = TPESearch(search_spaces.get("nb201"), seed=0)
@@ -88,12 +94,13 @@ class TPESearch(_OptunaStrategy):
     """
 
     name = "bayesian"
+    asynchronous = True
 
     def make_sampler(self, seed: int, n_objectives: int, n_startup_trials: int = 10,
-                     multivariate: bool = True) -> optuna.samplers.BaseSampler:
+                     multivariate: bool = True, constant_liar: bool = True) -> optuna.samplers.BaseSampler:
         """A seeded TPE sampler: ``n_startup_trials`` random trials, then the joint (multivariate) model."""
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
-                                          multivariate=multivariate)
+                                          multivariate=multivariate, constant_liar=constant_liar)
 
 
 @register("nsga2")
@@ -108,6 +115,7 @@ class NSGA2Search(_OptunaStrategy):
     """
 
     name = "nsga2"
+    asynchronous = False  # generational: a generation is bred from the whole previous one
 
     def make_sampler(self, seed: int, n_objectives: int,
                      population_size: int = 20) -> optuna.samplers.BaseSampler:

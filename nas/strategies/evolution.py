@@ -19,6 +19,8 @@ class RegularizedEvolution:
     The first ``population_size`` asks are uniform samples; afterwards each child mutates the winner of a
     tournament of ``sample_size`` members drawn from the population, and the oldest member dies when the
     child is told. With several objectives the winner is a random non-dominated member of the tournament.
+    Aging evolution is asynchronous by design (Real et al. ran it on hundreds of independent workers):
+    each finished child joins the population on its own and the next child comes from the current one.
 
     Example:
         >>> import search_spaces
@@ -28,6 +30,7 @@ class RegularizedEvolution:
     """
 
     name = "evolution"
+    asynchronous = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1, population_size: int = 20,
                  sample_size: int = 5) -> None:

@@ -15,6 +15,7 @@ class RandomSearch:
     """Samples architectures uniformly at random; ignores feedback."""
 
     name = "random"
+    asynchronous = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1) -> None:
         self.space = space

@@ -39,6 +39,10 @@ class Reinforce:
     """
 
     name = "reinforce"
+    # One policy-gradient step per told result is what a serial run (batches of one) already does; with
+    # several workers a proposal may come from a policy a few steps old, as with the asynchronous
+    # controller updates of Zoph & Le (2017).
+    asynchronous = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1, lr: float = 0.05,
                  baseline_decay: float = 0.9, entropy_weight: float = 0.02) -> None:
