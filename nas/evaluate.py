@@ -79,7 +79,8 @@ class Evaluator:
             size = proxy_lib.ensemble.REFERENCE_SIZE
             ref = [self.space.to_string(self.space.sample(rng)) for _ in range(size)]
             self.ensembles = proxy_lib.ensemble.prepare(self.proxies, ref, self._component_values,
-                                                        self.labels, self.seed)
+                                                        self.labels, self.seed,
+                                                        getattr(self.space, "ensemble_components", None))
 
     def _component_values(self, archs: list[str], names: list[str]) -> dict[str, list[float]]:
         evaluate = Evaluator(self.space, tuple(names), self.batch, None, self.seed, self.device, self.cache)

@@ -229,13 +229,14 @@ def needs_ensemble(names: Sequence[str]) -> bool:
 
 def prepare(names: Sequence[str], reference_archs: Sequence[str], component_values: ComponentValues,
             labels: str | os.PathLike[str] | Sequence[tuple[str, float]] | None = None,
-            seed: int = 0) -> dict[str, EnsembleModel]:
+            seed: int = 0, components: Sequence[str] | None = None) -> dict[str, EnsembleModel]:
     """The ensemble models that ``names`` ask for.
 
     ``reference_archs`` is the label-free reference sample (the caller draws it from its space with the
     run's seed); ``component_values`` computes components for architecture strings, so a caller with a
     proxy cache computes each value once. ``labels`` (pairs or an ``arch,accuracy`` CSV) feed
-    ``ensemble_fit``.
+    ``ensemble_fit``. ``components`` replaces ``LABEL_FREE_COMPONENTS`` (and the fit pool) for spaces whose
+    networks the image-classifier components do not apply to (a space's ``ensemble_components``).
     """
     out: dict[str, EnsembleModel] = {}
     if not needs_ensemble(names):
@@ -245,11 +246,12 @@ def prepare(names: Sequence[str], reference_archs: Sequence[str], component_valu
         raise ValueError("the proxy 'ensemble_fit' needs labelled architectures: pass --labels FILE "
                          "(a CSV with columns arch,accuracy; at most ~50 rows are needed)")
     rows = read_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels or [])
-    pool = list(FIT_POOL) if fitting else list(LABEL_FREE_COMPONENTS)
+    free = tuple(components) if components else LABEL_FREE_COMPONENTS
+    pool = list(free if components else FIT_POOL) if fitting else list(free)
     log.info("ensemble reference: %d architectures x %d proxies", len(reference_archs), len(pool))
     ref = Reference.from_values(component_values(list(reference_archs), pool))
     if "ensemble" in names:
-        out["ensemble"] = label_free(ref)
+        out["ensemble"] = label_free(ref, free)
     if fitting:
         table = component_values([a for a, _ in rows], pool)
         out["ensemble_fit"] = fit(table, [y for _, y in rows], ref, pool, seed=seed)

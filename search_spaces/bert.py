@@ -276,6 +276,9 @@ class BertSpace(LayeredSpace):
     input_kind = "tokens"
     search_defaults: dict[str, Any] = {"objectives": ["head_confidence"], "batch_size": 16}
     """Paper-best proxy where one is published (BERT: head confidence, RNN: hidden covariance)."""
+    ensemble_components = ("head_confidence", "params")
+    """Label-free ``ensemble`` here: the two metrics Serianni & Kalita (ACL 2023) found most predictive of
+    trained NAS-Bench-BERT GLUE scores (head confidence, parameter count); fixed from the paper, not fitted."""
     objective = "mlm"
 
     def __init__(self, seq_len: int = 32, reference_code_dims: bool = False, vocab_size: int = VOCAB_SIZE) -> None:

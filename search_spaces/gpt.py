@@ -144,6 +144,10 @@ class GPTSpace(HeadsRatioJSON, LayeredSpace):
     description = "elastic GPT-2 decoders (HW-GPT-Bench / Archai): width, 10-12 layers, heads & MLP ratio per layer"
     input_kind = "tokens"
     search_defaults: dict[str, Any] = {"objectives": ["synflow"], "batch_size": 16}
+    ensemble_components = ("head_confidence", "params")
+    """Label-free ``ensemble`` here: decoder parameter count (LTS, Javaheripi et al. 2022: highly rank
+    correlated with GPT perplexity) and head confidence (Serianni & Kalita 2023's attention metric); fixed,
+    not fitted."""
     objective = "lm"
 
     def __init__(self, seq_len: int = 32, vocab_size: int = 260, block_size: int = 1024,

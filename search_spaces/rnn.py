@@ -289,6 +289,10 @@ class RNNSpace:
     input_kind = "tokens"
     search_defaults: dict[str, Any] = {"objectives": ["hidden_cov"], "batch_size": 16}
     """Paper-best proxy where one is published (BERT: head confidence, RNN: hidden covariance)."""
+    ensemble_components = ("hidden_cov", "params")
+    """Label-free ``ensemble`` here: hidden covariance, the metric Serianni & Kalita (ACL 2023) introduced
+    for NAS-Bench-NLP cells (far above the others there), with the parameter count as the size axis that
+    AZ-NAS's aggregation pairs with its quality terms; fixed, not fitted."""
     objective = "lm"
 
     def __init__(self, seq_len: int = 32, vocab_size: int = 10000, emb_size: int = 400,

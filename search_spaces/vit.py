@@ -83,6 +83,10 @@ class ViTSpace(HeadsRatioJSON, LayeredSpace):
     name = "vit"
     description = "AutoFormer-T vision transformers: embed dim, 12-14 layers, heads & MLP ratio per layer"
     input_kind = "image"
+    ensemble_components = ("synaptic_diversity", "snip", "params")
+    """Label-free ``ensemble`` here: TF-TAS's indicator terms for AutoFormer ViTs (Zhou et al. CVPR 2022:
+    synaptic diversity of the attention weights, synaptic saliency) with the parameter count; fixed, not
+    fitted (the image-classifier ensemble's ReLU terms do not apply to GELU transformers)."""
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32),
                  patch_size: int = 4, embed_dims: Sequence[int] = (192, 216, 240),

@@ -118,3 +118,28 @@ def test_evaluator_scores_token_spaces_with_their_objective() -> None:
     assert cand.status == "ok", cand.error
     assert math.isfinite(cand.scores["head_confidence"])
     assert (evaluate._batches[(8,)].inputs == MASK).any()  # masked-LM batch for bert
+
+
+ENSEMBLE_TINY = {**TINY, "gpt": dict(seq_len=8, embed_dims=(32, 64), depths=(1, 2), heads=(1, 2), mlp_ratios=(2, 4)),
+                 "vit": dict(embed_dims=(32,), depths=(1, 2), heads=(1, 2), mlp_ratios=(2.0, 4.0),
+                             input_shape=(3, 16, 16))}
+
+
+def test_sequence_spaces_name_registered_ensemble_components() -> None:
+    for name in ENSEMBLE_TINY:
+        components = search_spaces.get(name, **ENSEMBLE_TINY[name]).ensemble_components
+        assert components and all(c in proxies.list() for c in components), (name, components)
+        assert "nwot" not in components  # the image ensemble's ReLU term does not apply here
+
+
+@pytest.mark.parametrize("name", sorted(ENSEMBLE_TINY))
+def test_label_free_ensemble_on_sequence_spaces_uses_the_space_components(name: str) -> None:
+    space = search_spaces.get(name, **ENSEMBLE_TINY[name])
+    batch = proxies.load_batch(None, 4, 0, tuple(space.input_shape))
+    evaluate = Evaluator(space, ("ensemble",), batch, seed=0, device="cpu")
+    assert evaluate.ensembles["ensemble"].components == space.ensemble_components
+    rng = np.random.default_rng(5)
+    cands = [evaluate(space.to_string(space.sample(rng))) for _ in range(3)]
+    assert all(c.status == "ok" and math.isfinite(c.scores["ensemble"]) for c in cands), cands
+    again = Evaluator(space, ("ensemble",), batch, seed=0, device="cpu")(cands[0].arch)
+    assert again.scores["ensemble"] == cands[0].scores["ensemble"]  # seeded reference: stable values

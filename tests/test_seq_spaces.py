@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -248,3 +250,17 @@ def test_token_models_reject_out_of_vocabulary_ids_clearly() -> None:
     model = space.build(space.sample(np.random.default_rng(0)))
     with pytest.raises(ValueError, match="token ids must lie in 0..259"):
         model(torch.full((1, 8), 999))
+
+
+@pytest.mark.parametrize("name", ["bert", "rnn"])
+def test_token_models_can_be_timed_with_onnxruntime(name: str, tmp_path) -> None:
+    from hardware_models.measure import measure_onnx, write_kit
+
+    space = search_spaces.get(name, **TINY[name])
+    arch = space.sample(np.random.default_rng(0))
+    assert measure_onnx(space.to_onnx(arch, tmp_path / "m.onnx"), repeats=2, warmup=1) > 0
+    kit = write_kit(space, [arch], tmp_path / "kit")
+    done = subprocess.run([sys.executable, str(kit / "measure.py"), "--repeats", "1", "--warmup", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr  # the device script feeds token ids to token models
+    assert (kit / "measurements.csv").read_text().count("\n") == 2
