@@ -2,8 +2,8 @@
 
 Neither benchmark's accuracies ship with the project; a user who has them (for example NASLib's
 NAS-Bench-101 / NAS-Bench-301 exports) writes ``arch,<dataset>`` rows, with ``arch`` in any string form
-the space parses. Isomorphic or reordered specs map to one canonical architecture, so each row lands on
-the candidate the search proposes. An oracle is for benchmarking only, never a search signal.
+the space parses; lines starting with ``#`` before the header are comments (a source note). Isomorphic or
+reordered specs map to one canonical architecture, so each row lands on the candidate the search proposes. An oracle is for benchmarking only, never a search signal.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ def read_accuracy_csv(path: str | os.PathLike[str], dataset: str,
     """``{arch: accuracy}`` from the ``arch`` and ``dataset`` columns; a bad row raises naming its line."""
     out: dict[Hashable, float] = {}
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "arch" not in reader.fieldnames or dataset not in reader.fieldnames:
-            raise ValueError(f"{path}: needs the columns 'arch' and {dataset!r}; it has {reader.fieldnames}")
-        for line, row in enumerate(reader, 2):
-            try:
-                out[parse(row["arch"])] = float(row[dataset])
-            except (ArchError, ValueError) as err:
-                raise ValueError(f"{path}, line {line}: {err}") from None
+        lines = list(f)
+    comments = next((i for i, text in enumerate(lines) if not text.startswith("#")), len(lines))
+    reader = csv.DictReader(lines[comments:])
+    if reader.fieldnames is None or "arch" not in reader.fieldnames or dataset not in reader.fieldnames:
+        raise ValueError(f"{path}: needs the columns 'arch' and {dataset!r}; it has {reader.fieldnames}")
+    for line, row in enumerate(reader, comments + 2):
+        try:
+            out[parse(row["arch"])] = float(row[dataset])
+        except (ArchError, ValueError) as err:
+            raise ValueError(f"{path}, line {line}: {err}") from None
     return out
 
 
@@ -35,6 +37,12 @@ class OracleMixin:
     """``accuracy(arch)`` and ``has_oracle`` over a table read by :func:`read_accuracy_csv`."""
 
     _accuracy: dict[Hashable, float] | None = None
+
+    def _attach_oracle(self, accuracy_table: str | os.PathLike[str] | None, dataset: str) -> None:
+        """Set ``dataset`` and, given a table, read its ``dataset`` column with this space's ``from_string``."""
+        self.dataset = dataset
+        if accuracy_table is not None:
+            self._accuracy = read_accuracy_csv(accuracy_table, dataset, self.from_string)  # type: ignore[attr-defined]
 
     def accuracy(self, arch: Hashable) -> float:
         """True accuracy from the attached table (an oracle, for benchmarks only)."""

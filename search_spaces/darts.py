@@ -23,7 +23,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError, default_to_onnx, suggest_choices
-from search_spaces.cell_oracle import OracleMixin, read_accuracy_csv
+from search_spaces.cell_oracle import OracleMixin
 from search_spaces.darts_ops import Cell, DartsNetwork
 
 OPS: tuple[str, ...] = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -148,9 +148,7 @@ class DartsSpace(OracleMixin):
         self.channels = channels
         self.layers = layers
         self.input_shape = tuple(input_shape)
-        self.dataset = dataset
-        if accuracy_table is not None:
-            self._accuracy = read_accuracy_csv(accuracy_table, dataset, self.from_string)
+        self._attach_oracle(accuracy_table, dataset)
 
     @property
     def cardinality(self) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError, default_to_onnx, suggest_choices
-from search_spaces.cell_oracle import OracleMixin, read_accuracy_csv
+from search_spaces.cell_oracle import OracleMixin
 from search_spaces.nb101_graph import (
     INPUT,
     MAX_VERTICES,
@@ -169,9 +169,7 @@ class NB101Space(OracleMixin):
         self.num_stacks = num_stacks
         self.cells_per_stack = cells_per_stack
         self.input_shape = tuple(input_shape)
-        self.dataset = dataset
-        if accuracy_table is not None:
-            self._accuracy = read_accuracy_csv(accuracy_table, dataset, self.from_string)
+        self._attach_oracle(accuracy_table, dataset)
 
     @property
     def cardinality(self) -> int:
