@@ -157,6 +157,23 @@ def correlation_table(space_name: str, batch_size: int, reference: int, seed: in
           f"reference on these cells (label-free): {_fmt(agree)}", flush=True)
 
 
+def batch_check(space_name: str, n: int, batch_size: int, seed: int) -> None:
+    """Print how well the ensemble's components at ``batch_size`` rank the first ``n`` NASLib cells as at 64."""
+    space = search_spaces.get(space_name)
+    archs = read_naslib(NASLIB_FILES[space_name], space)[0][:n]
+    comps = list(LABEL_FREE_COMPONENTS)
+    full, cpu_full = score_archs(space, archs, comps, 64, seed, evaluator=True)
+    small, cpu_small = score_archs(space, archs, comps, batch_size, seed, evaluator=True)
+    rhos = {c: _spearman(full[c], small[c]) for c in comps}
+    rhos["ensemble (reference: these cells)"] = _spearman(benchmark_label_free(full), benchmark_label_free(small))
+    print(f"\n## {space_name}: batch {batch_size} vs 64 on the first {n} NASLib cells (label-free; CPU s/cell "
+          f"{np.median(cpu_full):.1f} at 64, {np.median(cpu_small):.1f} at {batch_size}, 0 where cached)\n")
+    print(f"| proxy | Spearman batch {batch_size} vs 64 |")
+    print("|---|---|")
+    for name, rho in rhos.items():
+        print(f"| {name} | {_fmt(rho)} |", flush=True)
+
+
 def main() -> None:
     """Print the cost table and, for each space with NASLib cells, the correlation table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -166,6 +183,8 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=REFERENCE_SIZE,
                         help=f"reference sample of the ensemble (default {REFERENCE_SIZE}; 0: no correlation table)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N NASLib cells")
+    parser.add_argument("--batch-check", type=int, default=0, metavar="N",
+                        help="also compare the ensemble's components at --batch-size and 64 on N NASLib cells")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -177,6 +196,9 @@ def main() -> None:
     if args.reference:
         for space_name in spaces:
             correlation_table(space_name, args.batch_size, args.reference, args.seed, args.limit)
+    if args.batch_check:
+        for space_name in spaces:
+            batch_check(space_name, args.batch_check, args.batch_size, args.seed)
     if args.cost_n:
         cost_table(spaces, args.cost_n, args.seed)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")

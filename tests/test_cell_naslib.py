@@ -1,4 +1,5 @@
-"""The NASLib cells shipped for reporting (experiments/data/naslib_zc_*.csv) are the cells NASLib names."""
+"""NAS-Bench-101 / DARTS extras: the NASLib cells shipped for reporting (experiments/data/naslib_zc_*.csv)
+are the cells NASLib names; the cell spaces search at a reduced calibration batch."""
 
 import ast
 import csv
@@ -67,3 +68,13 @@ def test_naslib_file_is_an_accuracy_table(tmp_path):
     bad.write_text("".join(NB301_FILE.read_text().splitlines(keepends=True)[:10]) + "nonsense,1.0\n")
     with pytest.raises(ValueError, match="line 11"):
         search_spaces.get("darts", accuracy_table=bad, dataset="val_accuracy")
+
+
+@pytest.mark.parametrize("space_name", ["nb101", "darts"])
+def test_search_scores_cell_spaces_at_batch_16_unless_told(space_name):
+    from nas.loop import DEFAULTS, resolve_settings
+
+    space = search_spaces.get(space_name)
+    assert resolve_settings(space, dict.fromkeys(DEFAULTS))["batch_size"] == 16
+    assert resolve_settings(space, {**dict.fromkeys(DEFAULTS), "batch_size": 64})["batch_size"] == 64
+    assert resolve_settings(search_spaces.get("nb201"), dict.fromkeys(DEFAULTS))["batch_size"] == 64
