@@ -1,13 +1,26 @@
 """Cost and agreement of zero-cost proxies on the sequence spaces (bert, rnn, gpt, vit).
 
-For every space: (1) seconds per architecture of each proxy computed alone (its own ``proxies.score``
-call) against all of them in one call that shares passes, on the first ``--time-n`` sampled
-architectures; (2) the Spearman correlation between proxies over ``--n`` sampled architectures. No
-trained accuracies of these spaces ship with zcnas, so nothing here is compared with (or tuned on)
-accuracies; the script only reports what it measures.
+For every space:
 
-    python experiments/sequence_proxies.py --n 200 --time-n 10
-    python experiments/sequence_proxies.py --spaces rnn --n 40 --out experiments/out/seq_rnn.csv
+1. *Cost*: CPU seconds per architecture of each proxy computed alone (its own ``proxies.score`` call)
+   against all of them in one call that shares passes, on the first ``--time-n`` sampled architectures.
+   CPU time of this process (``time.process_time``, one torch thread by default), so the numbers hold on
+   a machine that other jobs keep busy; wall seconds are printed beside them.
+2. *Agreement*: Spearman (and Kendall tau) between proxies over ``--n`` sampled architectures, from the
+   shared call only.
+3. *Setting check* (``--check-n``): the proxies of a few architectures at the short calibration setting
+   used here (``--seq-len`` tokens, ``--batch-size`` sequences) and at the search default (32 tokens, 16
+   sequences); the Spearman between the two settings, per proxy, says whether the short setting ranks
+   the architectures as the default one does.
+4. *Published results* (``--published``): where a CSV in ``experiments/data/`` holds trained scores of
+   architectures of a space, Spearman and Kendall tau of every proxy against them. They are for
+   reporting only: nothing in zcnas was chosen or tuned on them.
+
+    python experiments/sequence_proxies.py --n 3 --time-n 3            # cost probe, every proxy
+    python experiments/sequence_proxies.py --spaces gpt,bert --n 200 --time-n 10 --check-n 12 --published \\
+        --kendall --skip gpt:zico,synaptic_diversity --out experiments/out/sequence_proxies_gpt_bert.csv
+    python experiments/sequence_proxies.py --spaces vit,rnn --n 200 --time-n 10 --check-n 12 --kendall \\
+        --skip vit:zico --out experiments/out/sequence_proxies_vit_rnn.csv
 """
 
 from __future__ import annotations
@@ -17,25 +30,43 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import kendalltau, spearmanr
 
 import proxies
 import search_spaces
+from proxies.ensemble import Reference, label_free
 from proxies.text import as_objective
 
 SEQUENCE = ["hidden_cov", "head_confidence", "head_importance", "synaptic_diversity", "activation_distance",
             "embedding_jacov"]
 GENERIC = ["params", "flops", "synflow", "snip", "grad_norm", "fisher", "l2_norm", "zico"]
-SPACES = {  # the published spaces; sequence length and batch kept small for 2 CPU cores
-    "bert": {"seq_len": 16},
-    "rnn": {"seq_len": 16},
-    "gpt": {"seq_len": 16},
-    "vit": {},
+SPACES = ("bert", "rnn", "gpt", "vit")
+DEFAULT_SETTING = (32, 16)
+"""(tokens, sequences) of a search's calibration batch on the token spaces (space default, search default)."""
+DATA = Path(__file__).parent / "data"
+PUBLISHED = {  # space -> (CSV of published trained results, score column (higher is better), what it is)
+    "bert": (DATA / "serianni_kalita_2023_flexibert_glue.csv", "glue",
+             "GLUE scores of trained NAS-Bench-BERT configs (Serianni & Kalita 2023)"),
 }
+PUBLISHED_BUILDS = {  # space -> (label, space options) of the models scored against the published results
+    "bert": [("as configured", {}), ("as the authors' code did (256 wide, 1,024 FFN)", {"reference_code_dims": True})],
+}
+PAPER_COLUMNS = {"params": "paper_params", "synaptic_diversity": "paper_synaptic_diversity",
+                 "activation_distance": "paper_activation_distance", "embedding_jacov": "paper_jacobian",
+                 "head_importance": "paper_head_importance", "head_confidence": "paper_head_confidence"}
+"""Our proxy -> the authors' metric of the same name in the published CSV."""
+EXTRA_PAPER_COLUMNS = ("paper_head_confidence_normalized",)
+log = logging.getLogger(__name__)
+
+
+def make_space(name: str, seq_len: int) -> object:
+    """The space with ``seq_len`` calibration tokens (token spaces) or its default images (vit)."""
+    return search_spaces.get(name, seq_len=seq_len) if name != "vit" else search_spaces.get(name)
 
 
 def batch_for(space: object, batch_size: int, seed: int) -> proxies.Batch:
@@ -46,18 +77,15 @@ def batch_for(space: object, batch_size: int, seed: int) -> proxies.Batch:
     return batch
 
 
-def timed_score(model: torch.nn.Module, batch: proxies.Batch, names: list[str]) -> tuple[dict[str, float], float]:
-    """Proxy values and wall seconds of one ``proxies.score`` call."""
-    start = time.perf_counter()
-    values = proxies.score(model, batch, names, seed=0, device="cpu")
-    return values, time.perf_counter() - start
+def timed(fn: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float, float]:
+    """``fn()``, its CPU seconds and its wall seconds."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def run_space(name: str, n: int, time_n: int, batch_size: int, names: list[str], seed: int,
-              rows: list[dict[str, object]]) -> None:
-    """Score ``n`` sampled architectures of ``name``; print cost and correlation tables."""
-    space = search_spaces.get(name, **SPACES[name])
-    batch = batch_for(space, batch_size, seed)
+def sample_archs(space: object, n: int, seed: int) -> list[object]:
+    """``n`` distinct architectures drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     archs, seen = [], set()
     while len(archs) < n:
@@ -65,66 +93,209 @@ def run_space(name: str, n: int, time_n: int, batch_size: int, names: list[str],
         if space.to_string(a) not in seen:
             seen.add(space.to_string(a))
             archs.append(a)
+    return archs
+
+
+def score_archs(space: object, archs: list[object], batch: proxies.Batch, names: list[str], seed: int,
+                time_n: int = 0, tag: str = "") -> dict[str, object]:
+    """Shared-call values (and CPU/wall seconds) of every architecture; proxy-by-proxy CPU seconds of the
+    first ``time_n``."""
+    values = {p: [] for p in names}
+    shared_cpu, shared_wall, build_cpu = [], [], []
     alone = {p: [] for p in names}
-    shared_s, values = [], {p: [] for p in names}
     for i, arch in enumerate(archs):
         torch.manual_seed(seed + i)
+        cpu = time.process_time()
         model = space.build(arch)
-        scores, seconds = timed_score(model, batch, names)
-        shared_s.append(seconds)
+        build_cpu.append(time.process_time() - cpu)
+        scores, c, w = timed(lambda m=model: proxies.score(m, batch, names, seed=seed, device="cpu"))
+        shared_cpu.append(c)
+        shared_wall.append(w)
         for p in names:
             values[p].append(scores[p])
         if i < time_n:
             for p in names:
-                alone[p].append(timed_score(model, batch, [p])[1])
-        rows.append({"space": name, "arch": space.to_string(arch), "shared_s": seconds, **scores})
-        logging.getLogger(__name__).warning("%s %d/%d %.1fs", name, i + 1, n, seconds)
-    print(f"\n## {name}: {n} architectures, batch {tuple(batch.inputs.shape)}, CPU threads "
-          f"{torch.get_num_threads()}")
-    print(f"{'proxy':<20} {'alone s/arch':>12} {'failed':>7}")
+                alone[p].append(timed(lambda m=model, p=p: proxies.score(m, batch, [p], seed=seed, device="cpu"))[1])
+        log.warning("%s%s %d/%d shared %.1f CPU s", space.name, tag, i + 1, len(archs), c)
+    return {"values": values, "shared_cpu": shared_cpu, "shared_wall": shared_wall, "build_cpu": build_cpu,
+            "alone": alone}
+
+
+def valid(a: list[float]) -> np.ndarray:
+    """Mask of computed values (not the engine's failure sentinel, finite)."""
+    x = np.asarray(a, dtype=float)
+    return np.isfinite(x) & (x != proxies.SENTINEL)
+
+
+def rank_corr(a: list[float], b: list[float], kind: str = "spearman") -> tuple[float, int]:
+    """Rank correlation over the architectures where both values are valid, and how many those are."""
+    keep = valid(a) & valid(b)
+    if keep.sum() < 3:
+        return math.nan, int(keep.sum())
+    x, y = np.asarray(a, float)[keep], np.asarray(b, float)[keep]
+    stat = spearmanr(x, y).statistic if kind == "spearman" else kendalltau(x, y).statistic
+    return float(stat), int(keep.sum())
+
+
+def print_cost(name: str, res: dict[str, object], names: list[str], time_n: int) -> None:
+    """Per-proxy CPU seconds alone vs the shared call."""
+    alone, values = res["alone"], res["values"]
+    print(f"\n{name}: CPU seconds per architecture (mean over the first {time_n}; failed = of all "
+          f"{len(res['shared_cpu'])})")
+    print(f"{'proxy':<20} {'alone CPU s':>11} {'failed':>7}")
     for p in names:
-        failed = sum(v == proxies.SENTINEL for v in values[p])
-        print(f"{p:<20} {np.mean(alone[p]):>12.3f} {failed:>7}")
-    print(f"{'sum of alone':<20} {sum(np.mean(alone[p]) for p in names):>12.3f}")
-    print(f"{'shared (one call)':<20} {np.mean(shared_s[:time_n]):>12.3f}   (all {n}: {np.mean(shared_s):.3f})")
-    ok = [p for p in names if sum(v != proxies.SENTINEL for v in values[p]) >= max(3, n // 2)]
-    print(f"\nSpearman between proxies (architectures where both are valid), {name}:")
+        print(f"{p:<20} {np.mean(alone[p]) if alone[p] else math.nan:>11.3f} {int((~valid(values[p])).sum()):>7}")
+    total = sum(np.mean(alone[p]) for p in names) if time_n else math.nan
+    print(f"{'sum of alone':<20} {total:>11.3f}")
+    print(f"{'shared (one call)':<20} {np.mean(res['shared_cpu'][:time_n]):>11.3f}   all {len(res['shared_cpu'])}: "
+          f"{np.mean(res['shared_cpu']):.3f} CPU s, {np.mean(res['shared_wall']):.3f} wall s; "
+          f"build {np.mean(res['build_cpu']):.3f} CPU s")
+
+
+def print_matrix(name: str, values: dict[str, list[float]], names: list[str], kind: str) -> None:
+    """Proxy-by-proxy rank correlation matrix (proxies valid on at least half of the architectures)."""
+    n = len(next(iter(values.values())))
+    ok = [p for p in names if valid(values[p]).sum() >= max(3, n // 2)]
+    print(f"\n{kind.capitalize()} between proxies, {name} ({n} architectures; pairs where both are valid):")
     print(" " * 20 + "".join(f"{p[:9]:>10}" for p in ok))
     for p in ok:
-        cells = []
-        for q in ok:
-            a, b = np.array(values[p]), np.array(values[q])
-            keep = (a != proxies.SENTINEL) & (b != proxies.SENTINEL)
-            rho = spearmanr(a[keep], b[keep]).statistic if keep.sum() >= 3 else math.nan
-            cells.append(f"{rho:>10.2f}")
-        print(f"{p:<20}" + "".join(cells))
+        print(f"{p:<20}" + "".join(f"{rank_corr(values[p], values[q], kind)[0]:>10.2f}" for q in ok))
+
+
+def check_setting(name: str, n: int, batch_size: int, seq_len: int, names: list[str], seed: int) -> None:
+    """Spearman per proxy between the short setting and the search default on ``n`` architectures."""
+    if name == "vit" or n < 3:
+        return  # images: the setting is the space's own input, nothing shortened
+    short, default = make_space(name, seq_len), make_space(name, DEFAULT_SETTING[0])
+    archs = sample_archs(short, n, seed + 1)
+    a = score_archs(short, archs, batch_for(short, batch_size, seed), names, seed, tag=" short")
+    b = score_archs(default, archs, batch_for(default, DEFAULT_SETTING[1], seed), names, seed, tag=" default")
+    print(f"\n{name}: Spearman between the short setting ({seq_len} tokens x {batch_size}) and the search "
+          f"default ({DEFAULT_SETTING[0]} x {DEFAULT_SETTING[1]}), {n} architectures; CPU s/arch "
+          f"{np.mean(a['shared_cpu']):.2f} vs {np.mean(b['shared_cpu']):.2f}")
+    for p in names:
+        rho, k = rank_corr(a["values"][p], b["values"][p])
+        print(f"  {p:<20} {rho:>6.2f}  (n={k})")
+
+
+def with_ensemble(space: object, values: dict[str, list[float]]) -> dict[str, list[float]]:
+    """``values`` plus the label-free ``ensemble`` of the space's components, with the scored population as
+    its reference (AZ-NAS's protocol; what ``nas search`` does with a seeded reference sample instead)."""
+    comps = tuple(getattr(space, "ensemble_components", ()))
+    if not comps or any(c not in values for c in comps):
+        return values
+    cols = {c: values[c] for c in comps}
+    try:
+        ens = label_free(Reference.from_values(cols), comps).score_table(cols)
+    except ValueError:  # a component with fewer than two valid values
+        return values
+    return {**values, "ensemble": [float(v) for v in ens]}
+
+
+def print_published(name: str, names: list[str], args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
+    """Spearman / Kendall of every proxy against published trained scores of ``name`` (reporting only),
+    beside the same correlations of the authors' own metric values on the same architectures."""
+    if name not in PUBLISHED or not PUBLISHED[name][0].is_file():
+        return
+    path, column, what = PUBLISHED[name]
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    target = [float(r[column]) for r in table]
+    print(f"\n{name}: proxies against the {what}, {len(table)} architectures ({path.name}); reporting only, "
+          "nothing in zcnas was chosen or tuned on these results. 'paper': the authors' own value of that "
+          "metric on the same architectures (signed; the paper prints |tau|).")
+    for label, options in PUBLISHED_BUILDS[name]:
+        space = search_spaces.get(name, seq_len=args.seq_len, **options)
+        archs = [space.from_string(r["arch"]) for r in table]
+        res = score_archs(space, archs, batch_for(space, args.batch_size, args.seed), names, args.seed,
+                          tag=f" published {label}")
+        print(f"\n  models built {label}; {np.mean(res['shared_cpu']):.2f} CPU s/arch")
+        print(f"  {'proxy':<20} {'Spearman':>9} {'Kendall':>8} {'n':>4}   {'paper Spearman':>14} {'paper Kendall':>13}")
+        values = with_ensemble(space, res["values"])
+        for p in names + (["ensemble"] if "ensemble" in values else []):
+            rho, k = rank_corr(values[p], target)
+            tau, _ = rank_corr(values[p], target, "kendall")
+            theirs = PAPER_COLUMNS.get(p)
+            if theirs and theirs in table[0]:
+                col = [float(r[theirs]) for r in table]
+                paper = f"{rank_corr(col, target)[0]:>14.2f} {rank_corr(col, target, 'kendall')[0]:>13.2f}"
+            else:
+                paper = f"{'-':>14} {'-':>13}"
+            print(f"  {p:<20} {rho:>9.2f} {tau:>8.2f} {k:>4}   {paper}")
+        for extra in EXTRA_PAPER_COLUMNS:
+            if extra in table[0]:
+                col = [float(r[extra]) for r in table]
+                print(f"  {'(paper) ' + extra[6:]:<40} {rank_corr(col, target)[0]:>14.2f} "
+                      f"{rank_corr(col, target, 'kendall')[0]:>13.2f}")
+        for i, arch in enumerate(archs):
+            rows.append({"space": name, "set": f"published {label}", "arch": space.to_string(arch),
+                         "shared_cpu_s": res["shared_cpu"][i], **{p: res["values"][p][i] for p in names}})
+
+
+def run_space(name: str, args: argparse.Namespace, names: list[str], rows: list[dict[str, object]]) -> None:
+    """Cost, agreement, setting check and published comparison of one space."""
+    skipped = [p for item in args.skip for space, _, ps in [item.partition(":")] if space == name
+               for p in ps.split(",") if p]
+    if skipped:
+        print(f"\n{name}: left out here (their cost is in the probe run): {', '.join(skipped)}")
+        names = [p for p in names if p not in skipped]
+    if args.n > 0:
+        space = make_space(name, args.seq_len)
+        batch = batch_for(space, args.batch_size, args.seed)
+        archs = sample_archs(space, args.n, args.seed)
+        res = score_archs(space, archs, batch, names, args.seed, time_n=min(args.time_n, args.n))
+        print(f"\n## {name}: {args.n} architectures, batch {tuple(batch.inputs.shape)}, torch threads "
+              f"{torch.get_num_threads()}")
+        print_cost(name, res, names, min(args.time_n, args.n))
+        if args.n >= 3:
+            values = with_ensemble(space, res["values"])
+            shown = names + (["ensemble"] if "ensemble" in values else [])
+            print_matrix(name, values, shown, "spearman")
+            if args.kendall:
+                print_matrix(name, values, shown, "kendall")
+        for i, arch in enumerate(archs):
+            rows.append({"space": name, "set": "sample", "arch": space.to_string(arch),
+                         "shared_cpu_s": res["shared_cpu"][i], **{p: res["values"][p][i] for p in names}})
+    check_setting(name, args.check_n, args.batch_size, args.seq_len, names, args.seed)
+    if args.published:
+        print_published(name, names, args, rows)
 
 
 def main() -> None:
     """Parse flags, run every space, optionally write per-architecture values to CSV."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spaces", default="bert,rnn,gpt,vit")
-    ap.add_argument("--n", type=int, default=200, help="architectures per space for the correlations")
+    ap.add_argument("--spaces", default=",".join(SPACES))
+    ap.add_argument("--n", type=int, default=200, help="architectures per space for the correlations (0: skip)")
     ap.add_argument("--time-n", type=int, default=10, help="architectures timed proxy by proxy")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--check-n", type=int, default=0,
+                    help="architectures scored at both the short and the default setting (0: skip)")
+    ap.add_argument("--batch-size", type=int, default=8, help="calibration sequences (images for vit)")
+    ap.add_argument("--seq-len", type=int, default=16, help="calibration tokens per sequence (token spaces)")
     ap.add_argument("--proxies", default=",".join(GENERIC + SEQUENCE))
+    ap.add_argument("--kendall", action="store_true", help="also print the Kendall tau matrix")
+    ap.add_argument("--skip", action="append", default=[], metavar="SPACE:P1,P2",
+                    help="leave proxies out of one space's runs, e.g. gpt:zico (repeatable)")
+    ap.add_argument("--published", action="store_true",
+                    help="compare with published trained results in experiments/data/ (reporting only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="CSV of every architecture's values")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: timings per core)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU seconds per core)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.ERROR)  # failed proxies are counted in the table instead
-    logging.getLogger(__name__).setLevel(logging.WARNING)  # progress lines
+    logging.basicConfig(level=logging.ERROR)  # failed proxies are counted in the tables instead
+    log.setLevel(logging.WARNING)  # progress lines
     names = [p for p in args.proxies.split(",") if p]
     rows: list[dict[str, object]] = []
+    start = time.process_time()
     for name in args.spaces.split(","):
-        run_space(name, args.n, min(args.time_n, args.n), args.batch_size, names, args.seed, rows)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        run_space(name, args, names, rows)
+        if args.out:  # after every space, so an interrupted run keeps what it has
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    print(f"\ntotal CPU time of this run: {(time.process_time() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

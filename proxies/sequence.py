@@ -9,7 +9,8 @@ engine turns into a last-ranked score. Models with ``embed``/``from_embeddings``
 
 One forward pass with hooks and one backward pass of the last hidden state's sum (the authors'
 ``backward(ones_like(last_hidden_state))``) feed every metric; they form the engine's shared
-artefact ``sequence_pass``, so asking for all six costs one pass.
+artefact ``sequence_pass``, so asking for all six costs one pass. Each metric is computed from the
+recorded pass only when it is read, so asking for one does not pay for the others.
 
 Definitions (from the authors' notebooks, github.com/aaronserianni/training-free-nas):
 
@@ -63,8 +64,67 @@ def eig_score(rows: torch.Tensor) -> float:
     return float(-(torch.log(eig + EIG_K) + 1.0 / (eig + EIG_K)).sum())
 
 
-def _shared_pass(model: nn.Module, batch: Batch) -> dict[str, Any]:
-    """All sequence metrics of ``model`` on ``batch``: one hooked forward, one backward."""
+class SequencePass:
+    """What one hooked forward and one backward recorded (detached); each metric is computed on its first
+    read, so a search that asks for one metric does not pay for the others (e.g. the nuclear norms)."""
+
+    MISSING = {"head_proj": "attention/projection heads", "ffn_act": "feed-forward or cell activations",
+               "operation": "token-mixing (attention) blocks", "emb": "an embed()/from_embeddings() token model"}
+
+    def __init__(self, store: dict[str, list[torch.Tensor]], linears: list[tuple[torch.Tensor, torch.Tensor]],
+                 emb_grad: torch.Tensor | None, has_emb: bool) -> None:
+        self.store, self.linears, self.emb_grad, self.has_emb = store, linears, emb_grad, has_emb
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        """Metric ``name`` (a float), or a string saying what the model lacks for it."""
+        if name not in self._cache:
+            with torch.no_grad():
+                self._cache[name] = getattr(self, "_" + name)()
+        return self._cache[name]
+
+    def _hidden_cov_layers(self) -> list[float]:
+        return [eig_score(h.reshape(-1, h.shape[-1]).T) for h in self.store["hidden"]]
+
+    def _hidden_cov(self) -> float:
+        h = self.store["hidden"][-1]
+        return eig_score(h.reshape(-1, h.shape[-1]).T)
+
+    def _head_confidence(self) -> float | str:
+        if not self.store["head_proj"]:
+            return self.MISSING["head_proj"]
+        return sum(float(p.max(dim=1).values.mean()) for p in self.store["head_proj"] if p.dim() == 3)
+
+    def _activation_distance(self) -> float | str:
+        if not self.store["ffn_act"]:
+            return self.MISSING["ffn_act"]
+        acts = 0.0
+        for a in self.store["ffn_act"]:
+            c = ((a[0] if a.dim() == 3 else a.reshape(a.shape[0], -1)) > 0).double()
+            acts += float((c @ c.T + (1 - c) @ (1 - c).T).sum())
+        return acts
+
+    def _head_importance(self) -> float | str:
+        if not self.linears:
+            return self.MISSING["operation"]
+        return sum(float((w * g).abs().sum()) for w, g in self.linears)
+
+    def _synaptic_diversity(self) -> float | str:
+        if not self.linears:
+            return self.MISSING["operation"]
+        return sum(float(torch.linalg.svdvals(w.float()).sum() * torch.linalg.svdvals(g.float()).sum())
+                   for w, g in self.linears)
+
+    def _embedding_jacov(self) -> float | str:
+        if not self.has_emb:
+            return self.MISSING["emb"]
+        if self.emb_grad is None:
+            return float("nan")
+        return eig_score(self.emb_grad.reshape(self.emb_grad.shape[0], -1))
+
+
+def _shared_pass(model: nn.Module, batch: Batch) -> SequencePass:
+    """One hooked forward and one backward of ``model`` on ``batch``, recorded for every sequence metric."""
     hidden_mods = _tagged(model, "hidden")
     if not hidden_mods:
         raise ValueError("sequence proxies need a model with tagged layers (zc_role='hidden'), as the bert, "
@@ -89,7 +149,11 @@ def _shared_pass(model: nn.Module, batch: Batch) -> dict[str, Any]:
             else:
                 model(batch.inputs)
             store["hidden"][-1].sum().backward()
-        return _metrics(model, store, emb)
+        # weight gradients are copied now: other passes of the same engine call overwrite .grad later
+        linears = [(m.weight.detach(), m.weight.grad.detach().clone()) for m in _mixing_linears(model)]
+        kept = {role: [t.detach() for t in ts] for role, ts in store.items()}
+        return SequencePass(kept, linears, None if emb is None or emb.grad is None else emb.grad.detach(),
+                            emb is not None)
     finally:
         for h in handles:
             h.remove()
@@ -107,33 +171,7 @@ def _mixing_linears(model: nn.Module) -> list[nn.Linear]:
     return out
 
 
-def _metrics(model: nn.Module, store: dict[str, list[torch.Tensor]], emb: torch.Tensor | None) -> dict[str, Any]:
-    with torch.no_grad():
-        layers = [eig_score(h.detach().reshape(-1, h.shape[-1]).T) for h in store["hidden"]]
-        conf = sum(float(p.detach().max(dim=1).values.mean()) for p in store["head_proj"] if p.dim() == 3)
-        acts = 0.0
-        for a in store["ffn_act"]:
-            codes = (a.detach()[0] if a.dim() == 3 else a.detach().reshape(a.shape[0], -1)) > 0
-            c = codes.double()
-            acts += float((c @ c.T + (1 - c) @ (1 - c).T).sum())
-        linears = _mixing_linears(model)
-        importance = sum(float((m.weight * m.weight.grad).abs().sum()) for m in linears)
-        diversity = sum(float(torch.linalg.svdvals(m.weight.float()).sum()
-                              * torch.linalg.svdvals(m.weight.grad.float()).sum()) for m in linears)
-        jac = float("nan")
-        if emb is not None and emb.grad is not None:
-            jac = eig_score(emb.grad.reshape(emb.shape[0], -1))
-    missing = {"head_proj": "attention/projection heads", "ffn_act": "feed-forward or cell activations",
-               "operation": "token-mixing (attention) blocks"}
-    return {"hidden_cov_layers": layers, "hidden_cov": layers[-1],
-            "head_confidence": conf if store["head_proj"] else missing["head_proj"],
-            "activation_distance": acts if store["ffn_act"] else missing["ffn_act"],
-            "head_importance": importance if linears else missing["operation"],
-            "synaptic_diversity": diversity if linears else missing["operation"],
-            "embedding_jacov": jac if emb is not None else "an embed()/from_embeddings() token model"}
-
-
-def _value(values: dict[str, Any], name: str) -> float:
+def _value(values: SequencePass, name: str) -> float:
     """The metric ``name``, or a ``ValueError`` saying what the model lacks for it."""
     value = values[name]
     if isinstance(value, str):

@@ -86,6 +86,14 @@ def test_sequence_proxies_are_finite_and_deterministic_on_transformers(name: str
     assert len(hidden_cov_layers(model, batch)) == len(list(model.layers if name == "bert" else model.blocks))
 
 
+def test_each_sequence_proxy_alone_equals_its_value_in_a_shared_call() -> None:
+    model, batch = _model_and_batch("gpt")
+    together = proxies.score(model, batch, SEQUENCE + ["snip", "synflow"], seed=0, device="cpu")
+    for name in SEQUENCE:  # metrics are computed lazily from one recorded pass: same numbers either way
+        assert proxies.score(model, batch, [name], seed=0, device="cpu")[name] == together[name], name
+    assert hidden_cov_layers(model, batch)[-1] == together["hidden_cov"]
+
+
 def test_rnn_gets_hidden_cov_and_attention_metrics_fail_clearly(caplog) -> None:
     model, batch = _model_and_batch("rnn")
     scores = proxies.score(model, batch, SEQUENCE, seed=0, device="cpu")
