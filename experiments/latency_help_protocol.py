@@ -6,7 +6,15 @@ measured cells (5 seeds); the Spearman correlation is over all 15,625 cells. Pri
 published row, published plain FLOPs, our own FLOPs count, and the README's lookup baseline (NNLS over the
 training devices' measured latency vectors, which only works where every cell was measured).
 
-    python experiments/latency_help_protocol.py [--fbnet-rows 600] [--nb201-rows 4000]
+The model: each training device gets a non-negative node-cost model over graph features (any space) and an
+output of a NAS-Bench-201 residual MLP (trained on the training devices only); an unseen device is a
+non-negative mix of them plus a small correction, fitted to its 10 samples. Whether to use the residual
+network, absolute or relative errors, and the correction's ridge are chosen first, by leave-one-device-out
+over the 13 training devices (``--select-on val``: the 4 meta-validation devices only); the test devices
+are scored once with that choice. The ``linear`` column drops the residual network (what spaces without
+one get).
+
+    python experiments/latency_help_protocol.py [--select-on train|val] [--fixed] [--nb201-rows 4000]
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_data as ld  # noqa: E402
 
-from hardware_models.adapt import RESIDUAL_ALPHA, fit_mixture, fit_reference  # noqa: E402
+from hardware_models.adapt import RELATIVE, RESIDUAL_ALPHA, fit_mixture, fit_reference  # noqa: E402
 from hardware_models.graph_features import FEATURE_NAMES  # noqa: E402
+from hardware_models.residual import SpaceResidual, transform  # noqa: E402
 from predictors import solve_nnls  # noqa: E402
+from predictors.mlp import MLPRegressor  # noqa: E402
 
 
 def reference_models(X: np.ndarray, Y: np.ndarray, cols: list[str], nb201_rows: int, fbnet_rows: int,
@@ -55,26 +65,59 @@ def lookup_baseline(Y: np.ndarray, cols: list[str], dev: str, idx: np.ndarray) -
     return A @ sol
 
 
-def few_shot(X: np.ndarray, y: np.ndarray, names: list[str], W: np.ndarray, b: np.ndarray, samples: int,
-             seeds: int, alpha: float | None) -> list[float]:
-    """Spearman over all cells of the model adapted from ``samples`` random cells, one per seed."""
+def residual_net(X: np.ndarray, Y: np.ndarray, cols: list[str], names: list[str], W: np.ndarray,
+                 b: np.ndarray, rows: int, epochs: int, seed: int = 0) -> SpaceResidual:
+    """The references' NAS-Bench-201 residual network, trained on ``rows`` cells of their own columns."""
+    idx = np.random.default_rng(seed).choice(len(X), size=min(rows, len(X)), replace=False)
+    lat = np.stack([Y[idx, cols.index(d)] for d in names], 1)
+    unit = lat.mean(0)
+    mlp = MLPRegressor(epochs=epochs, seed=seed).fit(transform(X[idx]), (lat - (X[idx] @ W.T + b)) / unit)
+    return SpaceResidual("nb201", "", list(names), unit, mlp)
+
+
+def few_shot(X: np.ndarray, y: np.ndarray, names: list[str], W: np.ndarray, b: np.ndarray,
+             offsets: np.ndarray | None, samples: int, seeds: range, alpha: float | None,
+             relative: bool) -> list[float]:
+    """Spearman over all cells of the model adapted from ``samples`` random cells, one per seed;
+    ``offsets`` are the references' residuals on every cell (None: linear references)."""
     out = []
-    for seed in range(seeds):
+    for seed in seeds:
         idx = np.random.default_rng(seed).choice(len(y), size=samples, replace=False)
-        out.append(spearmanr(fit_mixture(X[idx], y[idx], names, W, b, "", alpha).predict_features(X), y)[0])
+        model = fit_mixture(X[idx], y[idx], names, W, b, "", alpha, None if offsets is None else offsets[idx],
+                            relative)
+        pred = X @ model.coef + model.intercept
+        if offsets is not None:
+            pred = pred + offsets @ np.array([model.weights.get(n, 0.0) for n in names])
+        out.append(spearmanr(pred, y)[0])
     return out
 
 
-def select_alpha(X: np.ndarray, Y: np.ndarray, cols: list[str], args: argparse.Namespace) -> float | None:
-    """Choose the correction's ridge on the meta-validation devices, references from meta-train only."""
-    names, W, b = reference_models(X, Y, cols, args.nb201_rows, args.fbnet_rows, devices=ld.HELP_TRAIN)
-    best, best_score = None, -1.0
-    for alpha in (None, 0.3, 1.0, 2.0, 5.0):
-        score = float(np.mean([np.mean(few_shot(X, Y[:, cols.index(d)], names, W, b, args.samples, args.seeds,
-                                                alpha)) for d in ld.HELP_VAL]))
-        print(f"  meta-validation mean Spearman with correction ridge {alpha}: {score:.4f}")
-        if score > best_score:
-            best, best_score = alpha, score
+GRID = [(res, rel, alpha) for res in (False, True) for rel in (False, True)
+        for alpha in (None, 0.3, 1.0, 3.0, 5.0, 10.0)]
+
+
+def select(X: np.ndarray, Y: np.ndarray, cols: list[str], args: argparse.Namespace) -> tuple[bool, bool, float | None]:
+    """Choose residual network, error weighting and correction ridge by leave-one-device-out: each selection
+    device is held out in turn, the other 12 training devices are the references (and alone train the
+    residual network), 10 samples from it, seeds 100..109 (not the test seeds). ``--select-on val`` holds
+    out the 4 meta-validation devices only, ``train`` all 13 meta-train + meta-validation devices."""
+    pool = ld.HELP_TRAIN + ld.HELP_VAL
+    scores = {g: [] for g in GRID}
+    held_out = ld.HELP_VAL if args.select_on == "val" else pool
+    for dev in held_out:
+        names, W, b = reference_models(X, Y, cols, args.nb201_rows, args.fbnet_rows,
+                                       devices=[d for d in pool if d != dev])
+        off = residual_net(X, Y, cols, names, W, b, args.nb201_rows, args.epochs).predict(X)
+        y = Y[:, cols.index(dev)]
+        for res, rel, alpha in GRID:
+            scores[(res, rel, alpha)].append(np.mean(few_shot(X, y, names, W, b, off if res else None,
+                                                              args.samples, range(100, 110), alpha, rel)))
+    print(f"selection: leave-one-out over the 13 training devices, held out in turn: {', '.join(held_out)}")
+    for g, v in scores.items():
+        print(f"  residual net {'yes' if g[0] else 'no ':3s}  {'relative' if g[1] else 'absolute'} errors  "
+              f"ridge {str(g[2]):4s}: mean {np.mean(v):.4f}  (" + " ".join(f"{x:.3f}" for x in v) + ")")
+    best = max(GRID, key=lambda g: np.mean(scores[g]))
+    print(f"  chosen: residual net {best[0]}, relative {best[1]}, ridge {best[2]}")
     return best
 
 
@@ -85,42 +128,49 @@ def main() -> None:
     ap.add_argument("--fbnet-rows", type=int, default=600, help="FBNet rows per training device (0: none)")
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--residual-alpha", type=float, default=None,
-                    help="ridge of the per-feature correction (default: chosen on the meta-validation "
-                         f"devices; shipped default {RESIDUAL_ALPHA}); negative: mix only")
+    ap.add_argument("--epochs", type=int, default=100, help="epochs of the residual network")
+    ap.add_argument("--select-on", choices=("val", "train"), default="train",
+                    help="devices held out for the selection: the 4 meta-validation devices, or all 13 "
+                         "meta-train + meta-validation devices (default: the 4 have near-twins among the "
+                         "references, so alone they cannot tell what a correction is worth)")
+    ap.add_argument("--fixed", action="store_true",
+                    help=f"skip the selection; use the shipped choice (residual net, relative={RELATIVE}, "
+                         f"ridge {RESIDUAL_ALPHA})")
     args = ap.parse_args()
     t0 = time.time()
     archs, cols, Y, X = ld.nb201_all()
-    if args.residual_alpha is None:
-        alpha = select_alpha(X, Y, cols, args)
-    else:
-        alpha = None if args.residual_alpha < 0 else args.residual_alpha
+    use_res, rel, alpha = (True, RELATIVE, RESIDUAL_ALPHA) if args.fixed else select(X, Y, cols, args)
     names, W, b = reference_models(X, Y, cols, args.nb201_rows, args.fbnet_rows)
+    off = residual_net(X, Y, cols, names, W, b, args.nb201_rows, args.epochs).predict(X)
     flops = X[:, [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("mmacs") and not n.startswith("dead")]
               ].sum(1)
     rows = []
     for dev in ld.HELP_TEST:
         y = Y[:, cols.index(dev)]
-        ours = few_shot(X, y, names, W, b, args.samples, args.seeds, alpha)
+        ours = few_shot(X, y, names, W, b, off if use_res else None, args.samples, range(args.seeds), alpha, rel)
+        linear = few_shot(X, y, names, W, b, None, args.samples, range(args.seeds), alpha, rel)
         look = []
         for seed in range(args.seeds):
             idx = np.random.default_rng(seed).choice(len(y), size=args.samples, replace=False)
             look.append(spearmanr(lookup_baseline(Y, cols, dev, idx), y)[0])
-        rows.append((dev, np.mean(ours), np.std(ours), np.mean(look), spearmanr(flops, y)[0]))
+        rows.append((dev, np.mean(ours), np.std(ours), np.mean(linear), np.mean(look), spearmanr(flops, y)[0]))
     print(f"HELP protocol on NAS-Bench-201: {args.samples} samples per unseen device, {args.seeds} seeds, "
           f"Spearman over {len(y)} cells; references: {len(names)} training devices "
           f"({args.nb201_rows} NB201 rows{f', {args.fbnet_rows} FBNet rows' if args.fbnet_rows else ''}); "
-          f"correction ridge {alpha}")
-    head = f"{'device':15s} {'ours':>13s} {'HELP':>6s} {'FLOPs(pub)':>10s} {'FLOPs(ours)':>11s} {'lookup':>7s}"
+          f"residual net {use_res}, relative errors {rel}, correction ridge {alpha}")
+    print("ours = linear node costs + NB201 residual net; linear = the same without the residual net "
+          "(what other spaces get); lookup = README baseline")
+    head = (f"{'device':15s} {'ours':>13s} {'linear':>7s} {'HELP':>6s} {'FLOPs(pub)':>10s} {'FLOPs(ours)':>11s} "
+            f"{'lookup':>7s}")
     print(head)
     print("-" * len(head))
-    for (dev, m, s, lk, fl), help_, fpub in zip(rows, ld.HELP_PUBLISHED, ld.FLOPS_PUBLISHED):
+    for (dev, m, s, lin, lk, fl), help_, fpub in zip(rows, ld.HELP_PUBLISHED, ld.FLOPS_PUBLISHED):
         name = "rpi4 (raspi4)" if dev == "raspi4" else dev
-        print(f"{name:15s} {m:7.3f}+-{s:.3f} {help_:6.3f} {fpub:10.3f} {fl:11.3f} {lk:7.3f}")
+        print(f"{name:15s} {m:7.3f}+-{s:.3f} {lin:7.3f} {help_:6.3f} {fpub:10.3f} {fl:11.3f} {lk:7.3f}")
     print("-" * len(head))
-    print(f"{'mean':15s} {np.mean([r[1] for r in rows]):7.3f}       {np.mean(ld.HELP_PUBLISHED):6.3f} "
-          f"{np.mean(ld.FLOPS_PUBLISHED):10.3f} {np.mean([r[4] for r in rows]):11.3f} "
-          f"{np.mean([r[3] for r in rows]):7.3f}")
+    mean = [np.mean([r[i] for r in rows]) for i in (1, 3, 4, 5)]
+    print(f"{'mean':15s} {mean[0]:7.3f}       {mean[1]:7.3f} {np.mean(ld.HELP_PUBLISHED):6.3f} "
+          f"{np.mean(ld.FLOPS_PUBLISHED):10.3f} {mean[3]:11.3f} {mean[2]:7.3f}")
     print(f"targets: mean >= 0.95, rpi4 >= 0.93, pixel2 >= 0.85   ({time.time() - t0:.0f} s)")
 
 

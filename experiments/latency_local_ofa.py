@@ -6,7 +6,9 @@
    are kept in ``experiments/out/`` and reused unless ``--remeasure``.
 2. Adapt from 10 OFA measurements (5 different draws of the 10) and report Spearman on the other 90.
 3. Adapt with no OFA measurement at all (NAS-Bench-201 and/or FBNet measurements made here) and report
-   Spearman on all 100 OFA subnets; plain FLOPs and the uncalibrated shipped ``local`` prior for scale.
+   Spearman on all 100 OFA subnets; plain FLOPs and the shipped ``local`` prior for scale (the prior is
+   fitted to the NAS-Bench-201 and FBNet measurements of this machine, copied into
+   ``hardware_models/data/local_onnxruntime.csv``, never to OFA ones).
 
     python experiments/latency_local_ofa.py [--threads 1] [--repeats 30] [--measure-only]
 """
@@ -24,7 +26,7 @@ from scipy.stats import spearmanr
 
 import hardware_models
 import search_spaces
-from hardware_models.adapt import fit_mixture, references
+from hardware_models.adapt import fit_mixture, fit_spaces, references
 from hardware_models.feature_cache import default_cache
 from hardware_models.graph_features import FEATURE_NAMES
 from hardware_models.measure import measure_onnx, sample_unique, write_measurements
@@ -110,16 +112,13 @@ def main() -> None:
                           ("40 NB201 + 40 FBNet, no OFA (all 100)", ["nb201", "fbnet"])):
         if any(s not in data for s in spaces):
             continue
-        Xs = np.vstack([X[s] for s in spaces])
-        # each space weighs the same: relative errors, as latencies differ by space
-        ys = np.concatenate([y[s] for s in spaces])
-        scale = np.concatenate([np.full(len(y[s]), 1.0 / np.median(y[s])) for s in spaces])
-        model = fit_mixture(Xs * scale[:, None], ys * scale, names, W * 1.0, b * 0.0, "")
+        # relative errors: each space weighs the same although their latencies differ
+        model = fit_spaces([(search_spaces.get(s), X[s], y[s]) for s in spaces], names, W, b, "")
         print(f"{label:40s} {spearmanr(model.predict_features(ofa_X), ofa_y)[0]:16.3f}")
     macs = ofa_X[:, [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("mmacs") and not n.startswith("dead")]]
     print(f"{'plain FLOPs (no measurement)':40s} {spearmanr(macs.sum(1), ofa_y)[0]:16.3f}")
     prior = hardware_models.get("local").predict(search_spaces.get("ofa"), data["ofa"][0])
-    print(f"{'shipped local prior (no measurement)':40s} {spearmanr(prior, ofa_y)[0]:16.3f}")
+    print(f"{'shipped local prior (no OFA measurement)':40s} {spearmanr(prior, ofa_y)[0]:16.3f}")
     print("target: >= 0.9 from 10 OFA samples")
 
 

@@ -1,7 +1,8 @@
 """Hardware targets: devices with a latency model that predicts milliseconds for architectures.
 
 Every target reads the architecture's graph (see :mod:`hardware_models.graph_features`), so a target
-predicts for any search space. Shipped targets (the devices of NAS-Bench-201's latency tables, ``rpi4``
+predicts for any search space: non-negative node costs, plus a residual network on spaces the reference
+devices measured (NAS-Bench-201, see :mod:`hardware_models.residual`). Shipped targets (the devices of NAS-Bench-201's latency tables, ``rpi4``
 among them) live in ``hardware_models/data/targets.json``; ``local`` is this machine; targets a user adapts
 with ``nas latency adapt`` live in ``$ZCNAS_CONFIG_DIR/targets`` (default ``~/.config/zcnas/targets``).
 
@@ -74,8 +75,8 @@ def _local_factory() -> Target:
     return _factory("local", _LOCAL_DESCRIPTION)()
 
 
-_LOCAL_DESCRIPTION = ("this machine (onnxruntime, CPU); shipped prior = server-CPU mix; calibrate with "
-                      "`nas latency measure` + `nas latency adapt --name local`")
+_LOCAL_DESCRIPTION = ("this machine (onnxruntime, CPU); shipped prior = fitted to onnxruntime measurements of "
+                      "the build machine; calibrate with `nas latency measure` + `nas latency adapt --name local`")
 _local_factory.description = _LOCAL_DESCRIPTION  # type: ignore[attr-defined]
 
 

@@ -1,9 +1,11 @@
 """Meta-learned few-shot adaptation: a new device from ~10 measured architectures.
 
 Meta-training (``experiments/build_target_models.py``) fits one non-negative cost model per reference device
-on every space measured on it. A new device is then a non-negative mix of those models plus an offset,
-fitted to its measurements (:class:`predictors.DeviceMixtureRegressor`); the mixing weights are its
-hardware embedding. Because each reference model prices graph nodes, the adapted model prices any
+on every space measured on it, plus, per space the references measured, a residual network
+(:mod:`hardware_models.residual`). A new device is then a non-negative mix of those models plus an offset and
+a small non-negative per-feature correction, fitted to its measurements
+(:class:`predictors.DeviceMixtureRegressor`); the mixing weights are its hardware embedding and also mix the
+references' residual networks. Because each reference model prices graph nodes, the adapted model prices any
 architecture of any space.
 
 Example:
@@ -17,7 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 from hardware_models.feature_cache import FeatureCache, default_cache
 from hardware_models.graph_features import FEATURE_NAMES
 from hardware_models.model import GraphTarget, LatencyModel, save_user_target
+from hardware_models.residual import SpaceResidual, reference_offsets
 from predictors import DeviceMixtureRegressor
 
 MIN_MEASUREMENTS = 10
@@ -45,18 +48,41 @@ def references() -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.stack([m.coef for m in models]), np.array([m.intercept for m in models])
 
 
-RESIDUAL_ALPHA = 5.0
-"""Ridge penalty of the per-feature correction on top of the mix (chosen on HELP's protocol, see
-``experiments/latency_help_protocol.py --residual-alpha``)."""
+RESIDUAL_ALPHA: float | None = 1.0
+"""Ridge penalty of the per-feature correction on top of the mix."""
+RELATIVE = False
+"""Fit the mix to relative (True) or absolute errors of the measurements."""
+# Both chosen by leave-one-device-out over HELP's 13 meta-train + meta-validation devices (never the
+# meta-test ones), see ``experiments/latency_help_protocol.py``.
 
 
 def fit_mixture(X: np.ndarray, y: np.ndarray, names: Sequence[str], W: np.ndarray, b: np.ndarray,
-                fitted: str, residual_alpha: float | None = RESIDUAL_ALPHA) -> LatencyModel:
-    """The adapted linear model of a device from its measured features ``X`` and latencies ``y``."""
+                fitted: str, residual_alpha: float | None = RESIDUAL_ALPHA, offsets: np.ndarray | None = None,
+                relative: bool = RELATIVE) -> LatencyModel:
+    """The adapted model of a device from its measured features ``X`` and latencies ``y``.
+
+    ``offsets`` are the references' residual-network predictions on ``X`` (None: linear references); the
+    adapted model carries the same mixing weights for the residuals, on every space that has a network.
+    """
     live = np.array([not n.startswith("dead_") for n in FEATURE_NAMES])
-    reg = DeviceMixtureRegressor(W, b, residual_alpha, live).fit(X, y)
+    reg = DeviceMixtureRegressor(W, b, residual_alpha, live, relative).fit(X, y, offsets)
     weights = {n: float(w) for n, w in zip(names, reg.weights_) if w > 0}
-    return LatencyModel(reg.coef_, reg.intercept_, fitted, weights)
+    return LatencyModel(reg.coef_, reg.intercept_, fitted, weights, residual=dict(weights))
+
+
+def fit_spaces(blocks: Sequence[tuple[Any, np.ndarray, np.ndarray]], names: Sequence[str], W: np.ndarray,
+               b: np.ndarray, fitted: str, relative: bool = True,
+               residuals: Mapping[str, SpaceResidual] | None = None) -> LatencyModel:
+    """A device from measurements in several spaces: ``blocks`` of ``(space, features, latencies)``; the
+    references' residual networks are used where a space has one. Relative errors by default, so that a
+    space of fast networks weighs as much as one of slow networks. ``residuals``: the shipped ones by
+    default."""
+    offsets = []
+    for space, X, _ in blocks:
+        off = reference_offsets(space, X, list(names), residuals)
+        offsets.append(np.zeros((len(X), len(names))) if off is None else off)
+    return fit_mixture(np.vstack([X for _, X, _ in blocks]), np.concatenate([y for _, _, y in blocks]), names,
+                       W, b, fitted, offsets=np.vstack(offsets), relative=relative)
 
 
 def read_measurements(path: str | os.PathLike[str]) -> list[tuple[str, float]]:
@@ -112,9 +138,10 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     archs, y = validate(space, rows, source)
     names, W, b = references()
     X = (cache or default_cache()).features(space, archs)
+    offsets = reference_offsets(space, X, names)
     fitted = (f"adapted from {len(y)} {space.name} measurements ({source}) as a mix of "
               f"{len(names)} reference devices")
-    model = fit_mixture(X, y, names, W, b, fitted)
+    model = fit_mixture(X, y, names, W, b, fitted, offsets=offsets)
     top = sorted(model.weights.items(), key=lambda kv: -kv[1])[:3]
     description = f"user device, behaves like {', '.join(n for n, _ in top) or 'a constant'}"
     target = GraphTarget(name, description, model, cache, source="user")
@@ -131,12 +158,19 @@ def fit_reference(blocks: Sequence[tuple[np.ndarray, np.ndarray]], fitted: str, 
 
     ``blocks`` holds one ``(features, latencies)`` pair per space; every space weighs the same in total,
     so a space with 15,625 rows does not drown one with 500. Absolute errors (the default) gave better
-    references than relative ones on HELP's protocol.
+    references than relative ones on HELP's protocol. A feature that is constant inside every space (the
+    fixed classifier of NAS-Bench-201, FBNet and OFA) gets no cost: its cost cannot be told apart from
+    the intercept, and a guessed one would be extrapolated to other spaces' bigger classifiers.
     """
     from predictors import NNLSRegressor
 
     X = np.vstack([bx for bx, _ in blocks])
     y = np.concatenate([by for _, by in blocks])
     w = np.concatenate([np.full(len(by), 1.0 / np.sqrt(len(by))) for _, by in blocks])
-    reg = NNLSRegressor(relative=relative, alpha=alpha).fit(X, y, sample_weight=w)
-    return LatencyModel(reg.coef_, reg.intercept_, fitted)
+    varies = np.zeros(X.shape[1], dtype=bool)
+    for bx, _ in blocks:
+        varies |= np.ptp(bx, axis=0) > 1e-9 * np.maximum(np.abs(bx).max(axis=0), 1e-12)
+    reg = NNLSRegressor(relative=relative, alpha=alpha).fit(X[:, varies], y, sample_weight=w)
+    coef = np.zeros(X.shape[1])
+    coef[varies] = reg.coef_
+    return LatencyModel(coef, reg.intercept_, fitted)

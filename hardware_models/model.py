@@ -1,4 +1,5 @@
-"""A target's latency model: non-negative costs per graph feature, stored as JSON, applied to any space."""
+"""A target's latency model: non-negative costs per graph feature, stored as JSON, applied to any space,
+plus, on spaces the reference devices measured, a residual network (:mod:`hardware_models.residual`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from hardware_models.feature_cache import FeatureCache, default_cache
 from hardware_models.graph_features import FEATURE_NAMES, FEATURE_VERSION
+from hardware_models.residual import ResidualHead
 
 MIN_LATENCY_MS = 1e-3
 """Predictions are clipped here: a linear model may extrapolate below zero for tiny networks."""
@@ -20,12 +22,14 @@ MIN_LATENCY_MS = 1e-3
 
 @dataclass
 class LatencyModel:
-    """``latency_ms = features @ coef + intercept`` over :data:`FEATURE_NAMES`."""
+    """``latency_ms = features @ coef + intercept`` over :data:`FEATURE_NAMES`, plus ``residual``: weights
+    over the residual networks' devices, used on spaces that have a network (empty: linear only)."""
 
     coef: np.ndarray
     intercept: float
     fitted: str = ""  # how it was fitted, for ``nas targets``
     weights: dict[str, float] = field(default_factory=dict)  # hardware embedding over reference devices
+    residual: dict[str, float] = field(default_factory=dict)
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Latencies (ms) of rows of graph features."""
@@ -39,6 +43,7 @@ class LatencyModel:
             "coef": {n: float(f"{c:.6g}") for n, c in zip(FEATURE_NAMES, self.coef) if c != 0},
             "fitted": self.fitted,
             "weights": {k: float(f"{v:.6g}") for k, v in self.weights.items() if v},
+            **({"residual": {k: float(f"{v:.6g}") for k, v in self.residual.items() if v}} if self.residual else {}),
         }
 
     @classmethod
@@ -56,7 +61,8 @@ class LatencyModel:
         for name, value in data.get("coef", {}).items():
             coef[index[name]] = float(value)
         return cls(coef, float(data.get("intercept", 0.0)), str(data.get("fitted", "")),
-                   {k: float(v) for k, v in data.get("weights", {}).items()})
+                   {k: float(v) for k, v in data.get("weights", {}).items()},
+                   {k: float(v) for k, v in data.get("residual", {}).items()})
 
 
 class GraphTarget:
@@ -76,6 +82,7 @@ class GraphTarget:
         self.model = model
         self.source = source
         self._cache = cache
+        self._head = ResidualHead(model.residual) if model.residual else None
 
     @property
     def cache(self) -> FeatureCache:
@@ -84,7 +91,13 @@ class GraphTarget:
 
     def predict(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
         """Predicted latency (ms) of each architecture of ``space``."""
-        return self.model.predict_features(self.cache.features(space, archs))
+        X = self.cache.features(space, archs)
+        if self._head is None:
+            return self.model.predict_features(X)
+        extra = self._head.predict(space, X)
+        if extra is None:
+            return self.model.predict_features(X)
+        return np.maximum(X @ self.model.coef + self.model.intercept + extra, MIN_LATENCY_MS)
 
     def __repr__(self) -> str:
         return f"GraphTarget({self.name!r}, {self.source})"

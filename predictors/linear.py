@@ -84,6 +84,8 @@ class DeviceMixtureRegressor:
         reference_intercept: (devices,) their intercepts.
         residual_alpha: ridge penalty of the per-feature correction (None: no correction).
         residual_mask: features that may receive a correction (default: all).
+        relative: weigh each measurement by 1 / its latency (relative errors), so that the smallest
+            networks, where rankings are decided by small differences, count as much as the largest.
 
     Example:
         >>> W = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -94,21 +96,33 @@ class DeviceMixtureRegressor:
     """
 
     def __init__(self, reference_coef: np.ndarray, reference_intercept: np.ndarray,
-                 residual_alpha: float | None = None, residual_mask: np.ndarray | None = None) -> None:
+                 residual_alpha: float | None = None, residual_mask: np.ndarray | None = None,
+                 relative: bool = False) -> None:
         self.reference_coef = reference_coef
         self.reference_intercept = reference_intercept
         self.residual_alpha = residual_alpha
         self.residual_mask = residual_mask
+        self.relative = relative
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> DeviceMixtureRegressor:
-        """Fit the mixing weights (>= 0), the optional correction (>= 0) and a free intercept."""
+    def fit(self, X: np.ndarray, y: np.ndarray, offsets: np.ndarray | None = None) -> DeviceMixtureRegressor:
+        """Fit the mixing weights (>= 0), the optional correction (>= 0) and a free intercept.
+
+        ``offsets`` (samples x devices) are added to the references' linear predictions, e.g. their
+        non-linear residuals on these samples; :meth:`predict` is the linear part only.
+        """
         X, y = _check_xy(X, y)
         W = np.asarray(self.reference_coef, dtype=float)
         b = np.asarray(self.reference_intercept, dtype=float)
         if W.shape[1] != X.shape[1]:
             raise ValueError(f"X has {X.shape[1]} features but the references have {W.shape[1]}")
+        refs = X @ W.T + b
+        if offsets is not None:
+            offsets = np.asarray(offsets, dtype=float)
+            if offsets.shape != refs.shape:
+                raise ValueError(f"offsets must have shape {refs.shape} (samples x references), got {offsets.shape}")
+            refs = refs + offsets
         unit = float(np.mean(np.abs(y))) or 1.0  # work in units of the mean latency: alpha is scale-free
-        blocks = [(X @ W.T + b) / unit]
+        blocks = [refs / unit]
         mask = np.zeros(X.shape[1], dtype=bool)
         if self.residual_alpha is not None:
             mask = np.ones(X.shape[1], dtype=bool) if self.residual_mask is None else \
@@ -121,7 +135,8 @@ class DeviceMixtureRegressor:
         A = np.hstack([*blocks, np.ones((len(X), 1)), -np.ones((len(X), 1))])
         scale = np.abs(A).max(axis=0)
         scale[scale == 0] = 1.0
-        As, target = A / scale, y / unit
+        rows = unit / np.maximum(np.abs(y), 1e-9) if self.relative else np.ones(len(y))
+        As, target = A / scale * rows[:, None], y / unit * rows
         if m:
             penalty = np.zeros((m, A.shape[1]))
             penalty[np.arange(m), k + np.arange(m)] = np.sqrt(self.residual_alpha)

@@ -185,6 +185,9 @@ def test_shipped_file_is_small_json() -> None:
     if hardware_models.SHIPPED.is_file():
         assert hardware_models.SHIPPED.stat().st_size < 2_000_000
         json.loads(hardware_models.SHIPPED.read_text())
+    residuals = hardware_models.DATA / "residuals.npz"
+    if residuals.is_file():
+        assert residuals.stat().st_size < 1_000_000
 
 
 @pytest.mark.slow
@@ -211,3 +214,46 @@ def test_measure_rejects_unknown_statistic() -> None:
 
     with pytest.raises(ValueError, match="median"):
         measure_onnx("model.onnx", stat="mean")
+
+
+NEEDS_RESIDUALS = pytest.mark.skipif(not (hardware_models.DATA / "residuals.npz").is_file(),
+                                     reason="residual networks not built (experiments/build_target_models.py)")
+
+
+@NEEDS_MODELS
+@NEEDS_RESIDUALS
+def test_residual_net_applies_only_to_the_space_settings_it_was_trained_on(config_dir: Path) -> None:
+    from hardware_models.model import GraphTarget, LatencyModel
+
+    rpi4 = hardware_models.get("rpi4")
+    linear = GraphTarget("rpi4-linear", "", LatencyModel(rpi4.model.coef, rpi4.model.intercept))
+    for space, differs in ((search_spaces.get("nb201"), True), (small_nb201(), False),
+                           (search_spaces.get("ofa"), False)):
+        archs = [space.sample(np.random.default_rng(i)) for i in range(3)]
+        gap = np.abs(rpi4.predict(space, archs) - linear.predict(space, archs))
+        assert (gap.max() > 1e-6) == differs, space
+
+
+def test_residual_networks_round_trip(tmp_path: Path) -> None:
+    from hardware_models.residual import ResidualHead, SpaceResidual, load_residuals, save_residuals
+    from predictors.mlp import MLPRegressor
+
+    space = small_nb201()
+    X = np.random.default_rng(0).random((20, len(FEATURE_NAMES)))
+    mlp = MLPRegressor(hidden=(8,), epochs=2).fit(X, np.random.default_rng(1).random((20, 2)))
+    net = SpaceResidual(space.name, space_key(space), ["a", "b"], np.array([2.0, 3.0]), mlp)
+    save_residuals(tmp_path / "r.npz", {space.name: net})
+    back = load_residuals(tmp_path / "r.npz")[space.name]
+    assert back.devices == ["a", "b"] and back.key == net.key
+    np.testing.assert_allclose(back.predict(X), net.predict(X))
+    head = ResidualHead({"a": 0.5, "b": 2.0, "unknown": 1.0}, {space.name: back})
+    np.testing.assert_allclose(head.predict(space, X), net.predict(X) @ [0.5, 2.0])
+    assert ResidualHead({"a": 1.0}, {space.name: back}).predict(search_spaces.get("nb201"), X) is None
+
+
+def test_model_json_keeps_residual_weights() -> None:
+    from hardware_models.model import LatencyModel
+
+    model = LatencyModel(np.ones(len(FEATURE_NAMES)), 0.5, "x", {"pixel3": 1.0}, {"pixel3": 1.0, "raspi4": 0.25})
+    assert LatencyModel.from_dict(json.loads(json.dumps(model.to_dict()))).residual == model.residual
+    assert "residual" not in LatencyModel(np.ones(len(FEATURE_NAMES)), 0.0).to_dict()

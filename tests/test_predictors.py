@@ -58,3 +58,32 @@ def test_mixture_finds_the_device_a_new_one_behaves_like() -> None:
 def test_mixture_rejects_feature_mismatch() -> None:
     with pytest.raises(ValueError, match="features"):
         DeviceMixtureRegressor(np.ones((2, 3)), np.zeros(2)).fit(np.ones((4, 5)), np.ones(4))
+
+
+def test_mixture_uses_offsets_and_relative_errors() -> None:
+    rng = np.random.default_rng(3)
+    W = rng.random((3, 5))
+    X = rng.random((12, 5))
+    offsets = rng.random((12, 3))
+    y = 2.0 * (X @ W[2] + offsets[:, 2]) + 0.1
+    for relative in (False, True):
+        m = DeviceMixtureRegressor(W, np.zeros(3), relative=relative).fit(X, y, offsets)
+        np.testing.assert_allclose(m.weights_, [0.0, 0.0, 2.0], atol=1e-6)
+    with pytest.raises(ValueError, match="offsets must have shape"):
+        DeviceMixtureRegressor(W, np.zeros(3)).fit(X, y, offsets[:, :2])
+
+
+def test_mlp_fits_a_non_linear_function_reproducibly() -> None:
+    from predictors.mlp import MLPRegressor
+
+    rng = np.random.default_rng(4)
+    X = rng.random((200, 3))
+    Y = np.c_[X[:, 0] * X[:, 1], np.abs(X[:, 2] - 0.5)]
+    a = MLPRegressor(hidden=(32, 32), epochs=150, seed=1).fit(X, Y)
+    b = MLPRegressor(hidden=(32, 32), epochs=150, seed=1).fit(X, Y)
+    np.testing.assert_allclose(a.predict(X), b.predict(X))
+    assert np.mean((a.predict(X) - Y) ** 2) < 0.1 * np.var(Y, axis=0).sum()
+    again = MLPRegressor.from_arrays(a.to_arrays())
+    np.testing.assert_allclose(again.predict(X), a.predict(X))
+    with pytest.raises(ValueError, match="Y must be finite"):
+        MLPRegressor(epochs=1).fit(X, Y[:10])
