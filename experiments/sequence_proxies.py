@@ -97,9 +97,10 @@ def sample_archs(space: object, n: int, seed: int) -> list[object]:
 
 
 def score_archs(space: object, archs: list[object], batch: proxies.Batch, names: list[str], seed: int,
-                time_n: int = 0, tag: str = "") -> dict[str, object]:
+                time_n: int = 0, tag: str = "", sink: Callable[[dict[str, object]], None] | None = None,
+                row_set: str = "sample") -> dict[str, object]:
     """Shared-call values (and CPU/wall seconds) of every architecture; proxy-by-proxy CPU seconds of the
-    first ``time_n``."""
+    first ``time_n``. Each architecture's row goes to ``sink`` as soon as it is scored."""
     values = {p: [] for p in names}
     shared_cpu, shared_wall, build_cpu = [], [], []
     alone = {p: [] for p in names}
@@ -116,6 +117,8 @@ def score_archs(space: object, archs: list[object], batch: proxies.Batch, names:
         if i < time_n:
             for p in names:
                 alone[p].append(timed(lambda m=model, p=p: proxies.score(m, batch, [p], seed=seed, device="cpu"))[1])
+        if sink is not None:
+            sink({"space": space.name, "set": row_set, "arch": space.to_string(arch), "shared_cpu_s": c, **scores})
         log.warning("%s%s %d/%d shared %.1f CPU s", space.name, tag, i + 1, len(archs), c)
     return {"values": values, "shared_cpu": shared_cpu, "shared_wall": shared_wall, "build_cpu": build_cpu,
             "alone": alone}
@@ -192,7 +195,8 @@ def with_ensemble(space: object, values: dict[str, list[float]]) -> dict[str, li
     return {**values, "ensemble": [float(v) for v in ens]}
 
 
-def print_published(name: str, names: list[str], args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
+def print_published(name: str, names: list[str], args: argparse.Namespace,
+                    sink: Callable[[dict[str, object]], None] | None) -> None:
     """Spearman / Kendall of every proxy against published trained scores of ``name`` (reporting only),
     beside the same correlations of the authors' own metric values on the same architectures."""
     if name not in PUBLISHED or not PUBLISHED[name][0].is_file():
@@ -208,7 +212,7 @@ def print_published(name: str, names: list[str], args: argparse.Namespace, rows:
         space = search_spaces.get(name, seq_len=args.seq_len, **options)
         archs = [space.from_string(r["arch"]) for r in table]
         res = score_archs(space, archs, batch_for(space, args.batch_size, args.seed), names, args.seed,
-                          tag=f" published {label}")
+                          tag=f" published {label}", sink=sink, row_set=f"published {label}")
         print(f"\n  models built {label}; {np.mean(res['shared_cpu']):.2f} CPU s/arch")
         print(f"  {'proxy':<20} {'Spearman':>9} {'Kendall':>8} {'n':>4}   {'paper Spearman':>14} {'paper Kendall':>13}")
         values = with_ensemble(space, res["values"])
@@ -227,12 +231,10 @@ def print_published(name: str, names: list[str], args: argparse.Namespace, rows:
                 col = [float(r[extra]) for r in table]
                 print(f"  {'(paper) ' + extra[6:]:<40} {rank_corr(col, target)[0]:>14.2f} "
                       f"{rank_corr(col, target, 'kendall')[0]:>13.2f}")
-        for i, arch in enumerate(archs):
-            rows.append({"space": name, "set": f"published {label}", "arch": space.to_string(arch),
-                         "shared_cpu_s": res["shared_cpu"][i], **{p: res["values"][p][i] for p in names}})
 
 
-def run_space(name: str, args: argparse.Namespace, names: list[str], rows: list[dict[str, object]]) -> None:
+def run_space(name: str, args: argparse.Namespace, names: list[str],
+              sink: Callable[[dict[str, object]], None] | None) -> None:
     """Cost, agreement, setting check and published comparison of one space."""
     skipped = [p for item in args.skip for space, _, ps in [item.partition(":")] if space == name
                for p in ps.split(",") if p]
@@ -243,7 +245,7 @@ def run_space(name: str, args: argparse.Namespace, names: list[str], rows: list[
         space = make_space(name, args.seq_len)
         batch = batch_for(space, args.batch_size, args.seed)
         archs = sample_archs(space, args.n, args.seed)
-        res = score_archs(space, archs, batch, names, args.seed, time_n=min(args.time_n, args.n))
+        res = score_archs(space, archs, batch, names, args.seed, time_n=min(args.time_n, args.n), sink=sink)
         print(f"\n## {name}: {args.n} architectures, batch {tuple(batch.inputs.shape)}, torch threads "
               f"{torch.get_num_threads()}")
         print_cost(name, res, names, min(args.time_n, args.n))
@@ -253,12 +255,9 @@ def run_space(name: str, args: argparse.Namespace, names: list[str], rows: list[
             print_matrix(name, values, shown, "spearman")
             if args.kendall:
                 print_matrix(name, values, shown, "kendall")
-        for i, arch in enumerate(archs):
-            rows.append({"space": name, "set": "sample", "arch": space.to_string(arch),
-                         "shared_cpu_s": res["shared_cpu"][i], **{p: res["values"][p][i] for p in names}})
     check_setting(name, args.check_n, args.batch_size, args.seq_len, names, args.seed)
     if args.published:
-        print_published(name, names, args, rows)
+        print_published(name, names, args, sink)
 
 
 def main() -> None:
@@ -280,22 +279,47 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="CSV of every architecture's values")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU seconds per core)")
+    ap.add_argument("--from-csv", metavar="CSV", help="only print the agreement tables of a run's --out CSV")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)  # failed proxies are counted in the tables instead
     log.setLevel(logging.WARNING)  # progress lines
     names = [p for p in args.proxies.split(",") if p]
-    rows: list[dict[str, object]] = []
+    if args.from_csv:
+        summarize_csv(Path(args.from_csv), names, args.kendall)
+        return
+    sink = None
+    if args.out:  # one row per architecture as soon as it is scored: an interrupted run keeps what it has
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(args.out, "w", newline="")  # noqa: SIM115 - open for the whole run
+        writer = csv.DictWriter(handle, fieldnames=["space", "set", "arch", "shared_cpu_s", *names], restval="")
+        writer.writeheader()
+
+        def sink(row: dict[str, object]) -> None:
+            writer.writerow(row)
+            handle.flush()
     start = time.process_time()
     for name in args.spaces.split(","):
-        run_space(name, args, names, rows)
-        if args.out:  # after every space, so an interrupted run keeps what it has
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+        run_space(name, args, names, sink)
     print(f"\ntotal CPU time of this run: {(time.process_time() - start) / 60:.1f} min")
+
+
+def summarize_csv(path: Path, names: list[str], kendall: bool) -> None:
+    """The agreement tables of a (possibly interrupted) run from its per-architecture CSV."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["set"] == "sample"]
+    for name in dict.fromkeys(r["space"] for r in rows):
+        sub = [r for r in rows if r["space"] == name]
+        cols = [p for p in names if p in sub[0] and sub[0][p] != ""]
+        values = with_ensemble(search_spaces.get(name), {p: [float(r[p]) for r in sub] for p in cols})
+        shown = cols + (["ensemble"] if "ensemble" in values else [])
+        cpu = [float(r["shared_cpu_s"]) for r in sub]
+        print(f"\n## {name}: {len(sub)} architectures from {path.name}; shared call {np.mean(cpu):.2f} CPU s/arch "
+              f"(median {np.median(cpu):.2f}, max {np.max(cpu):.2f}); failed: "
+              + ", ".join(f"{p} {int((~valid(values[p])).sum())}" for p in cols))
+        print_matrix(name, values, shown, "spearman")
+        if kendall:
+            print_matrix(name, values, shown, "kendall")
 
 
 if __name__ == "__main__":
