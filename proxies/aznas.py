@@ -17,17 +17,18 @@ Definitions follow the paper and its reference code:
   strided inputs folded with pixel-unshuffle); 0 at ``s = 1``. A block that is exactly the identity
   makes the score -inf (ranked last), as in the paper.
 
-Deviations: the network is re-initialised Kaiming-normal (fan-in) on a copy, as the reference code does,
-so the caller's weights are untouched; BN is in training mode; the batch is the caller's real batch.
+Deviations: the network is re-initialised Kaiming-normal (fan-in), as the reference code does, into new
+tensors run through ``functional_call`` (no model copy), so the caller's weights are untouched; BN is in
+training mode; the batch is the caller's real batch.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from proxies.engine import Context, artefact, proxy
 
@@ -55,17 +56,36 @@ def _has_conv(module: nn.Module) -> bool:
     return any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in module.modules())
 
 
-def _kaiming_fan_in(module: nn.Module) -> None:
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.affine:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+def _kaiming_fan_in(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Re-initialised conv / linear / norm parameters by name, drawn as ``model.apply`` would visit them
+    (children first), so the global RNG gives the same values as initialising a deep copy in place."""
+    fresh: dict[int, torch.Tensor] = {}
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            visit(child)
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w = torch.empty_like(module.weight, requires_grad=False)
+            nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
+            fresh[id(module.weight)] = w
+            if module.bias is not None:
+                fresh[id(module.bias)] = torch.zeros_like(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.affine:
+            fresh[id(module.weight)] = torch.ones_like(module.weight)
+            fresh[id(module.bias)] = torch.zeros_like(module.bias)
+
+    visit(model)
+    state = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        q = fresh.get(id(p))
+        state[name] = p.detach().clone() if q is None else q
+        state[name].requires_grad_(p.requires_grad)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        state[name] = b.clone()  # the train-mode forward updates running statistics: not the caller's
+    return state
 
 
-def _block_features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def _block_features(net: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
     """Input to the first block followed by every block's 4-D output, autograd kept."""
     blocks = feature_blocks(net)
     feats: list[tuple[int, torch.Tensor]] = []
@@ -78,7 +98,7 @@ def _block_features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
     handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
     try:
-        net(x)
+        functional_call(net, state, (x,), tie_weights=False)
     finally:
         for h in handles:
             h.remove()
@@ -88,9 +108,10 @@ def _block_features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 def _entropy(feat: torch.Tensor) -> float:
     """Entropy of the normalised eigenvalue spectrum of the channel covariance of ``feat`` (B, C, H, W)."""
-    f = feat.detach().permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double()
-    f = f - f.mean(dim=0, keepdim=True)
-    eig = torch.linalg.eigvalsh(f.T @ f / f.shape[0]).clamp_min(0)
+    b, c = feat.shape[:2]
+    x = feat.detach().reshape(b, c, -1).double()  # (B, C, HW): no channels-last copy needed
+    x.sub_(x.mean(dim=(0, 2), keepdim=True))
+    eig = torch.linalg.eigvalsh(torch.bmm(x, x.transpose(1, 2)).sum(0) / (b * x.shape[2])).clamp_min(0)
     p = eig / eig.sum()
     return float(-(p * torch.log(p + 1e-8)).sum())
 
@@ -98,7 +119,10 @@ def _entropy(feat: torch.Tensor) -> float:
 def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator) -> float | None:
     """Largest singular value of the channel Jacobian of ``f_out`` w.r.t. ``f_in``; nan for an identity
     block, None where the two are not comparable."""
-    g_out = torch.randint(0, 2, f_out.shape, device=f_out.device, generator=gen).to(f_out.dtype) * 2 - 1
+    if f_out.device.type == "cpu":  # drawn straight as floats: on CPU the same stream as int64 draws
+        g_out = torch.randint(0, 2, f_out.shape, generator=gen, dtype=f_out.dtype).mul_(2).sub_(1)
+    else:
+        g_out = torch.randint(0, 2, f_out.shape, device=f_out.device, generator=gen).to(f_out.dtype) * 2 - 1
     (g_in,) = torch.autograd.grad(f_out, f_in, g_out, retain_graph=True, allow_unused=True)
     if g_in is None:
         return 0.0  # the output does not depend on the input: no gradient flows at all
@@ -116,16 +140,16 @@ def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator
 
 @artefact("az")
 def az_components(ctx: Context) -> dict[str, float]:
-    """Expressivity, progressivity and trainability from one pass over a re-initialised copy of the net."""
-    net = copy.deepcopy(ctx.model)
+    """Expressivity, progressivity and trainability from one pass over the re-initialised net."""
+    net = ctx.model
     cuda = [ctx.device] if ctx.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the same init whatever other proxies drew before
         torch.manual_seed(ctx.seed * 1_000_003 + 201)
-        net.apply(_kaiming_fan_in)
+        state = _kaiming_fan_in(net)
     net.train()
     gen = ctx.generator(salt=201)
     with torch.enable_grad():
-        feats = _block_features(net, ctx.batch.inputs)
+        feats = _block_features(net, state, ctx.batch.inputs)
         if len(feats) < 2:
             raise ValueError("AZ-NAS needs at least two feature blocks")
         ent = [_entropy(f) for f in feats]

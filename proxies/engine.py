@@ -22,6 +22,7 @@ from torch import nn
 
 from nas.registry import Registry
 from proxies.data import Batch
+from proxies.fastops import fast_cpu_ops
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
              if not isinstance(v, nn.Parameter)}
     was_training = model.training
     out: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            fast_cpu_ops(device.type == "cpu"):
         torch.manual_seed(seed)
         ctx = Context(model, batch, needs, seed)
         try:

@@ -56,16 +56,39 @@ def ntk(ctx: Context) -> float:
     weights = [p for n, p in model.named_parameters() if "weight" in n and p.requires_grad]
     with torch.enable_grad():
         per_sample = model(x).sum(1)
-        try:
-            eye = torch.eye(k, device=x.device, dtype=per_sample.dtype)
-            grads = torch.autograd.grad(per_sample, weights, eye, is_grads_batched=True, allow_unused=True)
-            rows = torch.cat([g.reshape(k, -1) for g in grads if g is not None], 1)
-        except RuntimeError:  # an op without a batching rule: one backward per sample
-            rows = torch.stack([
-                torch.cat([g.reshape(-1) for g in torch.autograd.grad(per_sample[i], weights, retain_graph=True,
-                                                                      allow_unused=True) if g is not None])
-                for i in range(k)])
-    kernel = rows.double() @ rows.double().T
+        rows = _batched_rows(per_sample, weights) if x.device.type != "cpu" else None
+        if rows is None:
+            # One backward per sample: on CPU faster than the vmapped backward, and bit-identical to it.
+            rows = _looped_rows(per_sample, weights)
+    kernel = rows @ rows.T
     eig = torch.linalg.eigvalsh(kernel)
     return float(-(eig[-1] / eig[0])) if eig[0] > 0 else float("-inf")
 
+
+def _looped_rows(per_sample: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """(k, P) float64 per-sample gradients, one backward each, written straight into one matrix."""
+    k = per_sample.shape[0]
+    rows = None
+    for i in range(k):
+        grads = [g for g in torch.autograd.grad(per_sample[i], weights, retain_graph=i < k - 1, allow_unused=True)
+                 if g is not None]
+        if rows is None:
+            rows = torch.empty((k, sum(g.numel() for g in grads)), dtype=torch.float64, device=per_sample.device)
+        start = 0
+        for g in grads:
+            rows[i, start:start + g.numel()].copy_(g.reshape(-1))
+            start += g.numel()
+    assert rows is not None
+    return rows
+
+
+def _batched_rows(per_sample: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor | None:
+    """(k, P) float64 per-sample gradients from one vmapped backward; None without a batching rule."""
+    k = per_sample.shape[0]
+    eye = torch.eye(k, device=per_sample.device, dtype=per_sample.dtype)
+    try:
+        grads = torch.autograd.grad(per_sample, weights, eye, retain_graph=True, is_grads_batched=True,
+                                    allow_unused=True)
+    except RuntimeError:
+        return None
+    return torch.cat([g.reshape(k, -1) for g in grads if g is not None], 1).double()

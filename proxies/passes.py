@@ -146,13 +146,21 @@ def _relu_hook(rec: Forward, needs: frozenset[str]):  # noqa: ANN202 - a torch h
 
 
 def _meco_hook(rec: Forward):  # noqa: ANN202 - a torch hook
+    last: list[torch.Tensor] = []  # the previous module's first feature map
+
     def hook(_m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         if not torch.is_tensor(out) or out.dim() != 4 or out.shape[2] * out.shape[3] < 2:
             return  # a 1x1 map has no spatial samples to correlate (MeCo's NaN -> 0 gives 0 anyway)
         with torch.no_grad():
-            fea = out[0].reshape(out.shape[1], -1).double()
+            first = out[0]
+            if last and last[0].shape == first.shape and torch.equal(last[0], first):
+                # A container returns its last child's output: the same map, the same term, once computed.
+                rec.feature_min_eig.append(rec.feature_min_eig[-1])
+                return
+            fea = first.reshape(out.shape[1], -1).double()
             corr = torch.nan_to_num(torch.corrcoef(fea), nan=0.0, posinf=0.0, neginf=0.0)
             rec.feature_min_eig.append(float(torch.linalg.eigvalsh(corr)[0]))
+            last[:] = [first.clone()]
 
     return hook
 

@@ -1,0 +1,104 @@
+"""Engine speed-ups must not move a single bit: cached proxy values stay valid across them."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import proxies
+import search_spaces
+from proxies import aznas, jacobian
+from proxies.fastops import fast_cpu_ops
+
+SHAPES = [(2, 3, 7, 9), (4, 16, 32, 32), (3, 8, 8, 8), (2, 5, 16, 16), (2, 3, 4, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("k", "p"), [(3, 1), (3, 0), (5, 2), (2, 1), (2, 0)])
+def test_fast_avg_pool_is_bit_identical_to_stock_kernel(shape, dtype, k, p):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=dtype).mul_(7).requires_grad_(True)
+    if min(shape[-2:]) + 2 * p < k:
+        pytest.skip("empty output")
+
+    def run(fast: bool) -> list[torch.Tensor]:
+        with fast_cpu_ops(fast):
+            y = F.avg_pool2d(x, k, stride=1, padding=p, count_include_pad=False)
+            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+            (g,) = torch.autograd.grad((y * y * w).sum(), x, create_graph=True)
+            (h,) = torch.autograd.grad((g * g).sum(), x)  # double backward goes through the pooling again
+        return [y, g, h]
+
+    for stock, fast in zip(run(False), run(True), strict=True):
+        assert torch.equal(stock, fast)
+
+
+def test_fast_avg_pool_under_vmap_and_batched_grads():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(fast: bool) -> list[torch.Tensor]:
+        with fast_cpu_ops(fast):
+            out = net(x).sum(1)
+            grads = torch.autograd.grad(out, list(net.parameters()), torch.eye(5), is_grads_batched=True)
+            pooled = torch.func.vmap(lambda t: F.avg_pool2d(t, 3, 1, 1, count_include_pad=False))(x[:, None])
+        return [*grads, pooled]
+
+    for stock, fast in zip(run(False), run(True), strict=True):
+        assert torch.equal(stock, fast)
+
+
+def test_only_covered_pooling_calls_are_rerouted():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with fast_cpu_ops():
+        assert type(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False).grad_fn).__name__ == "_ExactAvgPoolBackward"
+        for call in (lambda: F.avg_pool2d(x, 2), lambda: F.avg_pool2d(x, 3, 1, 1),  # stride 2 / pads counted
+                     lambda: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False, ceil_mode=True),
+                     lambda: F.avg_pool2d(x.double(), 3, 1, 1, count_include_pad=False, divisor_override=2)):
+            assert type(call().grad_fn).__name__ == "AvgPool2DBackward0"
+        with pytest.raises(RuntimeError, match="pad"):
+            F.avg_pool2d(x, 3, 1, 2, count_include_pad=False)  # torch's own error message
+
+
+def test_looped_ntk_rows_equal_batched_rows():
+    space = search_spaces.get("nb201", channels=4, cells_per_stage=1, input_shape=(3, 8, 8))
+    torch.manual_seed(0)
+    model = space.build(("avg_pool_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_1x1", "avg_pool_3x3",
+                         "nor_conv_3x3")).train()
+    x = proxies.calibration_batch(6, 0, input_shape=(3, 8, 8)).inputs
+    weights = [p for n, p in model.named_parameters() if "weight" in n]
+    with fast_cpu_ops():
+        out = model(x).sum(1)
+        batched = jacobian._batched_rows(out, weights)
+        looped = jacobian._looped_rows(out, weights)
+    assert batched is not None and torch.equal(batched, looped)
+
+
+def _old_kaiming(module: nn.Module) -> None:
+    """The copy-and-initialise AZ-NAS init the functional one replaced."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.affine:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def test_az_functional_init_draws_what_a_deep_copy_would():
+    space = search_spaces.get("nb201", channels=4, cells_per_stage=1, input_shape=(3, 8, 8))
+    torch.manual_seed(0)
+    model = space.build(("nor_conv_3x3",) * 6)
+    torch.manual_seed(7)
+    net = copy.deepcopy(model)
+    net.apply(_old_kaiming)
+    torch.manual_seed(7)
+    state = aznas._kaiming_fan_in(model)
+    expected = dict(net.named_parameters()) | dict(net.named_buffers())
+    assert set(state) == set(expected)
+    assert all(torch.equal(state[k], expected[k]) for k in state)
+    assert all(state[k].requires_grad for k, _ in model.named_parameters())
