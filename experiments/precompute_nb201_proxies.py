@@ -19,6 +19,7 @@ import torch
 
 import proxies
 import search_spaces
+from nas import proxy_benchmark as pb
 from nas.evaluate import Evaluator
 
 
@@ -31,6 +32,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shard", default="0/1", help="I/N: score only cells whose index is I modulo N")
     parser.add_argument("--skip", action="append", default=[], help="CSV of cells already scored elsewhere")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="only the N cells that `nas benchmark proxies --n N --seed SEED` samples")
+    parser.add_argument("--naslib", default=None, help="only the cells of this nb201_naslib_proxies.csv")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -51,8 +55,13 @@ def main() -> None:
         with open(path, newline="") as f:
             skip |= {row["arch"] for row in csv.DictReader(f)}
     shard, shards = (int(x) for x in args.shard.split("/"))
-    archs = [a for i, a in enumerate(space.all_archs())
-             if i % shards == shard and space.to_string(a) not in skip]
+    if args.sample or args.naslib:
+        chosen = pb.sample_archs(space, args.sample, args.seed) if args.sample else []
+        chosen += list(pb.read_naslib(args.naslib, "cifar10")) if args.naslib else []
+        pool = [space.from_string(a) for a in dict.fromkeys(chosen)]
+    else:
+        pool = space.all_archs()
+    archs = [a for i, a in enumerate(pool) if i % shards == shard and space.to_string(a) not in skip]
     start = time.perf_counter()
     with open(out, "a", newline="") as f:
         writer = csv.writer(f)
@@ -65,7 +74,7 @@ def main() -> None:
             if i % 100 == 99:
                 f.flush()
                 rate = (time.perf_counter() - start) / (i + 1)
-                print(f"{len(done) + i + 1}/{space.cardinality} cells, {rate * 1e3:.0f} ms/cell", flush=True)
+                print(f"{len(done) + i + 1}/{len(done) + len(archs)} cells, {rate * 1e3:.0f} ms/cell", flush=True)
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
