@@ -18,8 +18,10 @@ the values equal what ``nas score --batch-size B`` writes; the correlation table
 itself, so with ``$ZCNAS_CACHE_DIR`` set its values (the reference sample's included) are cached and
 reused by ``nas score``/``nas search`` runs with the same space, batch and seed.
 
-Usage (CPU minutes: about 8 for the cost table with --cost-n 2, 15 for the correlation table):
-    OMP_NUM_THREADS=1 nice python experiments/cell_spaces_proxies.py --cost-n 2 --threads 1
+Usage (CPU minutes: about 3 for the cost table with --cost-n 1; the correlation table about 5 s per
+NASLib cell and 2 s per reference architecture, nothing for values already in $ZCNAS_CACHE_DIR):
+    OMP_NUM_THREADS=1 nice python experiments/cell_spaces_proxies.py --cost-n 1 --threads 1
+    ZCNAS_CACHE_DIR=~/.cache/zcnas python experiments/cell_spaces_proxies.py --cost-n 0 --limit 40 --reference 0
 """
 
 from __future__ import annotations
@@ -131,13 +133,13 @@ def correlation_table(space_name: str, batch_size: int, reference: int, seed: in
     ref_values, ref_cpu = score_archs(space, ref_archs, LABEL_FREE_COMPONENTS, batch_size, seed,
                                       evaluator=True)
     ensembles = {"ensemble (reference: the scored cells)": benchmark_label_free(ours)}
-    for size in dict.fromkeys((reference, min(16, reference))):
+    for size in dict.fromkeys((reference, min(16, reference)) if reference else ()):
         ref = Reference.from_values({c: v[:size] for c, v in ref_values.items()})
         ensembles[f"ensemble (reference: {size} sampled archs)"] = label_free(ref).score_table(ours)
     n = len(archs)
     half = 1.96 / math.sqrt(n - 3)  # 95% half-width of a Spearman near 0 (Fisher z), for scale
     print(f"\n## {space_name}: {n} NASLib cells (CIFAR-10 val accuracy), our batch {batch_size}, "
-          f"seed {seed}; CPU {np.median(cpu):.1f} s/cell, reference {ref_cpu.sum():.0f} s; 95% CI about "
+          f"seed {seed}; CPU {np.median(cpu):.1f} s/cell, reference {ref_cpu.sum():.0f} s (0 where cached); 95% CI about "
           f"+-{half:.2f}\n")
     print("| proxy | Spearman ours vs acc | Spearman NASLib vs acc | Spearman ours vs NASLib |")
     print("|---|---|---|---|")
@@ -151,10 +153,11 @@ def correlation_table(space_name: str, batch_size: int, reference: int, seed: in
     best = max(NASLIB_PROXIES, key=lambda p: abs(_spearman(naslib[p], acc)))
     print(f"\nNASLib's best single proxy on these cells: {best} {_fmt(_spearman(naslib[best], acc))}; "
           f"NAS-Bench-Suite-Zero publishes {NASLIB_PUBLISHED[space_name]} on its full sample.")
-    agree = _spearman(ensembles[f"ensemble (reference: {reference} sampled archs)"],
-                      ensembles[f"ensemble (reference: {min(16, reference)} sampled archs)"])
-    print(f"Rank agreement of the ensemble with a {min(16, reference)}- vs a {reference}-architecture "
-          f"reference on these cells (label-free): {_fmt(agree)}", flush=True)
+    if reference:
+        agree = _spearman(ensembles[f"ensemble (reference: {reference} sampled archs)"],
+                          ensembles[f"ensemble (reference: {min(16, reference)} sampled archs)"])
+        print(f"Rank agreement of the ensemble with a {min(16, reference)}- vs a {reference}-architecture "
+              f"reference on these cells (label-free): {_fmt(agree)}", flush=True)
 
 
 def batch_check(space_name: str, n: int, batch_size: int, seed: int) -> None:
@@ -181,8 +184,9 @@ def main() -> None:
     parser.add_argument("--cost-n", type=int, default=2, help="architectures per cost row (0: no cost table)")
     parser.add_argument("--batch-size", type=int, default=16, help="calibration batch of the correlation table")
     parser.add_argument("--reference", type=int, default=REFERENCE_SIZE,
-                        help=f"reference sample of the ensemble (default {REFERENCE_SIZE}; 0: no correlation table)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N NASLib cells")
+                        help=f"sampled reference of the ensemble rows (default {REFERENCE_SIZE}; 0: none)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only the first N NASLib cells (0: no correlation table)")
     parser.add_argument("--batch-check", type=int, default=0, metavar="N",
                         help="also compare the ensemble's components at --batch-size and 64 on N NASLib cells")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -193,7 +197,7 @@ def main() -> None:
     spaces = args.spaces.split(",")
     print(f"torch threads {args.threads}, load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(CPU seconds are this process's; a loaded machine inflates wall time, not these)")
-    if args.reference:
+    if args.limit != 0:
         for space_name in spaces:
             correlation_table(space_name, args.batch_size, args.reference, args.seed, args.limit)
     if args.batch_check:

@@ -78,3 +78,27 @@ def test_search_scores_cell_spaces_at_batch_16_unless_told(space_name):
     assert resolve_settings(space, dict.fromkeys(DEFAULTS))["batch_size"] == 16
     assert resolve_settings(space, {**dict.fromkeys(DEFAULTS), "batch_size": 64})["batch_size"] == 64
     assert resolve_settings(search_spaces.get("nb201"), dict.fromkeys(DEFAULTS))["batch_size"] == 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space_name, options", [("nb101", {"channels": 8, "input_shape": (3, 16, 16)}),
+                                                 ("darts", {"channels": 8, "layers": 5, "input_shape": (3, 16, 16)})])
+def test_label_free_ensemble_scores_and_searches_cell_spaces(tmp_path, space_name, options):
+    # What `nas score --proxies ensemble` and `nas search --objectives ensemble` do, on small networks:
+    # a 64-architecture reference drawn from the space, then candidates scored against it.
+    import proxies
+    from nas.evaluate import Evaluator
+    from nas.loop import search
+
+    space = search_spaces.get(space_name, **options)
+    batch = proxies.load_batch(None, 8, 0, space.input_shape)
+    evaluate = Evaluator(space, ("ensemble", "synflow"), batch, seed=0)
+    assert evaluate.ensembles["ensemble"].components == proxies.ensemble.LABEL_FREE_COMPONENTS
+    arch = space.to_string(space.sample(np.random.default_rng(1)))
+    first, again = evaluate(arch), evaluate(arch)
+    assert first.status == "ok" and np.isfinite(first.scores["ensemble"])
+    assert first.scores == again.scores
+    result = search(space_name, strategy="evolution", objectives=["ensemble"], budget=10, seed=0,
+                    out=tmp_path / "run", space_options=options, progress=False, plot=False, evaluate=evaluate)
+    done = [c for c in result.candidates if c.status == "ok"]
+    assert len(done) == 10 and all(np.isfinite(c.scores["ensemble"]) for c in done)
