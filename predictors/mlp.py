@@ -1,6 +1,8 @@
-"""A small multi-output MLP regressor: fitted with torch on CPU, predicts with numpy (fast, no torch call)."""
+"""A small multi-output MLP regressor: trained by scikit-learn, predicts with numpy (fast, no sklearn call)."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -10,14 +12,19 @@ from predictors.linear import _check_xy
 class MLPRegressor:
     """ReLU network on standardised inputs, one output per target column, trained with Adam on MSE.
 
-    Prediction is plain numpy, so a fitted model costs a few microseconds per row and is stored as arrays
-    (:meth:`to_arrays` / :meth:`from_arrays`, e.g. in an NPZ file; nothing is pickled).
+    Training is :class:`sklearn.neural_network.MLPRegressor` with its stopping rules switched off: a fixed
+    number of epochs of minibatch Adam, as a fit inside a larger experiment must not stop at a different
+    epoch when the data change slightly. Inputs are standardised here, not by sklearn, so that columns that
+    are constant up to rounding stay harmless. Prediction is plain numpy, so a fitted model costs a few
+    microseconds per row and is stored as arrays (:meth:`to_arrays` / :meth:`from_arrays`, e.g. in an NPZ
+    file; nothing is pickled).
 
     Args:
         hidden: widths of the hidden layers.
-        epochs: passes over the data.
+        epochs: passes over the data (all of them run).
         lr: Adam learning rate.
-        weight_decay: Adam weight decay (L2).
+        weight_decay: L2 penalty, relative to the mean squared error over all outputs (as Adam's weight
+            decay in torch); converted to sklearn's ``alpha``, which scales with the batch and output count.
         batch_size: rows per step.
         seed: seed of the initial weights and the batch order; same seed, same model.
 
@@ -39,41 +46,33 @@ class MLPRegressor:
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> MLPRegressor:
         """Fit the network to targets ``Y`` (rows x outputs; a 1-D ``Y`` is one output)."""
-        import torch
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPRegressor as SkMLP
 
         X, _ = _check_xy(X)
         Y = np.asarray(Y, dtype=float)
         Y = Y[:, None] if Y.ndim == 1 else Y
         if len(Y) != len(X) or not np.all(np.isfinite(Y)):
             raise ValueError(f"Y must be finite with {len(X)} rows, got shape {Y.shape}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         self.mean_ = X.mean(0)
         self.scale_ = X.std(0)
         # constant up to rounding: dividing by a std of 1e-17 would turn rounding noise into huge inputs
         self.scale_[self.scale_ <= 1e-9 * np.maximum(np.abs(self.mean_), 1e-12)] = 1.0
-        gen = torch.Generator().manual_seed(self.seed)
-        widths = [X.shape[1], *self.hidden, Y.shape[1]]
-        layers: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            lin = torch.nn.Linear(a, b)
-            with torch.no_grad():  # explicit seeded init: independent of torch's global RNG
-                bound = 1.0 / np.sqrt(a)
-                lin.weight.uniform_(-bound, bound, generator=gen)
-                lin.bias.uniform_(-bound, bound, generator=gen)
-            layers += [lin] + ([torch.nn.ReLU()] if i < len(widths) - 2 else [])
-        net = torch.nn.Sequential(*layers)
-        xt = torch.tensor((X - self.mean_) / self.scale_, dtype=torch.float32)
-        yt = torch.tensor(Y, dtype=torch.float32)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        for _ in range(self.epochs):
-            order = torch.randperm(len(xt), generator=gen)
-            for start in range(0, len(xt), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                opt.zero_grad()
-                loss = ((net(xt[batch]) - yt[batch]) ** 2).mean()
-                loss.backward()
-                opt.step()
-        self.layers_ = [(m.weight.detach().numpy().T.astype(float), m.bias.detach().numpy().astype(float))
-                        for m in net if isinstance(m, torch.nn.Linear)]
+        batch = min(self.batch_size, len(X))
+        # sklearn's loss is half the squared error summed over outputs, its penalty alpha/2 |W|^2 per batch
+        # of rows: this alpha gives the same penalty-to-error ratio as weight_decay on the plain MSE
+        alpha = self.weight_decay * batch * Y.shape[1] / 2.0
+        net = SkMLP(hidden_layer_sizes=tuple(self.hidden), activation="relu", solver="adam",
+                    alpha=alpha, batch_size=batch, learning_rate_init=self.lr, max_iter=self.epochs,
+                    shuffle=True, random_state=self.seed, early_stopping=False, tol=0.0,
+                    n_iter_no_change=self.epochs)  # never stop before max_iter
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # reaching max_iter is the plan, not a failure
+            net.fit((X - self.mean_) / self.scale_, Y[:, 0] if Y.shape[1] == 1 else Y)
+        self.layers_ = [(np.asarray(w, dtype=float), np.asarray(b, dtype=float))
+                        for w, b in zip(net.coefs_, net.intercepts_, strict=True)]
         self.n_features_in_ = X.shape[1]
         return self
 
