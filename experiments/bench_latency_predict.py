@@ -47,7 +47,7 @@ def main() -> None:
         cached = [sp.from_string(a) for a in ld.read_table(name)[0][:500]]
         default_cache().features(sp, cached)
         print(f"{'cached ' + name + ' graphs, one call per arch':52s} "
-              f"{rate(lambda: [target.predict(sp, [a]) for a in cached], len(cached)):10.0f}")
+              f"{rate(lambda sp=sp, cached=cached: [target.predict(sp, [a]) for a in cached], len(cached)):10.0f}")
     rng = np.random.default_rng(123)
     for name in ("nb201", "fbnet", "ofa"):
         sp = search_spaces.get(name)

@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--fbnet-rows", type=int, default=600, help="FBNet rows per training device (0: none)")
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds FIRST.. choose the test devices' samples (a fresh range is a clean re-check)")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of the residual network")
     ap.add_argument("--select-on", choices=("val", "train"), default="train",
                     help="devices held out for the selection: the 4 meta-validation devices, or all 13 "
@@ -147,15 +149,17 @@ def main() -> None:
     rows = []
     for dev in ld.HELP_TEST:
         y = Y[:, cols.index(dev)]
-        ours = few_shot(X, y, names, W, b, off if use_res else None, args.samples, range(args.seeds), alpha, rel)
-        linear = few_shot(X, y, names, W, b, None, args.samples, range(args.seeds), alpha, rel)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        ours = few_shot(X, y, names, W, b, off if use_res else None, args.samples, seeds, alpha, rel)
+        linear = few_shot(X, y, names, W, b, None, args.samples, seeds, alpha, rel)
         look = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             idx = np.random.default_rng(seed).choice(len(y), size=args.samples, replace=False)
             look.append(spearmanr(lookup_baseline(Y, cols, dev, idx), y)[0])
         rows.append((dev, np.mean(ours), np.std(ours), np.mean(linear), np.mean(look), spearmanr(flops, y)[0]))
-    print(f"HELP protocol on NAS-Bench-201: {args.samples} samples per unseen device, {args.seeds} seeds, "
-          f"Spearman over {len(y)} cells; references: {len(names)} training devices "
+    print(f"HELP protocol on NAS-Bench-201: {args.samples} samples per unseen device, {args.seeds} seeds "
+          f"({args.first_seed}..{args.first_seed + args.seeds - 1}), Spearman over {len(y)} cells; "
+          f"references: {len(names)} training devices "
           f"({args.nb201_rows} NB201 rows{f', {args.fbnet_rows} FBNet rows' if args.fbnet_rows else ''}); "
           f"residual net {use_res}, relative errors {rel}, correction ridge {alpha}")
     print("ours = linear node costs + NB201 residual net; linear = the same without the residual net "
@@ -164,7 +168,7 @@ def main() -> None:
             f"{'lookup':>7s}")
     print(head)
     print("-" * len(head))
-    for (dev, m, s, lin, lk, fl), help_, fpub in zip(rows, ld.HELP_PUBLISHED, ld.FLOPS_PUBLISHED):
+    for (dev, m, s, lin, lk, fl), help_, fpub in zip(rows, ld.HELP_PUBLISHED, ld.FLOPS_PUBLISHED, strict=True):
         name = "rpi4 (raspi4)" if dev == "raspi4" else dev
         print(f"{name:15s} {m:7.3f}+-{s:.3f} {lin:7.3f} {help_:6.3f} {fpub:10.3f} {fl:11.3f} {lk:7.3f}")
     print("-" * len(head))

@@ -66,7 +66,7 @@ def fit_mixture(X: np.ndarray, y: np.ndarray, names: Sequence[str], W: np.ndarra
     """
     live = np.array([not n.startswith("dead_") for n in FEATURE_NAMES])
     reg = DeviceMixtureRegressor(W, b, residual_alpha, live, relative).fit(X, y, offsets)
-    weights = {n: float(w) for n, w in zip(names, reg.weights_) if w > 0}
+    weights = {n: float(w) for n, w in zip(names, reg.weights_, strict=True) if w > 0}
     return LatencyModel(reg.coef_, reg.intercept_, fitted, weights, residual=dict(weights))
 
 

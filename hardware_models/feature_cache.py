@@ -90,7 +90,7 @@ class FeatureCache:
             if vec is not None:
                 return vec[None, :]
         names = [space.to_string(a) for a in archs]
-        missing = [(n, a) for n, a in zip(names, archs) if n not in table]
+        missing = [(n, a) for n, a in zip(names, archs, strict=True) if n not in table]
         if missing:
             new = {}
             for n, a in missing:
@@ -103,7 +103,7 @@ class FeatureCache:
         rows = [table[n] for n in names]
         if len(self._by_arch) < 1_000_000:
             try:
-                self._by_arch.update(((key, a), r) for a, r in zip(archs, rows))
+                self._by_arch.update(((key, a), r) for a, r in zip(archs, rows, strict=True))
             except TypeError:
                 pass
         return np.stack(rows)
@@ -123,7 +123,7 @@ class FeatureCache:
     def put(self, space: Any, archs: Sequence[Any], X: np.ndarray, persist: bool = False) -> None:
         """Insert precomputed feature rows (e.g. from an exact decomposition) for ``archs``."""
         key = space_key(space)
-        new = {space.to_string(a): np.asarray(x, dtype=float) for a, x in zip(archs, X)}
+        new = {space.to_string(a): np.asarray(x, dtype=float) for a, x in zip(archs, X, strict=True)}
         self._table(key).update(new)
         if persist:
             self._store(key, new)

@@ -104,7 +104,7 @@ def aggregate(nodes: list[Node], outputs: list[Any]) -> np.ndarray:
         for i in node.inputs:
             readers[i] = readers.get(i, 0) + 1
     vec = np.zeros((2, len(CATEGORIES), len(STATS)))
-    for node, is_dead in zip(nodes, dead):
+    for node, is_dead in zip(nodes, dead, strict=True):
         if node.category is None:
             continue
         row = vec[int(is_dead), _CAT_INDEX[node.category]]
@@ -159,8 +159,7 @@ def onnx_nodes(model: Any) -> tuple[list[Node], list[str]]:
             node.category = conv_category(int(max(w[2:])), groups, c_in)
             node.macs = out_elems * int(np.prod(w[1:]))
         elif n.op_type in ("Gemm", "MatMul"):
-            a_shape, b_shape = shapes.get(n.input[0]) or (1,), (
-                params[n.input[1]].shape if n.input[1] in params else shapes.get(n.input[1], (1,)))
+            a_shape = shapes.get(n.input[0]) or (1,)
             node.category = "gemm"
             node.macs = out_elems * int(a_shape[-1] if n.op_type == "MatMul" or not attrs.get("transA")
                                         else a_shape[0])
@@ -307,7 +306,7 @@ class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
         outs = [m(o) for o in ev.outputs]
         key = (ev.name, ev.static, tuple(m(i) for i in ev.refs))
         if key in self.seen and ev.name not in ("empty", "zeros"):
-            for o, first_id in zip(outs, self.seen[key]):
+            for o, first_id in zip(outs, self.seen[key], strict=True):
                 self.alias[o] = first_id
             return
         self.seen[key] = outs

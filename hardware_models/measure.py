@@ -146,7 +146,7 @@ def write_measurements(path: str | os.PathLike[str], space: Any, archs: Sequence
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["arch", "latency_ms", "threads"])
-        for arch, value in zip(archs, ms):
+        for arch, value in zip(archs, ms, strict=True):
             w.writerow([space.to_string(arch), f"{value:.4f}", threads])
 
 

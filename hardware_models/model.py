@@ -40,7 +40,7 @@ class LatencyModel:
         return {
             "feature_version": FEATURE_VERSION,
             "intercept": float(self.intercept),
-            "coef": {n: float(f"{c:.6g}") for n, c in zip(FEATURE_NAMES, self.coef) if c != 0},
+            "coef": {n: float(f"{c:.6g}") for n, c in zip(FEATURE_NAMES, self.coef, strict=True) if c != 0},
             "fitted": self.fitted,
             "weights": {k: float(f"{v:.6g}") for k, v in self.weights.items() if v},
             **({"residual": {k: float(f"{v:.6g}") for k, v in self.residual.items() if v}} if self.residual else {}),

@@ -65,7 +65,7 @@ def calibration_batch(batch_size: int = 64, seed: int = 0,
 def _balanced_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     classes = np.unique(y)
     per_class = [rng.permutation(np.where(y == c)[0]) for c in classes]
-    order = [idx for row in zip(*per_class) for idx in row]  # round-robin over classes
+    order = [idx for row in zip(*per_class, strict=False) for idx in row]  # round-robin over classes
     taken = set(order)
     order += [i for i in rng.permutation(len(y)) if i not in taken]
     return np.asarray(order[:n])

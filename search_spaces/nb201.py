@@ -178,7 +178,7 @@ class NB201Space:
     def crossover(self, a: NB201Arch, b: NB201Arch, rng: np.random.Generator) -> NB201Arch:
         """Uniform crossover of the edge ops of two parents."""
         take = rng.random(len(EDGES)) < 0.5
-        return tuple(x if t else y for x, y, t in zip(a, b, take))  # type: ignore[return-value]
+        return tuple(x if t else y for x, y, t in zip(a, b, take, strict=True))  # type: ignore[return-value]
 
     def to_string(self, arch: NB201Arch) -> str:
         """The NAS-Bench-201 string, e.g. ``|nor_conv_3x3~0|+|...|+|...|``."""
@@ -250,7 +250,7 @@ class NB201Space:
     def is_degenerate(self, arch: NB201Arch) -> bool:
         """True when no path of non-``none`` edges joins the input to the output."""
         reach = {0}
-        for (to, frm), op in zip(EDGES, arch):
+        for (to, frm), op in zip(EDGES, arch, strict=True):
             if op != "none" and frm in reach:
                 reach.add(to)
         return 3 not in reach

@@ -106,7 +106,7 @@ def measurements(space: object, n: int, target: str = "pixel3") -> list[tuple[st
     """``n`` NB201 cells with latencies from a shipped model (stand-in for a device)."""
     archs = [space.sample(np.random.default_rng(100 + i)) for i in range(n)]
     ms = hardware_models.get(target).predict(space, archs)
-    return [(space.to_string(a), float(v)) for a, v in zip(archs, ms)]
+    return [(space.to_string(a), float(v)) for a, v in zip(archs, ms, strict=True)]
 
 
 @NEEDS_MODELS

@@ -36,7 +36,7 @@ def test_mutate_changes_exactly_one_edge(space):
     arch = space.sample(rng)
     for _ in range(20):
         child = space.mutate(arch, rng)
-        assert sum(a != b for a, b in zip(arch, child)) == 1
+        assert sum(a != b for a, b in zip(arch, child, strict=True)) == 1
         arch = child
 
 

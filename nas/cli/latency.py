@@ -70,7 +70,7 @@ def run_predict(args: argparse.Namespace) -> int:
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["arch", "latency_ms"])
-        for (text, _), value in zip(rows, ms):
+        for (text, _), value in zip(rows, ms, strict=True):
             w.writerow([text, f"{value:.6g}"])
     print(f"{len(rows)} predictions on {args.target} written to {args.out}")
     return 0
