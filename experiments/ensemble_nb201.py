@@ -4,11 +4,11 @@
 Protocol (what was tuned on what):
 * evaluation cells: the ``--n`` cells ``nas benchmark proxies --n 1000 --seed 0`` scores; nothing is
   chosen on them.
-* development cells (``--dev-values``): 226 of NASLib's 491 reference cells with our component values
-  (plus NASLib's jacov); the rules were fixed after the first 151 of them. 12 turned out to be
-  evaluation cells (we had first assumed another sampling), so they are left out of the evaluation.
-  Chosen there: the label-free components (AZ-NAS without progressivity, plus jacov, nwot and synflow)
-  and the few-label settings (150 TPE trials, plain Spearman objective).
+* development cells (``--dev-values``): NASLib's 491 reference cells with our values of every proxy; the
+  label-free components were chosen on the 467 of them that are not evaluation cells, by the rule of
+  ``experiments/ensemble_select.py`` (meco, logsynflow, az_trainability; AZ-NAS's aggregation). Any
+  evaluation cell among them is left out of the evaluation here. The few-label settings (150 TPE trials,
+  plain Spearman objective) date from the first choice; its pool is the new components plus the old ones.
 * label-free reference: either the evaluated population itself (AZ-NAS's protocol, and what the
   benchmark's ``ensemble`` row uses) or ``REFERENCE_SIZE`` of those cells, as small as a search's
   reference; neither uses labels.
@@ -18,8 +18,8 @@ Protocol (what was tuned on what):
 Proxy values are read from CSV caches (``arch,<proxy>...``), so nothing is recomputed here.
 
 Usage (values from the proxy cache of ``nas benchmark proxies ... --values-csv``):
-    python experiments/ensemble_nb201.py --values experiments/out/nb201_values.csv \\
-        --dev-values experiments/out/nb201_dev_values.csv \\
+    python experiments/ensemble_nb201.py --values experiments/out/bench_n1000_values.csv \\
+        --dev-values experiments/out/nb201_naslib_e2.csv --dev-values experiments/out/nb201_naslib_extra_e2.csv \\
         --accuracy-table ../shared/data/nb201_accuracy.csv --n 1000 --seed 0
 """
 

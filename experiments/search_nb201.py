@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import nas
@@ -40,9 +41,9 @@ class CachedProxy:
     """
 
     def __init__(self, patterns: list[str], proxy: str, fill: str | None = None, batch_size: int = 64,
-                 seed: int = 0) -> None:
+                 seed: int = 0, labels: list[tuple[str, float]] | None = None) -> None:
         self.proxy, self.patterns, self.fill = proxy, list(patterns), fill
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.labels = batch_size, seed, labels
         self.rows: dict[str, dict[str, str]] = {}
         self.computed = 0
         self._evaluator = None
@@ -71,7 +72,8 @@ class CachedProxy:
 
             space = search_spaces.get("nb201")
             batch = proxies.load_batch(None, self.batch_size, self.seed, tuple(space.input_shape))
-            self._evaluator = Evaluator(space, (self.proxy,), batch, seed=self.seed, device="cpu")
+            self._evaluator = Evaluator(space, (self.proxy,), batch, seed=self.seed, device="cpu",
+                                        labels=self.labels)
         cand = self._evaluator(arch)
         row = {"arch": arch, self.proxy: repr(cand.scores.get(self.proxy, float("nan"))),
                "params_m": repr(cand.metrics.get("params", float("nan")))}
@@ -107,8 +109,7 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
     out = Path(args.out)
     space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
     acc = {space.to_string(a): space.accuracy(a) for a in space.all_archs()}
-    evaluate = CachedProxy([args.cache, str(out / "filled-*.csv")], args.proxy,
-                           fill=str(out / f"filled-{name}.csv"))
+    shared = CachedProxy([args.cache, str(out / "filled-*.csv")], args.proxy, fill=str(out / f"filled-{name}.csv"))
     budgets = sorted(int(b) for b in args.budgets.split(","))
     path = out / f"results-{name}.csv"
     t0 = time.perf_counter()
@@ -120,6 +121,13 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
             continue  # another process of this benchmark is searching this seed
         run_dir = out / f"{name}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
+        evaluate = shared
+        if args.labels:  # few-label proxy: its own labelled cells, so its own values, per seed
+            rng = np.random.default_rng(10_000 + seed)
+            cells = sorted(acc)
+            labels = [(cells[i], acc[cells[i]]) for i in rng.choice(len(cells), args.labels, replace=False)]
+            evaluate = CachedProxy([str(out / f"filled-{name}-s{seed}.csv")], args.proxy,
+                                   fill=str(out / f"filled-{name}-s{seed}.csv"), labels=labels)
         for i, budget in enumerate(budgets):
             result = nas.search(
                 "nb201", name, [args.proxy], budget=budget, seed=seed, out=run_dir, resume=i > 0,
@@ -130,6 +138,8 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
                    "proxy_pick": result.best_by_proxy.arch, "acc_proxy": acc[result.best_by_proxy.arch],
                    "oracle_pick": result.best.arch, "acc_oracle": acc[result.best.arch],
                    "queries": len(result.oracle), "seconds": round(time.perf_counter() - t0, 1)}
+            if args.labels:
+                row["labels"] = args.labels
             new = not path.exists()
             with open(path, "a", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(row))
@@ -170,6 +180,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budgets", default="100,500")
     parser.add_argument("--oracle-queries", type=int, default=20)
+    parser.add_argument("--labels", type=int, default=0,
+                        help="for ensemble_fit: labelled cells drawn at random per seed (oracle queries made "
+                             "before the search; they add to --oracle-queries in the label count)")
     parser.add_argument("--jobs", type=int, default=1, help="strategies searched in parallel processes")
     parser.add_argument("--table-only", action="store_true", help="print the table of the rows saved so far")
     parser.add_argument("--out", default="experiments/out/search_nb201",

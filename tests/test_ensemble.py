@@ -125,7 +125,7 @@ def test_benchmark_rows_hold_out_the_labels():
     rng = np.random.default_rng(0)
     values = {c: rng.normal(size=80) for c in ens.FIT_POOL}
     target = values["jacov"] + rng.normal(size=80)
-    values["nwot"][:5] = np.nan  # not computed for these cells
+    values[ens.LABEL_FREE_COMPONENTS[0]][:5] = np.nan  # not computed for these cells
     lf = ens.benchmark_label_free(values)
     fl = ens.benchmark_few_label(values, target, n_labels=20)
     assert np.isnan(lf[:5]).all() and np.isfinite(lf[5:]).all()
