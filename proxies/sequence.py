@@ -18,8 +18,10 @@ Definitions (from the authors' notebooks, github.com/aaronserianni/training-free
   correlation matrix of the hidden units over all tokens: ``-sum(log(l + k) + 1 / (l + k))`` over its
   eigenvalues l, k = 1e-5. ``hidden_cov_layers`` gives the score of every layer.
 * ``head_confidence``: sum over projections of the mean (over batch and features) of the max over tokens.
-* ``head_importance``: sum of |W * dW| over the token-mixing block's linear layers (tiny kernel-generator
-  layers excluded, as the authors' width filter did).
+* ``head_importance``: sum of |W * dW| over the token-mixing block's linear layers, without layers that
+  shrink the width more than 4x (ConvBERT's per-token kernel generator). On the authors' 256-wide models
+  this keeps the same layers as their absolute width filter (at least 128 outputs, or as many as inputs);
+  unlike it, it also keeps the 64-wide projections in the convolution blocks of a 128-wide model.
 * ``synaptic_diversity``: sum of ||W||_* ||dW||_* (nuclear norms) over the token-mixing linear layers.
 * ``activation_distance``: sum of the Hamming-similarity kernel K = C C^T + (1-C)(1-C)^T of the binary
   activation codes C (tokens of the first sequence for [B, T, F] activations, samples for [B, F]).
@@ -165,8 +167,7 @@ def _mixing_linears(model: nn.Module) -> list[nn.Linear]:
     out = []
     for op in _tagged(model, "operation"):
         for m in op.modules():
-            if isinstance(m, nn.Linear) and m.weight.grad is not None and \
-                    m.out_features >= min(128, m.in_features):
+            if isinstance(m, nn.Linear) and m.weight.grad is not None and 4 * m.out_features >= m.in_features:
                 out.append(m)
     return out
 

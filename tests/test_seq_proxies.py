@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -151,3 +152,16 @@ def test_label_free_ensemble_on_sequence_spaces_uses_the_space_components(name: 
     assert all(c.status == "ok" and math.isfinite(c.scores["ensemble"]) for c in cands), cands
     again = Evaluator(space, ("ensemble",), batch, seed=0, device="cpu")(cands[0].arch)
     assert again.scores["ensemble"] == cands[0].scores["ensemble"]  # seeded reference: stable values
+
+
+def test_head_importance_sees_the_convolution_blocks_of_a_narrow_bert() -> None:
+    # 128 wide, convolution blocks only: their 64-wide projections are token-mixing layers, the per-token
+    # kernel generator (64 -> 2 heads x 5 taps) is not
+    space = search_spaces.get("bert", seq_len=8, vocab_size=300)
+    layer = {"operation_type": "DSC", "operation_parameter": 5, "num_operation_heads": 4,
+             "feed_forward_dimension": 512, "num_feed_forward": 1}
+    arch = space.from_string('{"hidden_size": 128, "encoder_layers": [%s, %s]}' % ((json.dumps(layer),) * 2))
+    torch.manual_seed(0)
+    batch = as_objective(proxies.load_batch(None, 4, 0, tuple(space.input_shape)), space.objective)
+    values = proxies.score(space.build(arch), batch, ["head_importance", "synaptic_diversity"], seed=0)
+    assert all(math.isfinite(v) and v > 0 for v in values.values())
