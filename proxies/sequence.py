@@ -20,13 +20,20 @@ Definitions (from the authors' notebooks, github.com/aaronserianni/training-free
 * ``head_confidence``: sum over projections of the mean (over batch and features) of the max over tokens.
 * ``head_importance``: sum of |W * dW| over the token-mixing block's linear layers, without layers that
   shrink the width more than 4x (ConvBERT's per-token kernel generator). On the authors' 256-wide models
-  this keeps the same layers as their absolute width filter (at least 128 outputs, or as many as inputs);
+  this keeps the same layers as their absolute width filter (at least 128 outputs);
   unlike it, it also keeps the 64-wide projections in the convolution blocks of a 128-wide model.
 * ``synaptic_diversity``: sum of ||W||_* ||dW||_* (nuclear norms) over the token-mixing linear layers.
 * ``activation_distance``: sum of the Hamming-similarity kernel K = C C^T + (1-C)(1-C)^T of the binary
   activation codes C (tokens of the first sequence for [B, T, F] activations, samples for [B, F]).
 * ``embedding_jacov``: the same eigenvalue score for the correlation between samples of the gradient with
   respect to the embedding output (the authors' RNN Jacobian score).
+
+Caveat, kept for fidelity: when the last hidden state is a LayerNorm output (post-LN ``bert``, as in the
+authors' ELECTRA models), the sum over its features does not depend on the input while LayerNorm's gain
+is constant, as it is at initialisation, so the three gradient metrics (``head_importance``,
+``synaptic_diversity``, ``embedding_jacov``) there measure float rounding (gradients about 1e-7, some
+exactly 0, which makes ``embedding_jacov`` NaN). The pre-LN ``gpt`` and ``vit`` blocks and the ``rnn``
+cells are not affected.
 """
 
 from __future__ import annotations
