@@ -31,9 +31,10 @@ class LatencyModel:
     weights: dict[str, float] = field(default_factory=dict)  # hardware embedding over reference devices
     residual: dict[str, float] = field(default_factory=dict)
 
-    def predict_features(self, X: np.ndarray) -> np.ndarray:
-        """Latencies (ms) of rows of graph features."""
-        return np.maximum(np.asarray(X, dtype=float) @ self.coef + self.intercept, MIN_LATENCY_MS)
+    def predict_features(self, X: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """Latencies (ms) of rows of graph features, plus their ``residual`` (ms) where a network gave one."""
+        linear = np.asarray(X, dtype=float) @ self.coef + self.intercept
+        return np.maximum(linear if residual is None else linear + residual, MIN_LATENCY_MS)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; zero costs are left out to keep files small."""
@@ -92,12 +93,7 @@ class GraphTarget:
     def predict(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
         """Predicted latency (ms) of each architecture of ``space``."""
         X = self.cache.features(space, archs)
-        if self._head is None:
-            return self.model.predict_features(X)
-        extra = self._head.predict(space, X)
-        if extra is None:
-            return self.model.predict_features(X)
-        return np.maximum(X @ self.model.coef + self.model.intercept + extra, MIN_LATENCY_MS)
+        return self.model.predict_features(X, None if self._head is None else self._head.predict(space, X))
 
     def __repr__(self) -> str:
         return f"GraphTarget({self.name!r}, {self.source})"

@@ -107,6 +107,16 @@ def shipped_residuals() -> dict[str, SpaceResidual]:
     return load_residuals(RESIDUALS)
 
 
+def network_for(space: Any, residuals: Mapping[str, SpaceResidual] | None = None) -> SpaceResidual | None:
+    """The residual network (the shipped ones by default) that applies to ``space`` as configured, or None."""
+    net = (shipped_residuals() if residuals is None else residuals).get(getattr(space, "name", ""))
+    if net is not None and net.key != space_key(space):
+        log.info("residual network of %s was trained on other settings (%s, not %s): linear model only",
+                 net.space, net.key, space_key(space))
+        return None
+    return net
+
+
 class ResidualHead:
     """A target's residual on every space that has a network: ``weights`` over the networks' devices.
 
@@ -122,20 +132,15 @@ class ResidualHead:
         held = self._by_space.get(id(space))
         if held is not None and held[0] is space:
             return held[1]
-        nets = shipped_residuals() if self._residuals is None else self._residuals
-        net = nets.get(getattr(space, "name", ""))
+        net = network_for(space, self._residuals) if self.weights else None
         plan = None
-        if net is not None and self.weights:
-            if net.key != space_key(space):
-                log.info("residual network of %s was trained on other settings (%s, not %s): linear model only",
-                         net.space, net.key, space_key(space))
-            else:
-                combined = net.combine(self.weights)
-                if combined is not None:  # fold the input standardisation into the first layer: fewer ops
-                    layers = [(w.copy(), b.copy()) for w, b in net.mlp.layers_[:-1]]
-                    w0, b0 = layers[0]
-                    layers[0] = (w0 / net.mlp.scale_[:, None], b0 - (net.mlp.mean_ / net.mlp.scale_) @ w0)
-                    plan = (layers, *combined)
+        if net is not None:
+            combined = net.combine(self.weights)
+            if combined is not None:  # fold the input standardisation into the first layer: fewer ops
+                layers = [(w.copy(), b.copy()) for w, b in net.mlp.layers_[:-1]]
+                w0, b0 = layers[0]
+                layers[0] = (w0 / net.mlp.scale_[:, None], b0 - (net.mlp.mean_ / net.mlp.scale_) @ w0)
+                plan = (layers, *combined)
         self._by_space[id(space)] = (space, plan)
         return plan
 
@@ -157,9 +162,8 @@ def reference_offsets(space: Any, X: np.ndarray, devices: list[str],
                       residuals: Mapping[str, SpaceResidual] | None = None) -> np.ndarray | None:
     """Residuals (ms) of ``devices`` on rows of ``space``'s features (0 for devices without one), or None
     when ``space`` has no applicable network."""
-    nets = shipped_residuals() if residuals is None else residuals
-    net = nets.get(getattr(space, "name", ""))
-    if net is None or net.key != space_key(space):
+    net = network_for(space, residuals)
+    if net is None:
         return None
     res = net.predict(X)
     index = {d: i for i, d in enumerate(net.devices)}
