@@ -38,7 +38,7 @@ import numpy as np
 from scipy.stats import rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ensemble_nb201 import evaluation_cells, read_values  # noqa: E402
+from ensemble_nb201 import evaluation_cells, final_pick, read_values  # noqa: E402
 
 NOT_CANDIDATES = {"params_m", "ensemble", "ensemble_fit", "seconds"}
 
@@ -48,12 +48,6 @@ def aggregate(ranks: np.ndarray, how: str) -> np.ndarray:
     if how == "logrank":
         return np.log(ranks / (ranks.shape[1] + 1)).sum(0)
     return ranks.mean(0)
-
-
-def final_pick(score: np.ndarray, acc: np.ndarray, subsets: np.ndarray) -> float:
-    """Mean true accuracy of the top-scored cell of each random subset."""
-    best = np.argmax(score[subsets], axis=1)
-    return float(acc[subsets[np.arange(len(subsets)), best]].mean())
 
 
 def regret(score: np.ndarray, acc: np.ndarray, subsets: np.ndarray) -> float:
