@@ -109,7 +109,8 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
     out = Path(args.out)
     space = search_spaces.get("nb201", accuracy_table=args.accuracy_table)
     acc = {space.to_string(a): space.accuracy(a) for a in space.all_archs()}
-    shared = CachedProxy([args.cache, str(out / "filled-*.csv")], args.proxy, fill=str(out / f"filled-{name}.csv"))
+    shared = None if args.labels else CachedProxy([args.cache, str(out / "filled-*.csv")], args.proxy,
+                                                  fill=str(out / f"filled-{name}.csv"))
     budgets = sorted(int(b) for b in args.budgets.split(","))
     path = out / f"results-{name}.csv"
     t0 = time.perf_counter()
@@ -122,7 +123,7 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
         run_dir = out / f"{name}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
         evaluate = shared
-        if args.labels:  # few-label proxy: its own labelled cells, so its own values, per seed
+        if shared is None:  # few-label proxy: its own labelled cells, so its own values, per seed
             rng = np.random.default_rng(10_000 + seed)
             cells = sorted(acc)
             labels = [(cells[i], acc[cells[i]]) for i in rng.choice(len(cells), args.labels, replace=False)]
