@@ -38,8 +38,7 @@ from hardware_models.adapt import fit_mixture, fit_reference, fit_spaces  # noqa
 from hardware_models.feature_cache import default_cache, space_key  # noqa: E402
 from hardware_models.graph_features import FEATURE_NAMES, FEATURE_VERSION  # noqa: E402
 from hardware_models.model import LatencyModel  # noqa: E402
-from hardware_models.residual import SpaceResidual, save_residuals, transform  # noqa: E402
-from predictors.mlp import MLPRegressor  # noqa: E402
+from hardware_models.residual import SpaceResidual, fit_residual, save_residuals  # noqa: E402
 
 FRIENDLY = {"raspi4": "rpi4"}
 KIND = {
@@ -147,11 +146,8 @@ def main() -> None:
             f"mix of {len(names)} reference devices fitted to {len(sub)} NAS-Bench-201 measurements",
             args.mix_alpha, relative=args.mix_relative)
     # One residual network for NAS-Bench-201: each device's output learns what its linear model misses.
-    lat = Y[sub]
-    unit = lat.mean(0)
-    resid = np.stack([lat[:, j] - linear[dev].predict_features(X[sub]) for j, dev in enumerate(cols)], 1)
-    mlp = MLPRegressor(epochs=args.epochs, seed=0).fit(transform(X[sub]), resid / unit)
-    net = SpaceResidual("nb201", space_key(search_spaces.get("nb201")), list(cols), unit, mlp)
+    net = fit_residual("nb201", space_key(search_spaces.get("nb201")), cols, X[sub], Y[sub],
+                       np.stack([linear[dev].predict_features(X[sub]) for dev in cols], 1), args.epochs)
     full_res = net.predict(X)
 
     print(f"{'device':16s} {'NB201 Spearman: linear':>22s} {'+ residual net':>15s}")

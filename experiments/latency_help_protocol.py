@@ -32,9 +32,8 @@ import latency_data as ld  # noqa: E402
 
 from hardware_models.adapt import RELATIVE, RESIDUAL_ALPHA, fit_mixture, fit_reference  # noqa: E402
 from hardware_models.graph_features import FEATURE_NAMES  # noqa: E402
-from hardware_models.residual import SpaceResidual, transform  # noqa: E402
+from hardware_models.residual import SpaceResidual, fit_residual  # noqa: E402
 from predictors import solve_nnls  # noqa: E402
-from predictors.mlp import MLPRegressor  # noqa: E402
 
 
 def reference_models(X: np.ndarray, Y: np.ndarray, cols: list[str], nb201_rows: int, fbnet_rows: int,
@@ -70,9 +69,7 @@ def residual_net(X: np.ndarray, Y: np.ndarray, cols: list[str], names: list[str]
     """The references' NAS-Bench-201 residual network, trained on ``rows`` cells of their own columns."""
     idx = np.random.default_rng(seed).choice(len(X), size=min(rows, len(X)), replace=False)
     lat = np.stack([Y[idx, cols.index(d)] for d in names], 1)
-    unit = lat.mean(0)
-    mlp = MLPRegressor(epochs=epochs, seed=seed).fit(transform(X[idx]), (lat - (X[idx] @ W.T + b)) / unit)
-    return SpaceResidual("nb201", "", list(names), unit, mlp)
+    return fit_residual("nb201", "", names, X[idx], lat, X[idx] @ W.T + b, epochs, seed)
 
 
 def few_shot(X: np.ndarray, y: np.ndarray, names: list[str], W: np.ndarray, b: np.ndarray,

@@ -76,6 +76,15 @@ class SpaceResidual:
         return {f"{self.space}/{k}": v for k, v in arrays.items()}
 
 
+def fit_residual(space: str, key: str, devices: list[str], X: np.ndarray, latency: np.ndarray,
+                 linear: np.ndarray, epochs: int, seed: int = 0) -> SpaceResidual:
+    """Train a space's residual network: ``latency`` minus the devices' ``linear`` predictions (both rows x
+    devices, ms) from the graph features ``X``, in units of each device's mean latency."""
+    unit = latency.mean(0)
+    mlp = MLPRegressor(epochs=epochs, seed=seed).fit(transform(X), (latency - linear) / unit)
+    return SpaceResidual(space, key, list(devices), unit, mlp)
+
+
 def save_residuals(path: str | os.PathLike[str], residuals: Mapping[str, SpaceResidual]) -> None:
     """Write residual networks to one NPZ file."""
     arrays: dict[str, np.ndarray] = {}
