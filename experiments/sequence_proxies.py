@@ -39,6 +39,7 @@ from scipy.stats import kendalltau, spearmanr
 
 import proxies
 import search_spaces
+from nas import proxy_benchmark
 from proxies.ensemble import Reference, label_free
 from proxies.text import as_objective
 
@@ -85,15 +86,8 @@ def timed(fn: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float, 
 
 
 def sample_archs(space: object, n: int, seed: int) -> list[object]:
-    """``n`` distinct architectures drawn with ``seed``."""
-    rng = np.random.default_rng(seed)
-    archs, seen = [], set()
-    while len(archs) < n:
-        a = space.sample(rng)
-        if space.to_string(a) not in seen:
-            seen.add(space.to_string(a))
-            archs.append(a)
-    return archs
+    """``n`` distinct architectures drawn with ``seed`` (the ones ``nas benchmark proxies`` would score)."""
+    return [space.from_string(s) for s in proxy_benchmark.sample_archs(space, n, seed)]
 
 
 def score_archs(space: object, archs: list[object], batch: proxies.Batch, names: list[str], seed: int,
