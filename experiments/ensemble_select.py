@@ -21,9 +21,21 @@ Rule:
 
 It prints the single proxies, the 10 best candidates under the rule, and the choice.
 
-    python experiments/ensemble_select.py \\
-        --dev-values experiments/out/nb201_naslib_e2.csv --dev-values experiments/out/nb201_naslib_extra_e2.csv \\
-        --accuracy-table ../shared/data/nb201_accuracy.csv
+History. First run (467 development cells): meco + logsynflow + az_trainability, logrank, development
+Spearman 0.907 against meco's 0.874. On the evaluation cells it did not keep that margin (0.907 against
+meco's 0.911), so the development set was judged too small for a 0.01 margin to be reliable. Second run
+(written down 2026-12-04, before its development values existed): the *same rule and flags*, on a
+larger development set: the first run's NASLib cells plus 500 fresh uniform cells (the first 500 that
+``sample_archs(nb201, 1000, seed=2)`` draws, values computed with seed 0 like the others), still
+excluding every evaluation cell. Whatever it chooses is adopted. Because the evaluation cells had been
+seen by then, the second choice's evaluation numbers are a second look, and the note says so.
+
+    python experiments/precompute_nb201_proxies.py --proxies <SUITE> --naslib ../shared/data/nb201_naslib_proxies.csv \\
+        --out experiments/out/nb201_dev_naslib.csv
+    python experiments/precompute_nb201_proxies.py --proxies <SUITE> --sample 500 --sample-seed 2 \\
+        --out experiments/out/nb201_dev_uniform_s2.csv
+    python experiments/ensemble_select.py --dev-values experiments/out/nb201_dev_naslib.csv \\
+        --dev-values experiments/out/nb201_dev_uniform_s2.csv --accuracy-table ../shared/data/nb201_accuracy.csv
 """
 
 from __future__ import annotations

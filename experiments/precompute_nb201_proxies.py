@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], help="CSV of cells already scored elsewhere")
     parser.add_argument("--sample", type=int, default=0,
                         help="only the N cells that `nas benchmark proxies --n N --seed SEED` samples")
+    parser.add_argument("--sample-seed", type=int, default=None,
+                        help="draw the --sample cells with this seed instead of --seed (fresh cells, same weights)")
     parser.add_argument("--naslib", default=None, help="only the cells of this nb201_naslib_proxies.csv")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -56,7 +58,8 @@ def main() -> None:
             skip |= {row["arch"] for row in csv.DictReader(f)}
     shard, shards = (int(x) for x in args.shard.split("/"))
     if args.sample or args.naslib:
-        chosen = pb.sample_archs(space, args.sample, args.seed) if args.sample else []
+        sample_seed = args.seed if args.sample_seed is None else args.sample_seed
+        chosen = pb.sample_archs(space, args.sample, sample_seed) if args.sample else []
         chosen += list(pb.read_naslib(args.naslib, "cifar10")) if args.naslib else []
         pool = [space.from_string(a) for a in dict.fromkeys(chosen)]
     else:

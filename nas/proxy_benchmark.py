@@ -79,6 +79,7 @@ class Row:
     n: int
     spearman: float
     kendall: float
+    spearman_ci: tuple[float, float] = (math.nan, math.nan)
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[str]:
@@ -116,14 +117,51 @@ def compute_values(space: SearchSpace, archs: Sequence[str], names: Sequence[str
     return table
 
 
-def rank_rows(values: dict[str, np.ndarray], target: np.ndarray, with_scorers: bool = True) -> list[Row]:
-    """Spearman and Kendall tau of every proxy (and registered scorer) against ``target``."""
+def with_scorers(values: dict[str, np.ndarray], target: np.ndarray) -> dict[str, np.ndarray]:
+    """``values`` plus one column per registered scorer (a scorer that takes ``target`` may fit on a few
+    labels and leave NaN there)."""
     columns = dict(values)
-    if with_scorers:
-        for name in scorers.list():
-            fn = scorers.get(name)  # a scorer that takes ``target`` may fit on a few labels (NaN there)
-            out = fn(values, target=target) if "target" in inspect.signature(fn).parameters else fn(values)
-            columns[name] = np.asarray(out, dtype=float)
+    for name in scorers.list():
+        fn = scorers.get(name)
+        out = fn(values, target=target) if "target" in inspect.signature(fn).parameters else fn(values)
+        columns[name] = np.asarray(out, dtype=float)
+    return columns
+
+
+def bootstrap_spearman(score: np.ndarray, target: np.ndarray, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Spearman's rho on ``resamples`` bootstrap resamples of the cells (rows of ``score``: one per scorer,
+    all on the same resamples, so that differences between rows are paired)."""
+    score = np.atleast_2d(np.asarray(score, dtype=float))
+    idx = np.random.default_rng(seed).integers(0, score.shape[1], size=(resamples, score.shape[1]))
+    t = stats.rankdata(np.asarray(target, dtype=float)[idx], axis=1)
+    t -= t.mean(axis=1, keepdims=True)
+    out = np.empty((score.shape[0], resamples))
+    for i, row in enumerate(score):
+        r = stats.rankdata(row[idx], axis=1)
+        r -= r.mean(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant resample has no correlation
+            out[i] = (r * t).sum(1) / np.sqrt((r * r).sum(1) * (t * t).sum(1))
+    return out
+
+
+def spearman_gap(a: np.ndarray, b: np.ndarray, target: np.ndarray, resamples: int = 1000,
+                 seed: int = 0) -> tuple[float, float, float, int]:
+    """Spearman(a) - Spearman(b) on the cells where both are finite, with its paired-bootstrap 95% interval:
+    (difference, low, high, cells)."""
+    ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(target)
+    if ok.sum() < 3:
+        return math.nan, math.nan, math.nan, int(ok.sum())
+    diff = stats.spearmanr(a[ok], target[ok]).statistic - stats.spearmanr(b[ok], target[ok]).statistic
+    boot = bootstrap_spearman(np.stack([a[ok], b[ok]]), target[ok], resamples, seed)
+    low, high = np.nanpercentile(boot[0] - boot[1], [2.5, 97.5])
+    return float(diff), float(low), float(high), int(ok.sum())
+
+
+def rank_rows(values: dict[str, np.ndarray], target: np.ndarray, include_scorers: bool = True,
+              resamples: int = 0, seed: int = 0) -> list[Row]:
+    """Spearman and Kendall tau of every proxy (and registered scorer) against ``target``; with
+    ``resamples`` > 0 also a bootstrap 95% interval of each Spearman."""
+    columns = with_scorers(values, target) if include_scorers else dict(values)
     rows = []
     for name, v in columns.items():
         ok = np.isfinite(v) & np.isfinite(target)
@@ -132,7 +170,11 @@ def rank_rows(values: dict[str, np.ndarray], target: np.ndarray, with_scorers: b
             continue
         rho = stats.spearmanr(v[ok], target[ok]).statistic
         tau = stats.kendalltau(v[ok], target[ok]).statistic
-        rows.append(Row(name, int(ok.sum()), float(rho), float(tau)))
+        ci = (math.nan, math.nan)
+        if resamples:
+            low, high = np.nanpercentile(bootstrap_spearman(v[ok], target[ok], resamples, seed)[0], [2.5, 97.5])
+            ci = (float(low), float(high))
+        rows.append(Row(name, int(ok.sum()), float(rho), float(tau), ci))
     return rows
 
 

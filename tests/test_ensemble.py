@@ -167,3 +167,32 @@ def test_score_cli_with_ensemble(tmp_path, small_reference):
     rows = out.read_text().splitlines()
     assert rows[0] == "arch,ensemble" and len(rows) == 3
     assert all(math.isfinite(float(r.rsplit(",", 1)[1])) for r in rows[1:])
+
+
+def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_cells():
+    from nas import proxy_benchmark as pb
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (100, 1600):
+        target = rng.normal(size=n)
+        score = target + rng.normal(size=n)
+        rows = pb.rank_rows({"noisy": score}, target, include_scorers=False, resamples=400)
+        low, high = rows[0].spearman_ci
+        assert low < rows[0].spearman < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 4x narrower in theory
+
+
+def test_spearman_gap_separates_a_better_scorer_from_a_copy():
+    from nas import proxy_benchmark as pb
+
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=500)
+    good, bad = target + 0.3 * rng.normal(size=500), target + 2.0 * rng.normal(size=500)
+    diff, low, high, n = pb.spearman_gap(good, bad, target, resamples=300)
+    assert n == 500 and 0 < low < diff < high
+    same = pb.spearman_gap(good, good.copy(), target, resamples=300)
+    assert same[:3] == (0.0, 0.0, 0.0)
+    bad[:40] = np.nan  # e.g. the few-label row's labelled cells: compared on the cells both scored
+    assert pb.spearman_gap(good, bad, target, resamples=50)[3] == 460

@@ -132,7 +132,22 @@ def test_benchmark_cli_prints_table_and_naslib_agreement(shared_data, tmp_path, 
             "--values-csv", str(tmp_path / "v.csv")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Spearman" in out and "nwot" in out and "1.000" in out
+    assert "Spearman" in out and "nwot" in out and "1.000" in out and "95% interval" in out
     assert len((tmp_path / "v.csv").read_text().splitlines()) == 7
     assert main([*argv, "--cached-only"]) == 0  # everything cached: recomputes nothing
     assert "nwot" in capsys.readouterr().out
+
+
+def test_benchmark_reports_each_ensembles_gap_to_the_best_single_proxy():
+    from nas import proxy_benchmark as pb
+    from nas.cli.benchmark import _ensemble_gaps
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=300)
+    columns = {"params": target + rng.normal(size=300), "nwot": target + 2 * rng.normal(size=300),
+               "ensemble": target + 0.2 * rng.normal(size=300), "ensemble_fit": np.full(300, np.nan)}
+    rows = pb.rank_rows(columns, target, include_scorers=False)
+    lines = _ensemble_gaps(columns, rows, target, resamples=200, seed=0)
+    assert len(lines) == 1 and lines[0].startswith("ensemble - params (best single proxy): +")
+    assert lines[0].endswith("above params")
+    assert _ensemble_gaps(columns, rows, target, resamples=0, seed=0) == []

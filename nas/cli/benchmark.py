@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--cached-only", action="store_true", help="report cached values only; compute nothing")
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     q.add_argument("--values-csv", default=None, help="write every computed value to this CSV")
+    q.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for 95%% intervals of each Spearman and of each ensemble's gap to "
+                        "the best single proxy (default 1000; 0: none)")
     q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     q.set_defaults(func=run)
 
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 0:
         raise UsageError(f"--n must be >= 0, got {args.n}")
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.space == "nb201" and not args.accuracy_table:
         raise UsageError("nb201 needs --accuracy-table (nb201_accuracy.csv)")
     options = pb.NB201_DATASETS[args.dataset] if args.space == "nb201" else {}
@@ -97,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
             ours_naslib = pb.compute_values(space, list(naslib), naslib_names, batch, args.seed, cache,
                                             args.cached_only, lambda i: bar.update(task, completed=i))
     accuracy = np.array([space.accuracy(space.from_string(a)) if oracle else math.nan for a in archs])
-    rows = pb.rank_rows(table.values, accuracy) if archs else []
+    columns = pb.with_scorers(table.values, accuracy) if archs else {}
+    rows = pb.rank_rows(columns, accuracy, False, args.bootstrap, args.seed) if archs else []
     agreement = pb.naslib_agreement(ours_naslib, naslib) if ours_naslib is not None else {}
     out = Table(title=f"{args.space} {args.dataset}: {len(archs)} cells, batch {args.batch_size}, seed {args.seed}, "
                       f"{per_cell:.2f} s/cell")
-    for col in ("proxy", "n", "Spearman", "Kendall", "n NASLib", "Spearman(ours, NASLib)",
+    for col in ("proxy", "n", "Spearman", "95% interval", "Kendall", "n NASLib", "Spearman(ours, NASLib)",
                 "NASLib vs val acc", "ours vs test acc (NASLib cells)"):
         out.add_column(col, justify="left" if col == "proxy" else "right")
     acc_naslib = np.array([space.accuracy(space.from_string(a)) for a in ours_naslib.archs]) \
@@ -112,22 +118,45 @@ def run(args: argparse.Namespace) -> int:
     for r in rows + [pb.Row(n, 0, math.nan, math.nan) for n in agreement if n not in listed]:
         agree = agreement.get(r.name)
         on = ours_on_naslib.get(r.name)
-        out.add_row(r.name, str(r.n) if r.n else "", _f(r.spearman), _f(r.kendall),
+        interval = f"{r.spearman_ci[0]:.3f}-{r.spearman_ci[1]:.3f}" if math.isfinite(r.spearman_ci[0]) else ""
+        out.add_row(r.name, str(r.n) if r.n else "", _f(r.spearman), interval, _f(r.kendall),
                     str(agree[0]) if agree else "", _f(agree[1]) if agree else "",
                     _f(agree[2]) if agree else "", _f(on.spearman) if on else "")
     console.print(out)
+    for line in _ensemble_gaps(columns, rows, accuracy, args.bootstrap, args.seed):
+        console.print(line)
     if not oracle:
         finite = sum(bool(np.isfinite(v).all()) for v in table.values.values())
         console.print(f"no accuracies for {args.space}: {len(archs)} sampled cells scored by {len(names)} proxies "
                       f"({finite} finite on every cell); rank them with --accuracy-table (an arch,{args.dataset} "
                       "CSV), keep the values with --values-csv")
     if args.values_csv:
-        extra = {n: pb.scorers.get(n)(table.values) for n in pb.scorers.list()}
+        extra = {n: columns[n] for n in pb.scorers.list() if n in columns}
         table.to_csv(args.values_csv, extra)
         if ours_naslib is not None:
             ours_naslib.to_csv(Path(args.values_csv).with_suffix(".naslib.csv"))
         console.print(f"values written to {args.values_csv}")
     return 0
+
+
+def _ensemble_gaps(columns: dict[str, np.ndarray], rows: list[pb.Row], target: np.ndarray, resamples: int,
+                   seed: int) -> list[str]:
+    """One line per ensemble row: its Spearman minus the best single proxy's, with a paired 95% interval."""
+    singles = [r for r in rows if r.name not in proxy_lib.ensemble.ENSEMBLE_NAMES and math.isfinite(r.spearman)]
+    if not resamples or not singles:
+        return []
+    best = max(singles, key=lambda r: r.spearman).name
+    lines = []
+    for name in proxy_lib.ensemble.ENSEMBLE_NAMES:
+        if name not in columns or not np.isfinite(columns[name]).any():
+            continue
+        diff, low, high, n = pb.spearman_gap(columns[name], columns[best], target, resamples, seed)
+        if math.isfinite(diff):
+            verdict = "above" if low > 0 else "below" if high < 0 else "not distinguishable from"
+            lines.append(f"{name} - {best} (best single proxy): {diff:+.3f} Spearman, 95% interval "
+                         f"[{low:+.3f}, {high:+.3f}] over {n} cells ({resamples} paired bootstrap resamples): "
+                         f"{verdict} {best}")
+    return lines
 
 
 def _f(x: float) -> str:
