@@ -107,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     agreement = pb.naslib_agreement(ours_naslib, naslib) if ours_naslib is not None else {}
     out = Table(title=f"{args.space} {args.dataset}: {len(archs)} cells, batch {args.batch_size}, seed {args.seed}, "
                       f"{per_cell:.2f} s/cell")
-    for col in ("proxy", "n", "Spearman", "95% interval", "Kendall", "n NASLib", "Spearman(ours, NASLib)",
-                "NASLib vs val acc", "ours vs test acc (NASLib cells)"):
+    naslib_cols = ("n NASLib", "Spearman(ours, NASLib)", "NASLib vs val acc", "ours vs test acc (NASLib cells)")
+    with_naslib = ours_naslib is not None  # no NASLib comparison: no empty columns
+    for col in ("proxy", "n", "Spearman", "95% interval", "Kendall", *(naslib_cols if with_naslib else ())):
         out.add_column(col, justify="left" if col == "proxy" else "right")
     acc_naslib = np.array([space.accuracy(space.from_string(a)) for a in ours_naslib.archs]) \
         if ours_naslib is not None else None
@@ -119,9 +120,10 @@ def run(args: argparse.Namespace) -> int:
         agree = agreement.get(r.name)
         on = ours_on_naslib.get(r.name)
         interval = f"{r.spearman_ci[0]:.3f}-{r.spearman_ci[1]:.3f}" if math.isfinite(r.spearman_ci[0]) else ""
+        naslib_cells = (str(agree[0]) if agree else "", _f(agree[1]) if agree else "",
+                        _f(agree[2]) if agree else "", _f(on.spearman) if on else "")
         out.add_row(r.name, str(r.n) if r.n else "", _f(r.spearman), interval, _f(r.kendall),
-                    str(agree[0]) if agree else "", _f(agree[1]) if agree else "",
-                    _f(agree[2]) if agree else "", _f(on.spearman) if on else "")
+                    *(naslib_cells if with_naslib else ()))
     console.print(out)
     for line in _ensemble_gaps(columns, rows, accuracy, args.bootstrap, args.seed):
         console.print(line)
