@@ -53,6 +53,8 @@ DATA = Path(__file__).parent / "data"
 NASLIB_FILES = {"nb101": DATA / "naslib_zc_nb101.csv", "darts": DATA / "naslib_zc_nb301.csv"}
 NASLIB_PROXIES = ("flops", "params", "snip", "jacov", "grad_norm", "plain", "epe_nas", "fisher", "grasp",
                   "l2_norm", "synflow")
+FIRST_CHOICE = ("az_trainability", "logsynflow", "meco")
+"""The label-free ensemble's components before the second selection run (reported beside the current ones)."""
 NASLIB_PUBLISHED = {"nb101": "best single proxy ~0.70 (flops)", "darts": "best single proxy ~0.52 (params, l2_norm)"}
 """NAS-Bench-Suite-Zero's published Spearman of its best single proxy on the whole benchmark sample."""
 
@@ -125,14 +127,17 @@ def correlation_table(space_name: str, batch_size: int, reference: int, seed: in
     archs, acc, naslib = read_naslib(NASLIB_FILES[space_name], space)
     if limit:
         archs, acc, naslib = archs[:limit], acc[:limit], {k: v[:limit] for k, v in naslib.items()}
-    names = list(dict.fromkeys([*LABEL_FREE_COMPONENTS, *NASLIB_PROXIES]))
+    names = list(dict.fromkeys([*LABEL_FREE_COMPONENTS, *FIRST_CHOICE, *NASLIB_PROXIES]))
     ours, cpu = score_archs(space, archs, names, batch_size, seed, evaluator=True)
     # The reference sample as nas.evaluate.Evaluator draws it: the space's sampler with the run's seed.
     rng = np.random.default_rng(seed)
     ref_archs = [space.sample(rng) for _ in range(reference)]
     ref_values, ref_cpu = score_archs(space, ref_archs, LABEL_FREE_COMPONENTS, batch_size, seed,
                                       evaluator=True)
-    ensembles = {"ensemble (reference: the scored cells)": benchmark_label_free(ours)}
+    ensembles = {"ensemble (reference: the scored cells)": benchmark_label_free(ours),
+                 "first choice " + "+".join(FIRST_CHOICE) + " (reference: the scored cells)":
+                     label_free(Reference.from_values({c: ours[c] for c in FIRST_CHOICE}),
+                                FIRST_CHOICE).score_table(ours)}
     for size in dict.fromkeys((reference, min(16, reference)) if reference else ()):
         ref = Reference.from_values({c: v[:size] for c, v in ref_values.items()})
         ensembles[f"ensemble (reference: {size} sampled archs)"] = label_free(ref).score_table(ours)

@@ -4,11 +4,13 @@
 Protocol (what was tuned on what):
 * evaluation cells: the ``--n`` cells ``nas benchmark proxies --n 1000 --seed 0`` scores; nothing is
   chosen on them.
-* development cells (``--dev-values``): NASLib's 491 reference cells with our values of every proxy; the
-  label-free components were chosen on the 467 of them that are not evaluation cells, by the rule of
-  ``experiments/ensemble_select.py`` (meco, logsynflow, az_trainability; AZ-NAS's aggregation). Any
-  evaluation cell among them is left out of the evaluation here. The few-label settings (150 TPE trials,
-  plain Spearman objective) date from the first choice; its pool is the new components plus the old ones.
+* development cells (``--dev-values``): NASLib's 491 reference cells and 500 fresh uniform cells with
+  our values of every proxy; the label-free components were chosen on the 929 of them that are not
+  evaluation cells, by the rule of ``experiments/ensemble_select.py`` (second run: meco, az_trainability,
+  synflow, flops; AZ-NAS's aggregation). Any evaluation cell among them is left out of the evaluation
+  here. The first run's choice had been judged on these evaluation cells, so the second choice's numbers
+  here are a second look at them. The few-label settings (150 TPE trials, plain Spearman objective) and
+  its pool (``FIT_POOL``) date from the first choice and were not changed.
 * label-free reference: either the evaluated population itself (AZ-NAS's protocol, and what the
   benchmark's ``ensemble`` row uses) or ``REFERENCE_SIZE`` of those cells, as small as a search's
   reference; neither uses labels.
@@ -19,7 +21,7 @@ Proxy values are read from CSV caches (``arch,<proxy>...``), so nothing is recom
 
 Usage (values from the proxy cache of ``nas benchmark proxies ... --values-csv``):
     python experiments/ensemble_nb201.py --values experiments/out/bench_n1000_values.csv \\
-        --dev-values experiments/out/nb201_naslib_e2.csv --dev-values experiments/out/nb201_naslib_extra_e2.csv \\
+        --dev-values experiments/out/nb201_dev_naslib.csv --dev-values experiments/out/nb201_dev_uniform_s2.csv \\
         --accuracy-table ../shared/data/nb201_accuracy.csv --n 1000 --seed 0
 """
 

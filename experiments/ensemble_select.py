@@ -29,6 +29,9 @@ larger development set: the first run's NASLib cells plus 500 fresh uniform cell
 ``sample_archs(nb201, 1000, seed=2)`` draws, values computed with seed 0 like the others), still
 excluding every evaluation cell. Whatever it chooses is adopted. Because the evaluation cells had been
 seen by then, the second choice's evaluation numbers are a second look, and the note says so.
+Outcome: 929 development cells, 22 candidate proxies, 18,172 candidates, 1,170 eligible; chosen
+az_trainability + flops + meco + synflow, logrank, development Spearman 0.904 (best single: meco 0.877),
+regret 0.60 points (meco 2.51), now ``proxies.ensemble.LABEL_FREE_COMPONENTS``.
 
     python experiments/precompute_nb201_proxies.py --proxies <SUITE> --naslib ../shared/data/nb201_naslib_proxies.csv \\
         --out experiments/out/nb201_dev_naslib.csv
