@@ -136,8 +136,7 @@ def correlation_table(space_name: str, batch_size: int, reference: int, seed: in
                                       evaluator=True)
     ensembles = {"ensemble (reference: the scored cells)": benchmark_label_free(ours),
                  "first choice " + "+".join(FIRST_CHOICE) + " (reference: the scored cells)":
-                     label_free(Reference.from_values({c: ours[c] for c in FIRST_CHOICE}),
-                                FIRST_CHOICE).score_table(ours)}
+                     benchmark_label_free(ours, FIRST_CHOICE)}
     for size in dict.fromkeys((reference, min(16, reference)) if reference else ()):
         ref = Reference.from_values({c: v[:size] for c, v in ref_values.items()})
         ensembles[f"ensemble (reference: {size} sampled archs)"] = label_free(ref).score_table(ours)

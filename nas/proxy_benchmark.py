@@ -157,11 +157,9 @@ def spearman_gap(a: np.ndarray, b: np.ndarray, target: np.ndarray, resamples: in
     return float(diff), float(low), float(high), int(ok.sum())
 
 
-def rank_rows(values: dict[str, np.ndarray], target: np.ndarray, include_scorers: bool = True,
-              resamples: int = 0, seed: int = 0) -> list[Row]:
-    """Spearman and Kendall tau of every proxy (and registered scorer) against ``target``; with
-    ``resamples`` > 0 also a bootstrap 95% interval of each Spearman."""
-    columns = with_scorers(values, target) if include_scorers else dict(values)
+def rank_rows(columns: dict[str, np.ndarray], target: np.ndarray, resamples: int = 0, seed: int = 0) -> list[Row]:
+    """Spearman and Kendall tau of every column (proxies, and scorers via :func:`with_scorers`) against
+    ``target``; with ``resamples`` > 0 also a bootstrap 95% interval of each Spearman."""
     rows = []
     for name, v in columns.items():
         ok = np.isfinite(v) & np.isfinite(target)

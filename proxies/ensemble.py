@@ -285,17 +285,18 @@ def _computed(values: Mapping[str, np.ndarray], components: Sequence[str]) -> np
     return np.all([~np.isnan(np.asarray(values[c], dtype=float)) for c in components], axis=0)
 
 
-def benchmark_label_free(values: Mapping[str, np.ndarray]) -> np.ndarray:
+def benchmark_label_free(values: Mapping[str, np.ndarray],
+                         components: Sequence[str] = LABEL_FREE_COMPONENTS) -> np.ndarray:
     """Label-free ensemble of benchmarked cells against their own population (AZ-NAS's protocol);
     NaN where a component was not computed."""
     n = len(next(iter(values.values()), []))
-    if any(c not in values for c in LABEL_FREE_COMPONENTS):
+    if any(c not in values for c in components):
         return np.full(n, np.nan)
-    done = _computed(values, LABEL_FREE_COMPONENTS)
+    done = _computed(values, components)
     if done.sum() < 2:
         return np.full(n, np.nan)
-    ref = Reference.from_values({c: np.asarray(values[c])[done] for c in LABEL_FREE_COMPONENTS})
-    return np.where(done, label_free(ref).score_table(values), np.nan)
+    ref = Reference.from_values({c: np.asarray(values[c])[done] for c in components})
+    return np.where(done, label_free(ref, components).score_table(values), np.nan)
 
 
 def benchmark_few_label(values: Mapping[str, np.ndarray], target: np.ndarray | None = None,

@@ -146,7 +146,7 @@ def test_benchmark_reports_each_ensembles_gap_to_the_best_single_proxy():
     target = rng.normal(size=300)
     columns = {"params": target + rng.normal(size=300), "nwot": target + 2 * rng.normal(size=300),
                "ensemble": target + 0.2 * rng.normal(size=300), "ensemble_fit": np.full(300, np.nan)}
-    rows = pb.rank_rows(columns, target, include_scorers=False)
+    rows = pb.rank_rows(columns, target)
     lines = _ensemble_gaps(columns, rows, target, resamples=200, seed=0)
     assert len(lines) == 1 and lines[0].startswith("ensemble - params (best single proxy): +")
     assert lines[0].endswith("above params")

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                                             args.cached_only, lambda i: bar.update(task, completed=i))
     accuracy = np.array([space.accuracy(space.from_string(a)) if oracle else math.nan for a in archs])
     columns = pb.with_scorers(table.values, accuracy) if archs else {}
-    rows = pb.rank_rows(columns, accuracy, False, args.bootstrap, args.seed) if archs else []
+    rows = pb.rank_rows(columns, accuracy, args.bootstrap, args.seed) if archs else []
     agreement = pb.naslib_agreement(ours_naslib, naslib) if ours_naslib is not None else {}
     out = Table(title=f"{args.space} {args.dataset}: {len(archs)} cells, batch {args.batch_size}, seed {args.seed}, "
                       f"{per_cell:.2f} s/cell")
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         out.add_column(col, justify="left" if col == "proxy" else "right")
     acc_naslib = np.array([space.accuracy(space.from_string(a)) for a in ours_naslib.archs]) \
         if ours_naslib is not None else None
-    ours_on_naslib = {r.name: r for r in pb.rank_rows(ours_naslib.values, acc_naslib, False)} \
+    ours_on_naslib = {r.name: r for r in pb.rank_rows(ours_naslib.values, acc_naslib)} \
         if ours_naslib is not None else {}
     listed = [r.name for r in rows]
     for r in rows + [pb.Row(n, 0, math.nan, math.nan) for n in agreement if n not in listed]:
