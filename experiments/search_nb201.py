@@ -23,12 +23,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import nas
 import search_spaces
 from nas import strategies
+from nas.exploit import query_labels
 from nas.run import Candidate
 
 
@@ -123,16 +123,16 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
         run_dir = out / f"{name}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
         evaluate = shared
+        labels = None
         if shared is None:  # few-label proxy: its own labelled cells, so its own values, per seed
-            rng = np.random.default_rng(10_000 + seed)
-            cells = sorted(acc)
-            labels = [(cells[i], acc[cells[i]]) for i in rng.choice(len(cells), args.labels, replace=False)]
+            labels = query_labels(space, args.labels, seed)  # the cells `nas search --label-queries` draws
             evaluate = CachedProxy([str(out / f"filled-{name}-s{seed}.csv")], args.proxy,
                                    fill=str(out / f"filled-{name}-s{seed}.csv"), labels=labels)
         for i, budget in enumerate(budgets):
             result = nas.search(
                 "nb201", name, [args.proxy], budget=budget, seed=seed, out=run_dir, resume=i > 0,
-                oracle_queries=args.oracle_queries, space_options={"accuracy_table": args.accuracy_table},
+                oracle_queries=args.oracle_queries, labels=labels if i == 0 else None,
+                space_options={"accuracy_table": args.accuracy_table},
                 strategy_options={"storage": None} if name in ("bayesian", "nsga2") else None,
                 progress=False, plot=False, evaluate=evaluate)
             row = {"strategy": name, "seed": seed, "budget": budget,

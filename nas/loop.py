@@ -27,7 +27,7 @@ import search_spaces
 from nas import executors, strategies
 from nas.async_loop import AsyncDriver
 from nas.evaluate import Evaluator
-from nas.exploit import check_oracle, greedy_queries
+from nas.exploit import check_oracle, greedy_queries, query_labels
 from nas.objectives import Constraints, Objective, parse_objectives
 from nas.result import SearchResult
 from nas.run import Candidate, RunStore
@@ -65,7 +65,8 @@ def search(
     batch_size: int | None = None,
     data: str | None = None,
     oracle_queries: int | None = None,
-    labels: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | Sequence[tuple[str, float]] | None = None,
+    label_queries: int | None = None,
     executor: str = "serial",
     executor_options: dict[str, Any] | None = None,
     strategy_options: dict[str, Any] | None = None,
@@ -81,8 +82,9 @@ def search(
     candidate is written to ``out``'s database as it finishes. With ``resume=True`` the run in ``out``
     continues to ``budget`` (default: its stored budget) with its stored settings, evaluating nothing
     twice. ``oracle_queries=K`` (a space with true accuracies only) ends with RoBoT's greedy step: the top
-    K candidates are queried and the best queried one is the pick. ``labels`` (an ``arch,accuracy`` CSV,
-    stored in the run) feeds the few-label ``ensemble_fit`` proxy. ``evaluate`` replaces the built
+    K candidates are queried and the best queried one is the pick. ``labels`` (an ``arch,accuracy`` CSV or
+    pairs, stored in the run) feed the few-label ``ensemble_fit`` proxy; ``label_queries=N`` (an oracle
+    only) makes them instead from the true accuracies of N architectures drawn with ``seed``. ``evaluate`` replaces the built
     evaluator (a lookup table in benchmarks); such a run can only be resumed with the same ``evaluate``.
     The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
@@ -130,7 +132,8 @@ def search(
             "batch_size": int(settings["batch_size"]), "data": settings["data"],
             "constraints": {"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops},
             "oracle_queries": int(oracle_queries or 0),
-            "labels": proxy_lib.ensemble.read_labels(labels) if labels else None,
+            "labels": _labels(space_obj, labels, label_queries, seed),
+            "label_queries": int(label_queries or 0),
             "evaluator": "custom" if evaluate is not None else "proxies",
         }
     if int(config["budget"]) < 1:
@@ -201,6 +204,9 @@ class _Setup:
         if cons.latency_ms is not None and target_name is None:
             raise ValueError("a latency limit (--latency-ms) needs a target (--target); see `nas targets`")
         check_oracle(space, int(config.get("oracle_queries", 0)))
+        if config.get("labels") and "ensemble_fit" not in config["proxies"]:
+            raise ValueError("labels (--labels or --label-queries) only fit the few-label ensemble: add "
+                             "ensemble_fit to --objectives or --proxies")
         for name in config["proxies"] if evaluate is None else ():
             try:
                 proxy_lib.get(name)
@@ -214,6 +220,20 @@ class _Setup:
             evaluate = Evaluator(space, tuple(config["proxies"]), batch, target, config["seed"],
                                  labels=config.get("labels"))
         return cls(config, space, objs, cons, evaluate)
+
+
+def _labels(space: Any, labels: str | os.PathLike[str] | Sequence[tuple[str, float]] | None,
+            label_queries: int | None, seed: int) -> list[tuple[str, float]] | None:
+    """The run's labelled architectures: read from a CSV, given as pairs, or queried from the oracle."""
+    if labels is not None and label_queries:
+        raise ValueError("pass either --labels FILE or --label-queries N, not both")
+    if label_queries:
+        return query_labels(space, int(label_queries), seed)
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        return proxy_lib.ensemble.read_labels(labels)
+    return [(str(a), float(y)) for a, y in labels]
 
 
 def _proxy_names(objs: Sequence[Objective], extra: Sequence[str], max_flops: float | None) -> list[str]:

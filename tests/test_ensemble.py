@@ -196,3 +196,16 @@ def test_spearman_gap_separates_a_better_scorer_from_a_copy():
     assert same[:3] == (0.0, 0.0, 0.0)
     bad[:40] = np.nan  # e.g. the few-label row's labelled cells: compared on the cells both scored
     assert pb.spearman_gap(good, bad, target, resamples=50)[3] == 460
+
+
+@pytest.mark.slow
+def test_search_cli_fits_ensemble_fit_on_oracle_label_queries(tmp_path, small_reference, shared_data, capsys):
+    from nas.cli import main
+
+    out = tmp_path / "r"
+    assert main(["search", "--space", "nb201", "--accuracy-table", str(shared_data / "nb201_accuracy.csv"),
+                 "--strategy", "random", "--objectives", "ensemble_fit", "--label-queries", "6", "--budget", "3",
+                 "--batch-size", "8", "--out", str(out), "--no-progress", "--no-onnx"]) == 0
+    assert "labels: 6 oracle queries" in capsys.readouterr().out
+    best = json.loads((out / "best.json").read_text())
+    assert len(best["config"]["labels"]) == 6 and math.isfinite(best["scores"]["ensemble_fit"])

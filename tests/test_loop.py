@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import nas
+import search_spaces
 from nas.cli import main
 from nas.loop import resolve_settings
 from nas.run import Candidate, RunStore
@@ -119,6 +120,47 @@ def test_oracle_needs_an_oracle():
     with pytest.raises(ValueError, match="accuracy-table"):
         nas.search("nb201", "random", ["size"], budget=2, oracle_queries=3, progress=False,
                    evaluate=ParamCount())
+
+
+class FitScore(ParamCount):
+    """Stands in for ``ensemble_fit`` (the loop only stores and validates the labels that would fit it)."""
+
+    def __call__(self, arch: str) -> Candidate:
+        c = super().__call__(arch)
+        return Candidate(arch, {"ensemble_fit": c.scores["size"]}, c.metrics)
+
+
+def test_label_queries_draw_distinct_labelled_archs_from_the_run_seed(tmp_path, shared_data):
+    table = str(shared_data / "nb201_accuracy.csv")
+    options = {"space_options": {"accuracy_table": table}, "progress": False, "plot": False,
+               "evaluate": FitScore()}
+    result = nas.search("nb201", "random", ["ensemble_fit"], budget=3, seed=4, out=tmp_path / "r",
+                        label_queries=8, **options)
+    labels = result.config["labels"]
+    space = search_spaces.get("nb201", accuracy_table=table)
+    assert len({a for a, _ in labels}) == 8 and result.config["label_queries"] == 8
+    assert all(y == space.accuracy(space.from_string(a)) for a, y in labels)
+    stored = json.loads((tmp_path / "r" / "best.json").read_text())["config"]["labels"]
+    assert [tuple(x) for x in stored] == [tuple(x) for x in labels]
+    again = nas.search("nb201", "random", ["ensemble_fit"], budget=3, seed=4, label_queries=8, **options)
+    assert again.config["labels"] == labels
+    other = nas.search("nb201", "random", ["ensemble_fit"], budget=3, seed=5, label_queries=8, **options)
+    assert other.config["labels"] != labels
+    resumed = nas.search(budget=5, out=tmp_path / "r", resume=True, **options)
+    assert resumed.config["labels"] == stored
+
+
+def test_labels_are_checked_before_the_search(shared_data):
+    table = str(shared_data / "nb201_accuracy.csv")
+    kw = {"budget": 2, "progress": False, "plot": False, "evaluate": FitScore()}
+    with pytest.raises(ValueError, match="accuracy-table"):
+        nas.search("nb201", "random", ["ensemble_fit"], label_queries=5, **kw)
+    with pytest.raises(ValueError, match="not both"):
+        nas.search("nb201", "random", ["ensemble_fit"], labels=[("x", 1.0)], label_queries=5,
+                   space_options={"accuracy_table": table}, **kw)
+    with pytest.raises(ValueError, match="add ensemble_fit"):
+        nas.search("nb201", "random", ["size"], label_queries=5, space_options={"accuracy_table": table},
+                   **{**kw, "evaluate": ParamCount()})
 
 
 def test_space_defaults_fill_what_the_user_left_out():

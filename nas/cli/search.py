@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="strategy option, e.g. population_size=50 (repeatable; VALUE is JSON or a string)")
     p.add_argument("--labels", metavar="FILE", help="arch,accuracy CSV of a few trained architectures "
                    "(<= 50) for the few-label proxy ensemble_fit")
+    p.add_argument("--label-queries", type=int, metavar="N",
+                   help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
+                        "--seed; RoBoT uses <= 50) queried from the oracle instead of a --labels file")
     add_data_args(p)
     p.set_defaults(batch_size=None)  # None lets the space's defaults apply
     p.add_argument("--executor", default="serial", help="serial (default) or ray")
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         max_params=args.max_params, max_flops=args.max_flops,
         proxies=split_names(args.proxies) if args.proxies else None, batch_size=args.batch_size,
         data=args.data, oracle_queries=args.oracle_queries, labels=args.labels,
+        label_queries=args.label_queries,
         executor=args.executor,
         executor_options=executor_options(args), strategy_options=strategy_options(args.option) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
@@ -163,6 +167,9 @@ def print_result(result: nas.SearchResult, rows: int = TABLE_ROWS) -> None:
     if result.oracle and best is not None:
         console.print(f"oracle: {len(result.oracle)} queries; pick {best.arch} at "
                       f"{result.oracle[best.arch]:.2f} %")
+    if result.config.get("label_queries"):
+        console.print(f"labels: {result.config['label_queries']} oracle queries before the search fitted "
+                      "ensemble_fit")
 
 
 def _get(cand: Any, name: str) -> float:
