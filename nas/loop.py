@@ -27,7 +27,7 @@ import search_spaces
 from nas import executors, strategies
 from nas.async_loop import AsyncDriver
 from nas.evaluate import Evaluator
-from nas.exploit import check_oracle, greedy_queries, query_labels
+from nas.exploit import check_oracle, greedy_queries, resolve_labels
 from nas.objectives import Constraints, Objective, parse_objectives
 from nas.result import SearchResult
 from nas.run import Candidate, RunStore
@@ -132,7 +132,7 @@ def search(
             "batch_size": int(settings["batch_size"]), "data": settings["data"],
             "constraints": {"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops},
             "oracle_queries": int(oracle_queries or 0),
-            "labels": _labels(space_obj, labels, label_queries, seed),
+            "labels": resolve_labels(space_obj, labels, label_queries, seed),
             "label_queries": int(label_queries or 0),
             "evaluator": "custom" if evaluate is not None else "proxies",
         }
@@ -220,20 +220,6 @@ class _Setup:
             evaluate = Evaluator(space, tuple(config["proxies"]), batch, target, config["seed"],
                                  labels=config.get("labels"))
         return cls(config, space, objs, cons, evaluate)
-
-
-def _labels(space: Any, labels: str | os.PathLike[str] | Sequence[tuple[str, float]] | None,
-            label_queries: int | None, seed: int) -> list[tuple[str, float]] | None:
-    """The run's labelled architectures: read from a CSV, given as pairs, or queried from the oracle."""
-    if labels is not None and label_queries:
-        raise ValueError("pass either --labels FILE or --label-queries N, not both")
-    if label_queries:
-        return query_labels(space, int(label_queries), seed)
-    if labels is None:
-        return None
-    if isinstance(labels, (str, os.PathLike)):
-        return proxy_lib.ensemble.read_labels(labels)
-    return [(str(a), float(y)) for a, y in labels]
 
 
 def _proxy_names(objs: Sequence[Objective], extra: Sequence[str], max_flops: float | None) -> list[str]:

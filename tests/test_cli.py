@@ -35,6 +35,16 @@ def test_unknown_proxy_lists_valid_ones(tmp_path, capsys):
     assert "synflow" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["score", "search"])
+def test_label_queries_without_an_oracle_exit_2(tmp_path, command, capsys):
+    path, _ = _arch_file(tmp_path, 2)
+    extra = ["--arch-file", str(path), "--out", str(tmp_path / "s.csv")] if command == "score" else \
+        ["--out", str(tmp_path / "r")]
+    assert main([command, "--proxies", "ensemble_fit", "--label-queries", "5", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "--label-queries needs an oracle" in err and "--accuracy-table" in err and "Traceback" not in err
+
+
 def test_malformed_arch_names_the_line(tmp_path, capsys):
     path, lines = _arch_file(tmp_path, 3)
     lines[1] = lines[1].replace("~0", "~7", 1)

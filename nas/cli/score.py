@@ -9,6 +9,7 @@ import proxies as proxy_lib
 import search_spaces
 from nas.cli.common import add_data_args, add_space_args, read_arch_file, space_options, split_names
 from nas.evaluate import Evaluator
+from nas.exploit import resolve_labels
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated proxy names, or 'all' single proxies (see `nas proxies`)")
     p.add_argument("--labels", metavar="FILE", help="arch,accuracy CSV of a few trained architectures "
                    "(<= 50) for the few-label proxy ensemble_fit")
+    p.add_argument("--label-queries", type=int, metavar="N",
+                   help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
+                        "--seed) queried from the oracle (needs --accuracy-table) instead of --labels")
     add_data_args(p)
     p.add_argument("--out", required=True, help="output CSV: arch,<proxy>... in input order")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         proxy_lib.get(name)
     archs = read_arch_file(space, args.arch_file)
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
-    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=args.labels)
+    labels = resolve_labels(space, args.labels, args.label_queries, args.seed)
+    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=labels)
     with open(args.out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", *names])
