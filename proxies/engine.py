@@ -163,7 +163,8 @@ def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
         ctx = Context(model, batch, needs, seed)
         try:
             if _degenerate(ctx):
-                log.warning("the network's output does not depend on its input; every proxy ranks it last")
+                _note_once("degenerate", "the network's output does not depend on its input; every proxy "
+                           "ranks it last")
                 return {s.name: SENTINEL for s in specs}
             for name in ORDER:  # shared passes first, in the order that frees the graph last
                 if name == "forward" and needs & FORWARD_USERS or name in needs:
@@ -191,6 +192,18 @@ FORWARD_USERS = frozenset({
 """Needs that are served by the shared train-mode forward of the whole batch."""
 
 
+_noted: set[str] = set()
+
+
+def _note_once(key: str, message: str) -> None:
+    """Warn the first time an expected outcome (e.g. a cell with no input path) occurs; later ones are debug."""
+    if key in _noted:
+        log.debug(message)
+        return
+    _noted.add(key)
+    log.warning("%s (further cases are logged at debug level)", message)
+
+
 def _degenerate(ctx: Context) -> bool:
     try:
         return bool(ctx.get("degenerate"))
@@ -212,6 +225,6 @@ def _run_one(spec: ProxySpec, ctx: Context, model: nn.Module, batch: Batch) -> f
         if spec.legacy:
             model.zero_grad(set_to_none=True)
     if not math.isfinite(value):
-        log.warning("proxy %s gave %s; ranking the network last", spec.name, value)
+        _note_once(f"nonfinite:{spec.name}", f"proxy {spec.name} gave {value}; ranking the network last")
         return SENTINEL
     return value
