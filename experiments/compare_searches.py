@@ -61,8 +61,8 @@ def main() -> None:
         raise SystemExit("no seed is finished in every run")
     first = next(iter(runs))
     base = np.array([runs[first][s] for s in seeds])
-    print(f"{args.strategy}, budget {args.budget}, {args.pick} pick: NAS-Bench-201 CIFAR-10 test accuracy (%), "
-          f"{len(seeds)} seeds paired ({seeds[0]}..{seeds[-1]}); differences are {first} minus the row")
+    print(f"{args.strategy}, budget {args.budget}, {args.pick} pick: NAS-Bench-201 CIFAR-10 test accuracy "
+          f"(%), {len(seeds)} seeds paired ({seeds[0]}..{seeds[-1]}); differences are {first} minus the row")
     print(f"{'objective':<22} {'mean ± std':>14} {'min':>6}  {first + ' - row':>16} {'95% interval':>18} "
           f"{'wins/ties/losses':>17} {'Wilcoxon p':>10}")
     for label, picks in runs.items():

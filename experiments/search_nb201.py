@@ -131,7 +131,7 @@ def run_strategy(name: str, args: argparse.Namespace) -> list[dict[str, object]]
         for i, budget in enumerate(budgets):
             result = nas.search(
                 "nb201", name, [f"max:{args.proxy}"], budget=budget, seed=seed, out=run_dir, resume=i > 0,
-                oracle_queries=args.oracle_queries, labels=labels if i == 0 else None,
+                oracle_queries=args.oracle_queries, labels=labels,
                 space_options={"accuracy_table": args.accuracy_table},
                 strategy_options={"storage": None} if name in ("bayesian", "nsga2") else None,
                 progress=False, plot=False, evaluate=evaluate)
@@ -176,8 +176,9 @@ def main() -> None:
     parser.add_argument("--cache", default="experiments/out/nb201_synflow*.csv",
                         help="glob of CSVs of proxy values (re-read as precompute shards add to them); cells "
                              "in none of them are scored and appended to <out>/filled-<strategy>.csv")
-    parser.add_argument("--proxy", default="synflow", help="the proxy column to maximise (also flops or params, which "
-                        "`nas search` would minimise by default)")
+    parser.add_argument("--proxy", default="synflow",
+                        help="the proxy column to maximise (also flops or params, which `nas search` would "
+                             "minimise by default)")
     parser.add_argument("--strategies", default="all", help="comma-separated, or all")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budgets", default="100,500")

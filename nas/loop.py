@@ -84,8 +84,9 @@ def search(
     twice. ``oracle_queries=K`` (a space with true accuracies only) ends with RoBoT's greedy step: the top
     K candidates are queried and the best queried one is the pick. ``labels`` (an ``arch,accuracy`` CSV or
     pairs, stored in the run) feed the few-label ``ensemble_fit`` proxy; ``label_queries=N`` (an oracle
-    only) makes them instead from the true accuracies of N architectures drawn with ``seed``. ``evaluate`` replaces the built
-    evaluator (a lookup table in benchmarks); such a run can only be resumed with the same ``evaluate``.
+    only) makes them instead from the true accuracies of N architectures drawn with ``seed``.
+    ``evaluate`` replaces the built evaluator (a lookup table in benchmarks); such a run can only be
+    resumed with the same ``evaluate``.
     The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
     Example:

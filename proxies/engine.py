@@ -196,7 +196,7 @@ _noted: set[str] = set()
 
 
 def _note_once(key: str, message: str) -> None:
-    """Warn the first time an expected outcome (e.g. a cell with no input path) occurs; later ones are debug."""
+    """Warn the first time an expected outcome (e.g. a cell with no input path) occurs, then log at debug."""
     if key in _noted:
         log.debug(message)
         return
