@@ -31,19 +31,35 @@ def logsynflow(ctx: Context) -> float:
 
 
 @proxy("zen", "Zen-NAS (Lin et al. 2021): log E|f(x) - f(x + 0.01 e)| of pre-pooling features + BN scales",
-       needs={"zen"})
+       needs={"zen"}, version=2)
 def zen(ctx: Context) -> float:
     """Zen score with Gaussian weights and Gaussian inputs, BatchNorm in train mode."""
     return ctx.get("zen")
+
+
+class _Features(nn.Module):
+    """Runs ``net.forward_features`` as its ``forward``, so that ``functional_call`` can swap its weights."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped network's pre-pool feature map."""
+        return self.net.forward_features(x)
 
 
 @artefact("zen")
 def _zen(ctx: Context) -> float:
     """Zen score as the official code computes it: weights redrawn N(0, 1) (BN affine 1/0, biases 0),
     fresh BatchNorm buffers updated by the two train-mode forwards, whose running variances give the BN
-    term. All through ``functional_call``, so the model itself is untouched. Features are the input of
-    the last global pooling module (the logits when there is none)."""
+    term. All through ``functional_call``, so the model itself is untouched. Features are the pre-pool
+    map that ``model.forward_features(x)`` returns (timm's convention, which every CNN space follows)."""
     model = ctx.model
+    if not callable(getattr(model, "forward_features", None)):
+        # Without the declared pre-pool map the only fallback would be the logits, which is not Zen.
+        raise NotImplementedError(f"zen reads the pre-pool feature map from model.forward_features(x), "
+                                  f"which {type(model).__name__} does not implement")
     model.train()
     gen = ctx.generator(salt=17)
     owners = {f"{prefix}.{n}" if prefix else n: m for prefix, m in model.named_modules()
@@ -66,20 +82,14 @@ def _zen(ctx: Context) -> float:
             state[name] = torch.zeros_like(b)
         else:
             state[name] = b.clone()
-    pools = [m for m in model.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d))]
-    features: list[torch.Tensor] = []
-    handle = pools[-1].register_forward_hook(lambda _m, inp, _o: features.append(inp[0])) if pools else None
     shape = ctx.batch.inputs.shape
     x = torch.randn(shape, generator=gen, device=ctx.device)
     mixed = x + ZEN_MIXUP * torch.randn(shape, generator=gen, device=ctx.device)
-    try:
-        with torch.no_grad():
-            out = functional_call(model, state, (x,))
-            out_mixed = functional_call(model, state, (mixed,))
-    finally:
-        if handle is not None:
-            handle.remove()
-    a, b = (features[0], features[1]) if pools else (out, out_mixed)
+    features = _Features(model)
+    wrapped = {f"net.{name}": t for name, t in state.items()}
+    with torch.no_grad():
+        a = functional_call(features, wrapped, (x,))
+        b = functional_call(features, wrapped, (mixed,))
     delta = float((a - b).abs().sum(tuple(range(1, a.dim()))).mean())
     log_bn = sum(0.5 * math.log(float(v.mean())) for v in running_vars)
     return (math.log(delta) if delta > 0 else -math.inf) + log_bn

@@ -63,11 +63,43 @@ class SearchSpace(Protocol):
     def build(
         self, arch: Arch, num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None
     ) -> nn.Module:
-        """Instantiate the architecture as a freshly initialised ``torch.nn.Module``."""
+        """Instantiate the architecture as a freshly initialised ``torch.nn.Module``.
+
+        An image space whose networks end in global average pooling (nb201, nb101, darts, ofa, fbnet)
+        returns a :class:`PooledImageNetwork`: its pre-pool feature map is ``forward_features(x)``.
+        """
         ...
 
     def to_onnx(self, arch: Arch, path: str | os.PathLike[str]) -> str:
         """Export the built network to an ONNX file and return its path."""
+        ...
+
+
+@runtime_checkable
+class PooledImageNetwork(Protocol):
+    """What ``build`` returns for an image space whose network ends in global average pooling.
+
+    timm's convention: ``forward_features(x)`` is the (N, C, H, W) feature map right before the global
+    pooling, ``forward_head(features)`` pools it and applies the rest of the head, and ``forward(x)`` is
+    ``forward_head(forward_features(x))``. Proxies that read the pre-pool map (``zen``) call
+    ``forward_features`` and fail, naming the class, on a network without it; the ViT (a class-token head,
+    no pooling) and the sequence spaces have none.
+
+    Example:
+        >>> net = search_spaces.get("nb201", channels=8, cells_per_stage=1).build(("nor_conv_3x3",) * 6)
+        >>> x = torch.zeros(2, 3, 32, 32)
+        >>> net.forward_features(x).shape
+        torch.Size([2, 32, 8, 8])
+        >>> torch.equal(net(x), net.forward_head(net.forward_features(x)))
+        True
+    """
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) feature map right before global pooling."""
+        ...
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global average pooling, then the classifier head."""
         ...
 
 

@@ -153,11 +153,20 @@ class DartsNetwork(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) output of the last cell, right before global pooling."""
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
-        return self.classifier(torch.flatten(self.global_pooling(s1), 1))
+        return s1
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global average pooling, then the classifier."""
+        return self.classifier(torch.flatten(self.global_pooling(features), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` (the auxiliary head is for training only and not applied here)."""
+        return self.forward_head(self.forward_features(x))
 
 
 def count_params(model: nn.Module, exclude: Sequence[str] = ("auxiliary",)) -> int:

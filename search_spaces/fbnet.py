@@ -126,9 +126,17 @@ class FBNetNetwork(nn.Module):
                 nn.init.normal_(m.weight, std=0.001)
                 nn.init.zeros_(m.bias)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) output of the 1x1 header, right before global pooling."""
+        return self.header(self.layers(self.stem(x)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global average pooling, then the classifier."""
+        return self.classifier(torch.flatten(features.mean((2, 3)), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.header(self.layers(self.stem(x)))
-        return self.classifier(torch.flatten(x.mean((2, 3)), 1))
+        """Logits of ``x``."""
+        return self.forward_head(self.forward_features(x))
 
 
 @register("fbnet")

@@ -140,10 +140,18 @@ class MobileNetV3(nn.Module):
         self.classifier = nn.Linear(feature_mix, num_classes)
         init_he_fout(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.final_expand(self.blocks(self.stem(x)))
-        x = self.feature_mix(x.mean((2, 3), keepdim=True))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) output of the final expand 1x1, right before global pooling."""
+        return self.final_expand(self.blocks(self.stem(x)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global pooling, the feature-mix 1x1, the classifier."""
+        x = self.feature_mix(features.mean((2, 3), keepdim=True))
         return self.classifier(self.dropout(torch.flatten(x, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x``."""
+        return self.forward_head(self.forward_features(x))
 
 
 def mobilenetv3_large_specs() -> list[BlockSpec]:

@@ -129,8 +129,17 @@ class NB101Network(nn.Module):
         self.cells = nn.Sequential(*layers)
         self.classifier = nn.Linear(c, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) output of the last cell, right before global pooling."""
+        return self.cells(self.stem(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global average pooling, then the classifier."""
+        return self.classifier(features.mean(dim=(2, 3)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.cells(self.stem(x)).mean(dim=(2, 3)))
+        """Logits of ``x``."""
+        return self.forward_head(self.forward_features(x))
 
 
 @register("nb101")

@@ -114,9 +114,17 @@ class NB201Network(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) feature map right before global pooling (after the last BN + ReLU)."""
+        return self.lastact(self.cells(self.stem(x)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global average pooling, then the classifier."""
+        return self.classifier(torch.flatten(self.global_pooling(features), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.lastact(self.cells(self.stem(x)))
-        return self.classifier(torch.flatten(self.global_pooling(out), 1))
+        """Logits of ``x``."""
+        return self.forward_head(self.forward_features(x))
 
 
 @register("nb201")

@@ -205,14 +205,22 @@ class OFASupernet(nn.Module):
         self.classifier = nn.Linear(w[-1], num_classes)
         init_he_fout(self)
 
-    def forward(self, x: torch.Tensor, arch: OFAArch | None = None) -> torch.Tensor:
-        """Logits of subnet ``arch`` (default: the largest) on ``x``."""
+    def forward_features(self, x: torch.Tensor, arch: OFAArch | None = None) -> torch.Tensor:
+        """The (N, C, H, W) pre-pool feature map of subnet ``arch`` (default: the largest)."""
         arch = arch or self.space.largest()
         x = self.first_block(self.stem(x))
         for i in arch.active_blocks():
             x = self.blocks[i](x, arch.ks[i], arch.e[i])
-        x = self.feature_mix(self.final_expand(x).mean((2, 3), keepdim=True))
+        return self.final_expand(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pre-pool feature map: global pooling, the feature-mix 1x1, the classifier."""
+        x = self.feature_mix(features.mean((2, 3), keepdim=True))
         return self.classifier(self.dropout(torch.flatten(x, 1)))
+
+    def forward(self, x: torch.Tensor, arch: OFAArch | None = None) -> torch.Tensor:
+        """Logits of subnet ``arch`` (default: the largest) on ``x``."""
+        return self.forward_head(self.forward_features(x, arch))
 
     def sort_channels(self) -> OFASupernet:
         """Sort every block's expanded channels by importance (OFA's width re-organisation)."""
