@@ -8,10 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["search", "load_run", "SearchResult", "__version__"]
+__all__ = ["search", "load_run", "SearchResult", "Study", "Trial", "create_study", "load_study", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Study", "Trial", "create_study", "load_study"):
+        from nas import study as _study
+
+        return getattr(_study, name)
     if name in ("search", "SearchResult"):
         from nas import loop as _loop
 

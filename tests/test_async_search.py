@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -66,11 +67,11 @@ def test_async_strategy_is_told_each_result_alone(name, ray_local, tmp_path, mon
     assert len(archs) == 10 == len(set(archs))
     store = RunStore(tmp_path / "r")
     assert store.get_meta("ask_mode") == "async" and store.get_meta("duplicate_evaluations", 0) == 0
-    logged = store.asks()
-    assert len(logged[0]) >= 2  # both workers busy before the first result
-    assert len(logged) == 11  # then one log entry per result
+    kinds = [kind for _, kind, _ in store.events()]
+    assert kinds.index("tell") >= 2  # both workers busy before the first result
+    assert all(len(archs) == 1 for _, _, archs in store.events())  # one proposal per ask, one per tell
     assert sizes and set(sizes) == {1}
-    assert len(sizes) == sum(map(len, logged))  # every proposal was told, each on its own
+    assert len(sizes) == kinds.count("tell") == kinds.count("ask")  # every proposal was told, on its own
     failed = [c for c in result.candidates if c.status == "failed"]
     assert all("cannot evaluate" in c.error for c in failed)
     assert result.best is not None and result.best.status == "ok"
@@ -144,13 +145,16 @@ def test_replay_that_diverges_goes_on_live_and_stays_replayable(ray_local, tmp_p
     stored = {c.arch for c in store.candidates()}
     other = next(a for a in nas.search("nb201", "random", ["size"], budget=8, seed=5, progress=False,
                                        plot=False, evaluate=evaluate).candidates if a.arch not in stored)
-    store.log_ask(2, [other.arch])  # as if the strategy had proposed something else then
+    third_ask = [seq for seq, kind, _ in store.events() if kind == "ask"][2]
+    with store._db:  # as if the strategy had proposed something else then
+        store._db.execute("UPDATE events SET archs = ? WHERE seq = ?", (json.dumps([other.arch]), third_ask))
     with caplog.at_level(logging.WARNING):
         diverged = nas.search(out=tmp_path / "r", resume=True, budget=9, progress=False, plot=False,
                               evaluate=evaluate, **RAY2)
     assert "proposed other architectures" in caplog.text
     assert len({c.arch for c in diverged.candidates}) == 9 and stored <= {c.arch for c in diverged.candidates}
-    assert len(store.asks()) == 10  # still one log entry per result after the first
+    kinds = [kind for _, kind, _ in store.events()]
+    assert kinds.count("tell") == kinds.count("ask") >= 9  # the rewritten log tells every proposal
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         again = nas.search(out=tmp_path / "r", resume=True, budget=11, progress=False, plot=False,

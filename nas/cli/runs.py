@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from nas.cli.search import print_result
 
     result = nas.load_run(args.run_dir)
-    store = RunStore(args.run_dir)
+    store = RunStore(args.run_dir, readonly=True)
     try:
         elapsed = float(store.get_meta("elapsed_s", 0.0))
         duplicates = int(store.get_meta("duplicate_evaluations", 0))

@@ -13,6 +13,7 @@ a batch, evaluates all of it and tells it in one call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nas.registry import Registry
@@ -38,20 +39,64 @@ class Strategy(Protocol):
 registry: Registry[Callable[..., Strategy]] = Registry("strategy")
 
 
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy with its options, bound to a space and seed when a study starts.
+
+    Example:
+        >>> from nas import strategies
+        >>> strategies.Evolution(population_size=50)
+        StrategySpec(name='evolution', options={'population_size': 50})
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1) -> Strategy:
+        """The strategy for ``space``."""
+        return get(self.name, space, seed=seed, n_objectives=n_objectives, **self.options)
+
+
+def Random() -> StrategySpec:  # noqa: N802 - reads like the class it stands for
+    """Uniform random search."""
+    return StrategySpec("random")
+
+
+def Evolution(**options: Any) -> StrategySpec:  # noqa: N802
+    """Regularized (aging) evolution; options: ``population_size``, ``sample_size``."""
+    return StrategySpec("evolution", options)
+
+
+def Bayesian(**options: Any) -> StrategySpec:  # noqa: N802
+    """Optuna's TPE sampler; options go to ``optuna.samplers.TPESampler``."""
+    return StrategySpec("bayesian", options)
+
+
+def NSGA2(**options: Any) -> StrategySpec:  # noqa: N802
+    """Optuna's NSGA-II (multi-objective); options: ``population_size`` and the sampler's."""
+    return StrategySpec("nsga2", options)
+
+
+def Reinforce(**options: Any) -> StrategySpec:  # noqa: N802
+    """REINFORCE over a factorised categorical policy; options: ``lr``, ``baseline_decay``, ..."""
+    return StrategySpec("reinforce", options)
+
+
 def register(name: str) -> Callable[[Callable[..., Strategy]], Callable[..., Strategy]]:
     """Class decorator registering a strategy under ``name``."""
     return registry.decorator(name)
 
 
 def get(name: str, space: SearchSpace, seed: int = 0, n_objectives: int = 1, **options: Any) -> Strategy:
-    """Create the strategy ``name`` for ``space``."""
+    """Create the strategy ``name`` for ``space``; an unknown option raises ValueError naming the valid ones."""
+    registry.check_options(name, options, fixed=("space", "seed", "n_objectives"))
     return registry.get(name)(space, seed=seed, n_objectives=n_objectives, **options)
 
 
 def require(space: SearchSpace, method: str, strategy: str) -> None:
     """Raise a clear error when ``space`` lacks an optional capability a strategy needs."""
     if not callable(getattr(space, method, None)):
-        raise TypeError(f"strategy {strategy!r} needs the search space {space.name!r} to provide "
+        raise ValueError(f"strategy {strategy!r} needs the search space {space.name!r} to provide "
                         f"{method}(); it does not")
 
 
