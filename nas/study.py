@@ -90,6 +90,7 @@ class Study:
         self._stale = 0
         self._seen: set[str] = set()
         self._evaluator: Evaluate | None = None
+        self._batch: proxy_lib.Batch | None = None  # the calibration batch, once loaded
         self._replay()
 
     # -- what the run holds --------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class Study:
     def evaluator(self) -> Evaluate:
         """The proxy evaluator this study's settings describe (built once, on first use)."""
         if self._evaluator is None:
-            self._evaluator = build_evaluator(self.config, self.space)
+            self._evaluator = build_evaluator(self.config, self.space, self._batch)
         return self._evaluator
 
     def optimize(self, evaluate: Evaluate | None = None, budget: int | None = None,
@@ -402,8 +403,10 @@ def create_study(
         "device": device, "cache": _cache_setting(cache),
     }
     validate(config, space_obj)
-    if evaluator == "proxies":
-        config["data_digest"] = data_digest(config, space_obj)
+    batch = None
+    if evaluator == "proxies":  # the data must fit the space before anything is written
+        batch = load_data(config, space_obj)
+        config["data_digest"] = data_digest(config, batch)
     if space_opts.get("accuracy_table"):
         config["accuracy_table_digest"] = file_digest(space_opts.get("accuracy_table"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -415,7 +418,9 @@ def create_study(
     except BaseException:
         store.close()
         raise
-    return Study(space_obj, objs, strat, store, cons, config)
+    study = Study(space_obj, objs, strat, store, cons, config)
+    study._batch = batch
+    return study
 
 
 def load_study(storage: str | os.PathLike[str], *, space: SearchSpace | None = None,
@@ -529,7 +534,7 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
             check(space, config["proxies"])
 
 
-def build_evaluator(config: dict[str, Any], space: SearchSpace) -> Evaluate:
+def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib.Batch | None = None) -> Evaluate:
     """The proxy :class:`~nas.evaluate.Evaluator` of a run's settings; checks that its data fit the space."""
     from nas.evaluate import Evaluator
     from proxies.cache import ProxyCache
@@ -537,7 +542,7 @@ def build_evaluator(config: dict[str, Any], space: SearchSpace) -> Evaluate:
     if config.get("evaluator", "proxies") != "proxies":
         raise ValueError(f"{config.get('evaluator')!r} runs are evaluated by a custom function: pass it to "
                          "optimize(evaluate=...)")
-    batch = load_data(config, space)
+    batch = batch if batch is not None else load_data(config, space)
     target = hardware_models.get(config["target"]) if config.get("target") else None
     cache_dir = config.get("cache")
     cache = ProxyCache(None if cache_dir is True else cache_dir) if cache_dir else None
@@ -571,11 +576,10 @@ def check_batch(space: SearchSpace, batch: proxy_lib.Batch, source: str | None) 
                          f"takes {shape[0]}-channel inputs ({'x'.join(map(str, shape))})")
 
 
-def data_digest(config: dict[str, Any], space: SearchSpace) -> str | None:
+def data_digest(config: dict[str, Any], batch: proxy_lib.Batch) -> str | None:
     """A digest of the calibration batch a run reads (a changed data file is caught on resume)."""
     if config.get("data") in (None, "cifar10", "gaussian"):
         return None  # shipped or generated: fixed by the package and the seed
-    batch = load_data(config, space)
     return hashlib.sha1(batch.inputs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
@@ -614,7 +618,7 @@ def check_resume(run_dir: Path, config: dict[str, Any], given: dict[str, Any]) -
 def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchSpace) -> None:
     """Raise :class:`ResumeConflict` when the run's data or accuracy table changed since it started."""
     if config.get("data_digest") is not None and config.get("evaluator") == "proxies":
-        now = data_digest(config, space)
+        now = data_digest(config, load_data(config, space))
         if now != config["data_digest"]:
             raise ResumeConflict(f"--resume {run_dir}: --data {config.get('data')} changed since the run started "
                                  f"(digest {config['data_digest']} then, {now} now); restore it or start a new run")
