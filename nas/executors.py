@@ -88,6 +88,8 @@ class RayExecutor:
             raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
         if int(threads_per_worker) < 1:
             raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
+        if float(gpus_per_worker) < 0:
+            raise ValueError(f"gpus_per_worker must be 0 or more, got {gpus_per_worker}")
         import ray
 
         self._owns_ray = False
@@ -186,7 +188,7 @@ def init_ray(address: str | None, cpus: int | None, log_to_driver: bool = False)
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RuntimeError(
+            raise ValueError(
                 f"could not join the Ray cluster at {address!r} ({str(err).splitlines()[0]}); start one with "
                 "`ray start --head` and pass its address (auto, HOST:PORT or ray://HOST:PORT); with token "
                 "authentication set RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token or "
@@ -205,7 +207,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
-        raise RuntimeError(f"no Ray cluster answers at {address!r} ({err}); start one with `ray start --head` "
+        raise ValueError(f"no Ray cluster answers at {address!r} ({err}); start one with `ray start --head` "
                            "or check the address (auto, HOST:PORT or ray://HOST:PORT)") from None
 
 

@@ -183,7 +183,11 @@ def read_naslib(path: str | os.PathLike[str], dataset: str) -> dict[str, dict[st
         raise FileNotFoundError(f"NASLib proxy table {path} not found (nb201_naslib_proxies.csv; --naslib)")
     out: dict[str, dict[str, float]] = {}
     with open(file, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        if not {"arch", "dataset"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{path}: a NASLib table needs the columns 'arch' and 'dataset'; it has "
+                             f"{reader.fieldnames}")
+        for row in reader:
             if row["dataset"] == dataset:
                 out[row["arch"]] = {k: float(v) for k, v in row.items() if k not in ("arch", "dataset")}
     if not out:

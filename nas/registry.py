@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+import numbers
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -47,6 +49,10 @@ class Registry(Generic[T]):
             valid = ", ".join(sorted(self._items)) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
 
+    def check_options(self, name: str, options: Mapping[str, Any], fixed: Collection[str] = ()) -> None:
+        """Raise ``ValueError`` naming the accepted options when ``name``'s factory cannot take ``options``."""
+        check_options(f"{self.kind} {name!r}", self.get(name), options, fixed)
+
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching a glob ``pattern``."""
         return sorted(n for n in self._items if fnmatch.fnmatchcase(n, pattern))
@@ -59,3 +65,43 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def check_options(what: str, factory: Callable[..., Any], options: Mapping[str, Any],
+                  fixed: Collection[str] = ()) -> None:
+    """Raise ``ValueError`` when ``factory`` (described as ``what``) cannot take the keyword ``options``.
+
+    ``fixed`` are parameters the caller passes itself (a strategy's space and seed), not options. A
+    keyword the factory lacks, or a value of another kind than a scalar default (``channels="8x"``),
+    would otherwise surface as a ``TypeError`` from deep inside the factory.
+    """
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C-implemented factory: nothing to inspect
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {n: p for n, p in params.items() if p.kind in kinds and n not in fixed}
+    unknown = sorted(set(options) - set(accepted) - set(fixed))
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = ", ".join(f"{n}={p.default!r}" if p.default is not p.empty else n
+                          for n, p in accepted.items()) or "(none)"
+        raise ValueError(f"{what} has no option {', '.join(map(repr, unknown))}; valid: {valid}")
+    for key, value in options.items():
+        default = accepted[key].default if key in accepted else None
+        if not _same_kind(value, default):
+            raise ValueError(f"{what}: option {key} expects {type(default).__name__} (default {default!r}), "
+                             f"got {value!r}")
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """Whether ``value`` fits a parameter whose default is ``default`` (only scalar defaults are checked)."""
+    is_bool = isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
+    if isinstance(default, bool):
+        return is_bool
+    if isinstance(default, int):  # numbers.Integral admits numpy integers (a sweep grid's values)
+        return isinstance(value, numbers.Integral) and not is_bool
+    if isinstance(default, float):
+        return isinstance(value, numbers.Real) and not is_bool
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True  # None, tuples, objects: the factory checks what it needs

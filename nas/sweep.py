@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 GRID_KEYS = ("space", "target", "strategy", "seed", "budget")
 """Axes of a sweep grid, in the order they name a cell."""
-SWEEP_KEYS = ("out", "concurrent", "workers_per_search", "max_retries")
+SWEEP_KEYS = ("out", "concurrent", "workers_per_search", "max_retries", "threads_per_worker", "gpus_per_worker")
 """Settings of the sweep itself (the ``[sweep]`` table)."""
 _RESERVED = {"out", "resume", "progress", "executor", "executor_options", "evaluate", *GRID_KEYS}
 
@@ -71,6 +71,8 @@ class SweepSpec:
     concurrent: int | None = None
     workers_per_search: int | None = None
     max_retries: int = 3
+    threads_per_worker: int = 1
+    gpus_per_worker: float = 0.0
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepSpec:
@@ -119,9 +121,12 @@ class SweepSpec:
                 raise ValueError(f"[grid]: {key} must be names (strings), got {values}")
             grid[key] = [None if key == "target" and v == "none" else v for v in values]
         _check_options(options)
-        for key in ("concurrent", "workers_per_search"):
+        for key in ("concurrent", "workers_per_search", "threads_per_worker"):
             if settings.get(key) is not None and (not isinstance(settings[key], int) or settings[key] < 1):
                 raise ValueError(f"[sweep]: {key} must be a positive integer, got {settings[key]!r}")
+        gpus = settings.get("gpus_per_worker", 0.0)
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
+            raise ValueError(f"[sweep]: gpus_per_worker must be a number >= 0, got {gpus!r}")
         return cls(grid, options, **settings)
 
     def cells(self) -> list[Cell]:
@@ -232,12 +237,15 @@ def _json_default(x: Any) -> Any:
 
 def run_sweep(spec: SweepSpec, out: str | os.PathLike[str] | None = None, *, address: str | None = None,
               cpus: int | None = None, concurrent: int | None = None, workers_per_search: int | None = None,
+              threads_per_worker: int | None = None, gpus_per_worker: float | None = None,
               on_cell: Callable[[CellResult], None] | None = None) -> SweepResult:
     """Run every cell of ``spec`` on Ray (joining ``address`` or starting a local instance with ``cpus``).
 
     ``concurrent`` searches run at once (default: as many as the cluster has CPUs, at most the number of
     cells), each with ``workers_per_search`` evaluations in flight (default: the CPUs shared out among
-    them). ``on_cell`` is called from the driver as each search ends. Writes the summary and returns it.
+    them); each evaluation takes ``threads_per_worker`` CPUs and ``gpus_per_worker`` GPUs (default: the
+    ``[sweep]`` table's, else 1 and 0). ``on_cell`` is called from the driver as each search ends. Writes
+    the summary and returns it.
     """
     import ray
 
@@ -253,11 +261,15 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike[str] | None = None, *, add
     try:
         cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         at_once = min(len(cells), concurrent or spec.concurrent or cluster_cpus)
-        per_search = workers_per_search or spec.workers_per_search or max(1, cluster_cpus // at_once)
+        threads = int(threads_per_worker or spec.threads_per_worker)
+        gpus = float(spec.gpus_per_worker if gpus_per_worker is None else gpus_per_worker)
+        # an evaluation holds `threads` CPUs, so more in flight than the CPUs allow would only queue in Ray
+        per_search = workers_per_search or spec.workers_per_search or max(1, cluster_cpus // (at_once * threads))
         log.info("sweep of %d searches, %d at a time, %d evaluations in flight each, on %d CPUs",
                  len(cells), at_once, per_search, cluster_cpus)
         stop = threading.Event()
-        options = {"workers": per_search, "max_retries": spec.max_retries, "start": False, "stop": stop}
+        options = {"workers": per_search, "max_retries": spec.max_retries, "threads_per_worker": threads,
+                   "gpus_per_worker": gpus, "start": False, "stop": stop}
         started = time.perf_counter()
         results: dict[Cell, CellResult] = {}
         pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="sweep")

@@ -85,3 +85,16 @@ class ProxyCache:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def resolve_cache(cache: bool | str | os.PathLike[str] | ProxyCache | None) -> ProxyCache | None:
+    """The cache a ``cache=`` argument names: True the default folder, a path that folder, False/None none."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return ProxyCache()
+    if isinstance(cache, ProxyCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return ProxyCache(cache)
+    raise TypeError(f"cache must be True, False, None, a folder or a ProxyCache, got {type(cache).__name__}")

@@ -31,7 +31,8 @@ def register(name: str) -> Callable[[Callable[..., SearchSpace]], Callable[..., 
 
 
 def get(name: str, **options: Any) -> SearchSpace:
-    """Instantiate the space registered as ``name`` with ``options``."""
+    """Instantiate the space registered as ``name`` with ``options``; an unknown option raises ValueError."""
+    registry.check_options(name, options)
     return registry.get(name)(**options)
 
 

@@ -47,11 +47,12 @@ class OracleMixin:
     def accuracy(self, arch: Hashable) -> float:
         """True accuracy from the attached table (an oracle, for benchmarks only)."""
         if self._accuracy is None:
-            raise RuntimeError("no accuracy table attached; pass accuracy_table=PATH (an arch,<dataset> CSV)")
+            raise ValueError("no accuracy table attached; pass accuracy_table=PATH (an arch,<dataset> CSV)")
         try:
             return self._accuracy[arch]
-        except KeyError:
-            raise KeyError("architecture not in the attached accuracy table") from None
+        except KeyError:  # a user's partial table: a usage limit, not a bug
+            raise ValueError(f"architecture {self.to_string(arch)} is not in the attached accuracy table "  # type: ignore[attr-defined]
+                             f"({len(self._accuracy)} architectures)") from None
 
     def oracle_archs(self) -> list[Hashable]:
         """The architectures of the attached table, in file order (empty without one)."""

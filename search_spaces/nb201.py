@@ -266,8 +266,12 @@ class NB201Space:
     def accuracy(self, arch: NB201Arch) -> float:
         """True test accuracy (%) from the attached table (an oracle, for benchmarks only)."""
         if self._accuracy is None:
-            raise RuntimeError("no accuracy table attached; pass accuracy_table=PATH (nb201_accuracy.csv)")
-        return self._accuracy[arch]
+            raise ValueError("no accuracy table attached; pass accuracy_table=PATH (nb201_accuracy.csv)")
+        try:
+            return self._accuracy[arch]
+        except KeyError:  # a user's table with only some cells
+            raise ValueError(f"architecture {self.to_string(arch)} is not in the attached accuracy table "
+                             f"({len(self._accuracy)} cells)") from None
 
     @property
     def has_oracle(self) -> bool:
@@ -281,8 +285,8 @@ def load_accuracy_table(path: str | os.PathLike[str], dataset: str = "cifar10") 
     out: dict[NB201Arch, float] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or dataset not in reader.fieldnames:
-            raise ValueError(f"{path}: no column {dataset!r}; columns: {reader.fieldnames}")
+        if reader.fieldnames is None or dataset not in reader.fieldnames or "arch" not in reader.fieldnames:
+            raise ValueError(f"{path}: needs the columns 'arch' and {dataset!r}; columns: {reader.fieldnames}")
         for row in reader:
             out[parser.from_string(row["arch"])] = float(row[dataset])
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,20 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``$ZCNAS_CACHE_DIR`` in a fresh folder for the session: the CLI caches proxy values by default, and a
+    test must neither write to the user's ~/.cache nor read values an earlier run (or older code) stored."""
+    old = os.environ.get("ZCNAS_CACHE_DIR")
+    path = tmp_path_factory.mktemp("zcnas-cache")
+    os.environ["ZCNAS_CACHE_DIR"] = str(path)  # also inherited by Ray workers and subprocesses started later
+    yield path
+    if old is None:
+        os.environ.pop("ZCNAS_CACHE_DIR", None)
+    else:
+        os.environ["ZCNAS_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -183,7 +183,7 @@ def test_bad_options_raise_clear_errors():
 
 def test_unreachable_cluster_address_fails_fast_and_clearly():
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match="no Ray cluster answers at '127.0.0.1:1'.*ray start --head"):
+    with pytest.raises(ValueError, match="no Ray cluster answers at '127.0.0.1:1'.*ray start --head"):
         executors.init_ray("127.0.0.1:1", None)
     assert time.perf_counter() - start < 30
 

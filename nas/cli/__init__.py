@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from nas.errors import RunInUse, RunStoreError, SearchFailed
+
 COMMANDS = ("spaces", "proxies", "targets", "score", "search", "runs", "export", "latency", "benchmark",
             "sweep")
 """Sub-command modules in ``nas.cli``, in help order; a module that does not exist yet is skipped."""
@@ -36,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, FileNotFoundError, FileExistsError,
+                                                 NotADirectoryError)
+"""A user mistake (bad flag, unknown name, missing file; ValueError covers ResumeConflict): exit 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script."""
     parser = build_parser()
@@ -50,12 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nas: interrupted; everything evaluated so far is saved (continue with --resume)",
               file=sys.stderr)
         return 130
-    except (UsageError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, RuntimeError) as err:
+    except (SearchFailed, RunStoreError, RunInUse) as err:  # a run that cannot go on: exit 1
         if args.verbose:
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"nas: error: {msg}", file=sys.stderr)
+        print(f"nas: error: {err}", file=sys.stderr)
+        return 1
+    except USAGE_ERRORS as err:
+        # Only what we expect: an internal TypeError, KeyError or RuntimeError is a bug and keeps its traceback
+        if args.verbose:
+            raise
+        print(f"nas: error: {err}", file=sys.stderr)
         return 2
 
 

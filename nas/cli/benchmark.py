@@ -13,8 +13,8 @@ import proxies as proxy_lib
 import search_spaces
 from nas import proxy_benchmark as pb
 from nas.cli import UsageError
-from nas.cli.common import split_names
-from proxies.cache import ProxyCache
+from nas.cli.common import add_cache_args, cache_option, parse_options, split_names
+from proxies.cache import resolve_cache
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = what.add_parser("proxies", help="Spearman / Kendall tau of proxies vs accuracy (NAS-Bench-201)")
     q.add_argument("--space", default="nb201",
                    help="nb201 (needs --accuracy-table), nb101 or darts (accuracies optional)")
+    q.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="space constructor option (repeatable; VALUE is JSON, else a string), e.g. nb201: "
+                        "channels=8 cells_per_stage=1; the dataset and table come from --dataset and "
+                        "--accuracy-table")
     q.add_argument("--dataset", default="cifar10", choices=sorted(pb.NB201_DATASETS),
                    help="accuracy-table column (default cifar10)")
     q.add_argument("--accuracy-table", metavar="PATH",
@@ -41,8 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--data", default=None, help="calibration data (default: shipped CIFAR-10 images)")
     q.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
     q.add_argument("--seed", type=int, default=0, help="sampling, data and initialisation seed")
-    q.add_argument("--cache-dir", default=None, help="proxy cache folder (default $ZCNAS_CACHE_DIR or "
-                                                     "~/.cache/zcnas)")
+    add_cache_args(q)
     q.add_argument("--cached-only", action="store_true", help="report cached values only; compute nothing")
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     q.add_argument("--values-csv", default=None, help="write every computed value to this CSV")
@@ -68,13 +71,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.space == "nb201" and not args.accuracy_table:
         raise UsageError("nb201 needs --accuracy-table (nb201_accuracy.csv)")
-    options = pb.NB201_DATASETS[args.dataset] if args.space == "nb201" else {}
+    if args.cached_only and not args.cache:
+        raise UsageError("--cached-only reads the cache; it contradicts --no-cache")
+    options = dict(pb.NB201_DATASETS[args.dataset]) if args.space == "nb201" else {}
+    given = parse_options(args.space_option, "--space-option")
+    for key in ("accuracy_table", "dataset"):
+        if key in given:
+            raise UsageError(f"--space-option {key}=: use --{key.replace('_', '-')} with `nas benchmark proxies`")
+    options.update(given)
     space = search_spaces.get(args.space, accuracy_table=args.accuracy_table, dataset=args.dataset, **options)
     singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]  # ensembles: scorer rows
     names = {"all": singles, "suite": list(proxy_lib.SUITE)}.get(args.proxies) or split_names(args.proxies)
     for name in names:
         proxy_lib.get(name)
-    cache = ProxyCache(args.cache_dir)
+    cache = resolve_cache(cache_option(args))
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
     oracle = bool(getattr(space, "has_oracle", False))
     if oracle and hasattr(space, "oracle_archs"):  # a partial table (nb101, darts): benchmark its cells

@@ -7,9 +7,20 @@ import csv
 
 import proxies as proxy_lib
 import search_spaces
-from nas.cli.common import add_data_args, add_space_args, read_arch_file, space_options, split_names
+from nas.cli.common import (
+    add_cache_args,
+    add_data_args,
+    add_device_arg,
+    add_space_args,
+    cache_option,
+    check_device,
+    read_arch_file,
+    space_options,
+    split_names,
+)
 from nas.evaluate import Evaluator
 from nas.exploit import resolve_labels
+from proxies.cache import resolve_cache
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
                         "--seed) queried from the oracle (needs --accuracy-table) instead of --labels")
     add_data_args(p)
+    add_device_arg(p)
+    add_cache_args(p)
     p.add_argument("--out", required=True, help="output CSV: arch,<proxy>... in input order")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -34,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     """Score every architecture and write the CSV row by row."""
     from rich.progress import track
 
+    device = check_device(args.device)
+    cache = resolve_cache(cache_option(args))
     space = search_spaces.get(args.space, **space_options(args))
     singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]
     names = singles if args.proxies == "all" else split_names(args.proxies)
@@ -42,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     archs = read_arch_file(space, args.arch_file)
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
     labels = resolve_labels(space, args.labels, args.label_queries, args.seed)
-    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=labels)
+    evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=labels, device=device, cache=cache)
     with open(args.out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", *names])

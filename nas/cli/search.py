@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
 import threading
@@ -11,8 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import nas
-from nas.cli import UsageError
-from nas.cli.common import add_data_args, add_space_args, space_options, split_names
+from nas.cli.common import (
+    add_cache_args,
+    add_data_args,
+    add_device_arg,
+    add_space_args,
+    cache_option,
+    check_device,
+    parse_options,
+    space_options,
+    split_names,
+)
 
 TABLE_ROWS = 15
 """Pareto candidates shown in the final table (all of them are in ``pareto.csv``)."""
@@ -46,12 +54,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
                         "--seed; RoBoT uses <= 50) queried from the oracle instead of a --labels file")
     add_data_args(p)
-    p.set_defaults(batch_size=None)  # None lets the space's defaults apply
+    # None: "not given", so that --resume can tell a flag the user gave (and contradicts) from a default;
+    # a new run then takes nb201 and seed 0
+    p.set_defaults(batch_size=None, space=None, seed=None)
+    add_device_arg(p)
+    add_cache_args(p)
     p.add_argument("--executor", default="serial", help="serial (default) or ray")
     p.add_argument("--workers", type=int, help="ray: evaluations in flight (default: the cluster's CPUs)")
     p.add_argument("--ray-address", help="ray: join a cluster (auto, HOST:PORT or ray://HOST:PORT) instead "
                                          "of starting a local one")
     p.add_argument("--max-retries", type=int, help="ray: re-runs of a task whose worker died (default 3)")
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="ray: CPUs (torch threads) each evaluation takes (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="F",
+                   help="ray: GPUs each evaluation takes; a fraction shares one (e.g. 0.25; default 0: CPU)")
     p.add_argument("--out", default=None, help="run directory (default runs/<space>-<strategy>-s<seed>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (to --budget if given)")
     p.add_argument("--no-onnx", action="store_true", help="do not export the best network to best.onnx")
@@ -62,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the search, write the outputs, then print the best and the Pareto candidates."""
     out = args.resume or args.out or _default_out(args)
+    device = check_device(args.device, local=args.executor != "ray")  # Ray workers may have GPUs we lack
+    cache = cache_option(args)
     # A scheduler's SIGTERM stops the search like Ctrl-C: the outputs are written and --resume continues.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
@@ -76,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         executor=args.executor,
         executor_options=executor_options(args), strategy_options=strategy_options(args.option) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
+        device=device, cache=cache,
     )
     onnx = None
     if not args.no_onnx and result.best is not None:
@@ -91,32 +110,27 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, object]:
-    """Keyword options for ``nas.executors.get`` from the ``--workers``/``--ray-address`` flags."""
-    given = {"workers": args.workers, "address": args.ray_address, "max_retries": args.max_retries}
-    options = {k: v for k, v in given.items() if v is not None}
+    """Keyword options for ``nas.executors.get`` from the Ray flags (``--workers``, ``--ray-address``...)."""
+    flags = {"workers": "--workers", "address": "--ray-address", "max_retries": "--max-retries",
+             "threads_per_worker": "--threads-per-worker", "gpus_per_worker": "--gpus-per-worker"}
+    options = {k: getattr(args, f[2:].replace("-", "_")) for k, f in flags.items()}
+    options = {k: v for k, v in options.items() if v is not None}
     if options and args.executor != "ray":
-        raise ValueError(f"--workers, --ray-address and --max-retries need --executor ray (got "
-                         f"--executor {args.executor})")
+        raise ValueError(f"{', '.join(flags[k] for k in options)} need --executor ray (got --executor "
+                         f"{args.executor})")
     return options
 
 
 def strategy_options(items: list[str]) -> dict[str, Any]:
     """``["population_size=50", "lr=0.1"]`` -> ``{"population_size": 50, "lr": 0.1}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--option {item!r}: write KEY=VALUE, e.g. --option population_size=50")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    return parse_options(items, "--option", example="population_size=50")
 
 
 def _default_out(args: argparse.Namespace) -> str:
     """``runs/<space>-<strategy>-s<seed>``, numbered when it already holds a run."""
-    base = f"runs/{args.space}-{args.strategy or 'auto'}-s{args.seed}"
+    space = args.space if args.space is not None else "nb201"
+    seed = args.seed if args.seed is not None else 0
+    base = f"runs/{space}-{args.strategy or 'auto'}-s{seed}"
     out, k = base, 2
     while (Path(out) / "run.sqlite").exists():
         out, k = f"{base}-{k}", k + 1

@@ -42,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrent", type=int, help="searches at once (default: the cluster's CPUs)")
     p.add_argument("--workers-per-search", type=int, help="evaluations in flight per search "
                                                            "(default: CPUs shared out among the searches)")
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="CPUs (torch threads) each evaluation takes (default: [sweep] threads_per_worker, else 1)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="F",
+                   help="GPUs each evaluation takes; a fraction shares one (default: [sweep] gpus_per_worker, "
+                        "else 0)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     p.set_defaults(func=run)
 
@@ -52,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
     from nas.sweep import SweepSpec, run_sweep
 
-    for flag in ("cpus", "concurrent", "workers_per_search"):
+    for flag in ("cpus", "concurrent", "workers_per_search", "threads_per_worker"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise ValueError(f"--gpus-per-worker must be 0 or more, got {args.gpus_per_worker}")
     if args.cpus is not None and args.ray_address:
         raise ValueError("--cpus sizes a local Ray instance; leave it out with --ray-address")
     spec = SweepSpec.load(args.file)
@@ -75,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = run_sweep(spec, out, address=args.ray_address, cpus=args.cpus, concurrent=args.concurrent,
-                           workers_per_search=args.workers_per_search, on_cell=report)
+                           workers_per_search=args.workers_per_search, threads_per_worker=args.threads_per_worker,
+                           gpus_per_worker=args.gpus_per_worker, on_cell=report)
     except KeyboardInterrupt:
         print("nas: interrupted; every finished candidate is saved; run the same `nas sweep` command again "
               "to resume", file=sys.stderr)

@@ -20,6 +20,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from nas.registry import check_options
 from nas.strategies import Values, register, require
 from search_spaces import Arch, SearchSpace
 
@@ -36,6 +37,7 @@ class _OptunaStrategy:
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, **sampler_options: Any) -> None:
         require(space, "suggest", self.name)
+        check_options(f"strategy {self.name!r}", self.make_sampler, sampler_options, fixed=("seed", "n_objectives"))
         self.space = space
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("optuna").setLevel(logging.WARNING)
