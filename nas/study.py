@@ -763,11 +763,8 @@ def make_strategy(config: dict[str, Any], space: SearchSpace, run_dir: Path) -> 
     if getattr(factory, "uses_storage", False) and "storage" not in options:
         options["storage"] = str(run_dir / "optuna.journal")
     n_objectives = len(parse_objectives(config["objectives"]))
-    try:
-        return factory(space, seed=int(config["seed"]), n_objectives=n_objectives, **options)
-    except TypeError as err:  # an unknown option: name the valid ones
-        valid = [p for p in inspect.signature(factory).parameters if p not in ("space", "seed", "n_objectives")]
-        raise ValueError(f"strategy {config['strategy']!r}: {err}; its options: {', '.join(valid)}") from None
+    strategies.registry.check_options(config["strategy"], options, fixed=("space", "seed", "n_objectives"))
+    return factory(space, seed=int(config["seed"]), n_objectives=n_objectives, **options)
 
 
 def as_candidate(arch: str, out: Any, objectives: Sequence[Objective]) -> Candidate:
