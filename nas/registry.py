@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import inspect
 import numbers
@@ -31,9 +32,15 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T) -> T:
-        """Register ``obj`` under ``name``; a duplicate name raises."""
+        """Register ``obj`` under ``name``; the same object again is a no-op, another one raises.
+
+        "The same" includes a function defined again with the same code (a notebook cell run twice).
+        """
         if name in self._items:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+            if same_definition(self._items[name], obj):
+                return self._items[name]
+            raise ValueError(f"{self.kind} {name!r} is already registered with another definition; "
+                             "choose another name")
         self._items[name] = obj
         return obj
 
@@ -65,6 +72,25 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def same_definition(a: object, b: object) -> bool:
+    """Whether two registered objects define the same thing: equal, or functions with the same code.
+
+    Dataclass records (a proxy's spec) compare field by field with the same rule for their functions.
+    """
+    if a is b:
+        return True
+    if inspect.isfunction(a) and inspect.isfunction(b):
+        ca, cb = a.__code__, b.__code__
+        return (a.__module__, a.__qualname__, ca.co_code, ca.co_consts, ca.co_names) == \
+            (b.__module__, b.__qualname__, cb.co_code, cb.co_consts, cb.co_names)
+    if dataclasses.is_dataclass(a) and type(a) is type(b):
+        return all(same_definition(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects whose == raises are simply not the same
+        return False
 
 
 def check_options(what: str, factory: Callable[..., Any], options: Mapping[str, Any],
