@@ -119,9 +119,8 @@ def score_archs(space: object, archs: list[object], batch: proxies.Batch, names:
 
 
 def valid(a: list[float]) -> np.ndarray:
-    """Mask of computed values (not the engine's failure sentinel, finite)."""
-    x = np.asarray(a, dtype=float)
-    return np.isfinite(x) & (x != proxies.SENTINEL)
+    """Mask of computed values (the engine gives NaN for a failure or a missing value)."""
+    return np.isfinite(np.asarray(a, dtype=float))
 
 
 def rank_corr(a: list[float], b: list[float], kind: str = "spearman") -> tuple[float, int]:
@@ -235,6 +234,10 @@ def run_space(name: str, args: argparse.Namespace, names: list[str],
     if skipped:
         print(f"\n{name}: left out here (their cost is in the probe run): {', '.join(skipped)}")
         names = [p for p in names if p not in skipped]
+    off = proxies.unavailable(make_space(name, args.seq_len), names)  # rounding noise there, not a measurement
+    for p, why in off.items():
+        print(f"\n{name}: {p} left out, not available on this space: {why}")
+    names = [p for p in names if p not in off]
     if args.n > 0:
         space = make_space(name, args.seq_len)
         batch = batch_for(space, args.batch_size, args.seed)

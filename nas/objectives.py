@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from nas.run import Candidate
 
 SENTINEL_ABS = 1e29
-"""Proxy values this large are the engine's failure sentinel (``proxies.SENTINEL``), never real scores."""
+"""Values this large are the failure sentinel (-1e30) that older versions stored in runs and caches, never
+real scores; today a failed or missing proxy value is NaN."""
 
 MINIMISED = frozenset({"latency", "latency_ms", "params", "flops"})
 """Cost-like names minimised by default; every other name (a proxy score) is maximised."""
@@ -28,7 +29,7 @@ class Objective:
         except KeyError:
             return -math.inf
         if not math.isfinite(value) or abs(value) >= SENTINEL_ABS:
-            return -math.inf  # a failed proxy's sentinel must rank last whichever the direction
+            return -math.inf  # a missing value (NaN, an old run's sentinel) ranks last in either direction
         return value if self.maximize else -value
 
     def __str__(self) -> str:

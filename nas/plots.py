@@ -79,7 +79,7 @@ def _progress(result: SearchResult, ax) -> None:  # noqa: ANN001 - a matplotlib 
     vals[~np.isfinite(vals)] = -math.inf
     shown = vals if obj.maximize else -vals
     idx = np.arange(1, len(vals) + 1)
-    finite = np.isfinite(shown) & (np.abs(shown) < 1e29)  # the proxy sentinel ranks last but is not drawn
+    finite = np.isfinite(shown)  # a missing value (oriented to -inf) ranks last but is not drawn
     ax.scatter(idx[finite], shown[finite], s=8, c="tab:blue", alpha=0.4, label="candidate")
     running = np.maximum.accumulate(vals)
     ok = np.isfinite(running)

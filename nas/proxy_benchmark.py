@@ -55,7 +55,8 @@ def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
 
 @dataclass
 class ProxyValues:
-    """Proxy values of a list of architectures; NaN where a value was not computed."""
+    """Proxy values of a list of architectures; NaN where a value was not computed, -inf where the engine
+    computed none (NaN: a non-finite value, a degenerate network), so that such cells rank last."""
 
     archs: list[str]
     values: dict[str, np.ndarray] = field(default_factory=dict)
@@ -111,7 +112,8 @@ def compute_values(space: SearchSpace, archs: Sequence[str], names: Sequence[str
         else:
             scores = evaluate(arch).scores
         for name, value in scores.items():
-            table.values[name][i] = value
+            # the engine's NaN of a scored network ranks it last (as a search does), unlike "not computed"
+            table.values[name][i] = -math.inf if math.isnan(value) else value
         if progress is not None:
             progress(i + 1)
     return table
@@ -146,9 +148,9 @@ def bootstrap_spearman(score: np.ndarray, target: np.ndarray, resamples: int = 1
 
 def spearman_gap(a: np.ndarray, b: np.ndarray, target: np.ndarray, resamples: int = 1000,
                  seed: int = 0) -> tuple[float, float, float, int]:
-    """Spearman(a) - Spearman(b) on the cells where both are finite, with its paired-bootstrap 95% interval:
-    (difference, low, high, cells)."""
-    ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(target)
+    """Spearman(a) - Spearman(b) on the cells where both are computed (-inf: ranked last), with its
+    paired-bootstrap 95% interval: (difference, low, high, cells)."""
+    ok = ~np.isnan(a) & ~np.isnan(b) & np.isfinite(target)
     if ok.sum() < 3:
         return math.nan, math.nan, math.nan, int(ok.sum())
     diff = stats.spearmanr(a[ok], target[ok]).statistic - stats.spearmanr(b[ok], target[ok]).statistic
@@ -162,7 +164,7 @@ def rank_rows(columns: dict[str, np.ndarray], target: np.ndarray, resamples: int
     ``target``; with ``resamples`` > 0 also a bootstrap 95% interval of each Spearman."""
     rows = []
     for name, v in columns.items():
-        ok = np.isfinite(v) & np.isfinite(target)
+        ok = ~np.isnan(v) & np.isfinite(target)  # -inf (no value for a scored cell) ranks last
         if ok.sum() < 3:
             rows.append(Row(name, int(ok.sum()), math.nan, math.nan))
             continue

@@ -11,9 +11,10 @@ Example:
 
 from __future__ import annotations
 
+from proxies.availability import check_available, unavailable
 from proxies.cache import ProxyCache, default_cache_dir
 from proxies.data import Batch, calibration_batch, load_batch
-from proxies.engine import SENTINEL, Context, ProxySpec, artefact, get, list, proxy, registry, score
+from proxies.engine import Context, ProxySpec, artefact, get, list, proxy, registry, score
 
 SUITE: tuple[str, ...] = (
     "params", "flops", "synflow", "logsynflow", "snip", "grasp", "fisher", "grad_norm", "jacov", "nwot", "zen",
@@ -23,8 +24,9 @@ SUITE: tuple[str, ...] = (
 """The classic zero-cost proxies for image classifiers (what ``--proxies suite`` means)."""
 
 __all__ = [
-    "SUITE", "Batch", "Context", "ProxyCache", "ProxySpec", "SENTINEL", "artefact", "calibration_batch",
-    "default_cache_dir", "get", "list", "load_batch", "proxy", "registry", "score",
+    "SUITE", "Batch", "Context", "ProxyCache", "ProxySpec", "artefact", "calibration_batch",
+    "check_available", "default_cache_dir", "get", "list", "load_batch", "proxy", "registry", "score",
+    "unavailable",
 ]
 
 from proxies import (  # noqa: E402,F401  (registration; sequence: bert, rnn, gpt, vit metrics)

@@ -1,8 +1,12 @@
-"""On-disk cache of proxy values keyed by (space, arch, proxy@version, data, batch size, seed)."""
+"""On-disk cache of proxy values keyed by (space, arch, proxy@version, data, batch size, seed).
+
+Only finite values are stored: a failure or a NaN is never served as a score on a later run.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -11,6 +15,8 @@ from typing import Any
 
 ENV_VAR = "ZCNAS_CACHE_DIR"
 DB_NAME = "proxies.sqlite"
+LEGACY_FAILURE = -1e29
+"""Stored values at or below this are the failure sentinel (-1e30) of older versions, never scores."""
 
 
 def default_cache_dir() -> Path:
@@ -59,7 +65,7 @@ class ProxyCache:
 
     def get(self, space: str, arch: str, proxies: Iterable[str], data: str, batch_size: int,
             seed: int) -> dict[str, float]:
-        """The cached values among ``proxies`` (missing ones are absent from the result)."""
+        """The cached values among ``proxies`` (missing ones, and old failure sentinels, are absent)."""
         names = list(proxies)
         if not names:
             return {}
@@ -67,15 +73,22 @@ class ProxyCache:
         rows = self._conn().execute(
             f"SELECT proxy, value FROM proxy_values WHERE space=? AND arch=? AND data=? AND batch_size=? "
             f"AND seed=? AND proxy IN ({marks})", (space, arch, data, batch_size, seed, *names)).fetchall()
-        return {p: float(v) for p, v in rows}
+        # An older version stored failures as -1e30: treat them as missing so that they are recomputed.
+        return {p: float(v) for p, v in rows if math.isfinite(v) and v > LEGACY_FAILURE}
 
     def put(self, space: str, arch: str, values: Mapping[str, float], data: str, batch_size: int,
             seed: int) -> None:
-        """Store ``values`` (proxy -> value), replacing older entries with the same key."""
+        """Store the finite ``values`` (proxy -> value), replacing older entries with the same key.
+
+        A non-finite value (a failure, or an expected NaN) is skipped: it is recomputed next time.
+        """
+        rows = [(space, arch, p, data, batch_size, seed, float(v)) for p, v in values.items()
+                if math.isfinite(float(v))]
+        if not rows:
+            return
         db = self._conn()
         with db:
-            db.executemany("INSERT OR REPLACE INTO proxy_values VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(space, arch, p, data, batch_size, seed, float(v)) for p, v in values.items()])
+            db.executemany("INSERT OR REPLACE INTO proxy_values VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM proxy_values").fetchone()[0])

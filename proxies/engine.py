@@ -30,9 +30,6 @@ ENGINE_VERSION = 2
 """Part of every on-disk cache key beside each proxy's own version: bump it when a shared pass or the
 degeneracy rule changes (2: the degeneracy check runs in train mode; eval mode flagged sound cells)."""
 
-SENTINEL = -1e30
-"""Finite score given to a proxy that fails, yields NaN/inf, or scores a degenerate network: ranks last."""
-
 ProxyFn = Callable[..., float]
 ArtefactFn = Callable[["Context"], Any]
 
@@ -121,7 +118,7 @@ class Context:
         if name not in self._built:
             try:
                 self._built[name] = _ARTEFACTS[name](self)
-            except Exception as err:  # noqa: BLE001 - re-raised to each reader, which ranks the net last
+            except Exception as err:  # noqa: BLE001 - re-raised to each reader: it is that proxy's error
                 self._built[name] = err
         value = self._built[name]
         if isinstance(value, Exception):
@@ -142,11 +139,15 @@ def _default_device() -> torch.device:
 
 
 def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
-          device: torch.device | str | None = None) -> dict[str, float]:
-    """Compute the proxies ``names`` of ``model`` on ``batch`` sharing passes; failures give ``SENTINEL``.
+          device: torch.device | str | None = None, errors: dict[str, str] | None = None) -> dict[str, float]:
+    """Compute the proxies ``names`` of ``model`` on ``batch`` sharing passes; a value is never a failure.
 
-    The model's parameters are left unchanged and its buffers (BatchNorm running statistics) and
-    train/eval mode are restored afterwards. Same model, batch and seed give identical values.
+    A proxy that raises gives ``math.nan`` and, when ``errors`` is given, ``errors[name] = "ExcType:
+    message"`` (the caller marks the candidate failed). A non-finite value, or a degenerate network (its
+    output does not depend on its input), gives ``math.nan`` without an error: an expected outcome that
+    ranks last, not a failure. The model's parameters are left unchanged and its buffers (BatchNorm
+    running statistics) and train/eval mode are restored afterwards. Same model, batch and seed give
+    identical values.
     """
     specs = [get(n) for n in dict.fromkeys(names)]
     device = torch.device(device) if device is not None else _default_device()
@@ -164,8 +165,8 @@ def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
         try:
             if _degenerate(ctx):
                 _note_once("degenerate", "the network's output does not depend on its input; every proxy "
-                           "ranks it last")
-                return {s.name: SENTINEL for s in specs}
+                           "gives NaN (it ranks last)")
+                return {s.name: math.nan for s in specs}
             for name in ORDER:  # shared passes first, in the order that frees the graph last
                 if name == "forward" and needs & FORWARD_USERS or name in needs:
                     try:
@@ -173,7 +174,9 @@ def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
                     except Exception:  # noqa: BLE001, S110 - reported by each proxy that reads it
                         pass
             for spec in specs:
-                out[spec.name] = _run_one(spec, ctx, model, batch)
+                out[spec.name], error = _run_one(spec, ctx, model, batch, quiet=errors is not None)
+                if error is not None and errors is not None:
+                    errors[spec.name] = error
         finally:
             ctx.release()
             model.zero_grad(set_to_none=True)
@@ -207,24 +210,28 @@ def _note_once(key: str, message: str) -> None:
 def _degenerate(ctx: Context) -> bool:
     try:
         return bool(ctx.get("degenerate"))
-    except Exception as err:  # noqa: BLE001 - each proxy then fails (and ranks last) on its own
+    except Exception as err:  # noqa: BLE001 - each proxy then fails, with its error, on its own
         log.debug("degeneracy check failed: %s", err)
         return False
 
 
-def _run_one(spec: ProxySpec, ctx: Context, model: nn.Module, batch: Batch) -> float:
+def _run_one(spec: ProxySpec, ctx: Context, model: nn.Module, batch: Batch,
+             quiet: bool) -> tuple[float, str | None]:
+    """The proxy's value and ``None``, or ``nan`` and ``"ExcType: message"`` when it raised."""
     try:
         if spec.legacy:
             value = float(spec.fn(model, batch))
         else:
             value = float(spec.fn(ctx))
-    except Exception as err:  # noqa: BLE001 - a proxy must never stop a search
-        log.warning("proxy %s failed (%s: %s); ranking the network last", spec.name, type(err).__name__, err)
-        return SENTINEL
+    except Exception as err:  # noqa: BLE001 - reported to the caller, who decides what a failure means
+        error = f"{type(err).__name__}: {err}"
+        # A caller that collects errors reports them itself; without one, the log is the only trace.
+        (log.debug if quiet else log.warning)("proxy %s failed (%s)", spec.name, error)
+        return math.nan, error
     finally:
         if spec.legacy:
             model.zero_grad(set_to_none=True)
     if not math.isfinite(value):
-        _note_once(f"nonfinite:{spec.name}", f"proxy {spec.name} gave {value}; ranking the network last")
-        return SENTINEL
-    return value
+        _note_once(f"nonfinite:{spec.name}", f"proxy {spec.name} gave {value}; the network ranks last")
+        return math.nan, None
+    return value, None

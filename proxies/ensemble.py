@@ -9,10 +9,16 @@ ensemble is the non-linear rank aggregation of AZ-NAS against that sample:
 
 ``F_k`` interpolates linearly between the reference's order statistics at plotting positions
 ``i / (N + 1)`` and has exponential tails beyond them, so it is continuous, strictly increasing and
-in (0, 1): candidates beyond the reference keep distinct scores, and a failed component (the engine's
-sentinel) gives ``log F`` about ``log 1e-12``, which ranks the network last without a crash. The sum of
-log-CDFs is the log of a product of "fraction of the space this net beats" factors, so one bad component
-weighs far more than in a mean of ranks: a network must be good on every axis (the AZ-NAS argument).
+in (0, 1): candidates beyond the reference keep distinct scores. A missing component (NaN: the engine's
+value for a non-finite result or a degenerate network) gives ``log F = log 1e-12``, the floor that only a
+value far below the whole reference also reaches: the network's ensemble is a finite number below every
+network with its components near the reference, so it ranks last, and its other components still order
+such networks among themselves. A
+network with every weighted component NaN has no ensemble value at all: NaN (a benchmark passes -inf
+for a scored cell without a value, which ranks last instead). A component that *raised* is a failure,
+not a missing value: the ``ensemble`` proxy then raises too, naming it. The sum of log-CDFs is the log
+of a product of "fraction of the space this net beats" factors, so one bad component weighs far more
+than in a mean of ranks: a network must be good on every axis (the AZ-NAS argument).
 When the reference is the evaluated population itself, this is exactly AZ-NAS's ``sum log(rank/N)``.
 
 * Label-free ``ensemble``: equal weights over ``LABEL_FREE_COMPONENTS``. Nothing is fitted to
@@ -58,9 +64,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from proxies.engine import SENTINEL, Context, get, proxy, score
+from proxies.engine import Context, get, proxy, score
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ FEW_LABELS = 50
 """Labelled architectures the benchmark's few-label row fits on (RoBoT's budget)."""
 
 ENSEMBLE_NAMES = ("ensemble", "ensemble_fit")
-_FLOOR = 1e-12  # CDF given to a failed component: far below any reference-derived value
+_FLOOR = 1e-12  # CDF given to a missing (NaN) component: far below any reference-derived value
 
 _active: ContextVar[Mapping[str, EnsembleModel] | None] = ContextVar("zcnas_ensembles", default=None)
 
@@ -92,18 +97,18 @@ class Reference:
 
     @classmethod
     def from_values(cls, table: Mapping[str, Sequence[float]]) -> Reference:
-        """Build from raw component values; non-finite and sentinel values are dropped."""
+        """Build from raw component values; non-finite (missing) values are dropped."""
         out = {}
         for name, vals in table.items():
             arr = np.asarray(vals, dtype=float)
-            arr = np.sort(arr[np.isfinite(arr) & (arr > SENTINEL / 2)])
+            arr = np.sort(arr[np.isfinite(arr)])
             if len(arr) < 2:
                 raise ValueError(f"reference for component {name!r} has {len(arr)} usable values; need >= 2")
             out[name] = tuple(float(v) for v in arr)
         return cls(out)
 
     def cdf(self, name: str, x: float | np.ndarray) -> np.ndarray:
-        """Continuous, strictly increasing CDF of component ``name`` at ``x``, in (0, 1)."""
+        """Continuous, strictly increasing CDF of component ``name`` at ``x``, in (0, 1); tiny at NaN/inf."""
         ref = np.asarray(self.values[name])
         n = len(ref)
         xs, first = np.unique(ref, return_index=True)
@@ -116,8 +121,7 @@ class Reference:
             low = pos[0] * np.exp(np.clip((x - xs[0]) / spread, -700, 0))
             high = 1.0 - (1.0 - pos[-1]) * np.exp(-np.clip((x - xs[-1]) / spread, 0, 700))
         out = np.where(x < xs[0], low, np.where(x > xs[-1], high, inside))
-        bad = ~np.isfinite(x) | (x <= SENTINEL / 2)
-        return np.where(bad, _FLOOR, np.clip(out, _FLOOR, 1.0))
+        return np.where(np.isfinite(x), np.clip(out, _FLOOR, 1.0), _FLOOR)
 
     def to_dict(self) -> dict[str, list[float]]:
         """JSON-ready form."""
@@ -140,16 +144,27 @@ class EnsembleModel:
             raise ValueError(f"the reference has no values for components {missing}")
 
     def __call__(self, values: Mapping[str, float]) -> float:
-        """The ensemble score of one network from its component values."""
+        """The ensemble score of one network from its component values (NaN when all are missing)."""
         return float(self.score_table({k: [values.get(k, math.nan)] for k in self.components})[0])
 
     def score_table(self, table: Mapping[str, Sequence[float]]) -> np.ndarray:
-        """Ensemble scores of many networks from columns of component values (e.g. a proxy cache)."""
+        """Ensemble scores of many networks from columns of component values (e.g. a proxy cache).
+
+        A NaN (missing) or -inf (ranked last) component gives its network a finite score that ranks it
+        last (see the module docstring); NaN where every weighted component is NaN (nothing is known).
+        """
         total = None
+        present = None
+        # Components the fit weighed 0 say nothing about a network; without any weight, all of them count.
+        counted = {c for c, w in zip(self.components, self.weights, strict=True) if w} or set(self.components)
         for name, w in zip(self.components, self.weights, strict=True):
-            term = w * np.log(self.reference.cdf(name, np.asarray(table[name], dtype=float)))
+            col = np.asarray(table[name], dtype=float)
+            term = w * np.log(self.reference.cdf(name, col))
             total = term if total is None else total + term
-        return np.asarray(total, dtype=float)
+            if name in counted:
+                here = ~np.isnan(col)
+                present = here if present is None else present | here
+        return np.where(present, np.asarray(total, dtype=float), np.nan)
 
     def to_dict(self) -> dict:
         """JSON-ready form (components, weights, reference values)."""
@@ -332,8 +347,10 @@ def using(models: Mapping[str, EnsembleModel] | EnsembleModel | None) -> Iterato
 
 
 def _component_values(ctx: Context, components: Sequence[str]) -> dict[str, float]:
-    """Components read from the caller's shared context where it holds their artefacts, else computed."""
+    """Components read from the caller's shared context where it holds their artefacts, else computed;
+    NaN for a missing one. Raises ``RuntimeError`` naming the components that failed."""
     vals: dict[str, float] = {}
+    errors: dict[str, str] = {}
     rest = []
     for name in components:
         spec = get(name)
@@ -342,13 +359,15 @@ def _component_values(ctx: Context, components: Sequence[str]) -> dict[str, floa
             continue
         try:
             value = float(spec.fn(ctx))
-        except (RuntimeError, ValueError, FloatingPointError, ZeroDivisionError,
-                torch.linalg.LinAlgError) as err:
-            log.warning("ensemble component %s failed (%s)", name, err)
-            value = SENTINEL
-        vals[name] = value if math.isfinite(value) else SENTINEL
+        except Exception as err:  # noqa: BLE001 - re-raised below, naming the component
+            errors[name] = f"{type(err).__name__}: {err}"
+            continue
+        vals[name] = value if math.isfinite(value) else math.nan
     if rest:
-        vals.update(score(ctx.model, ctx.batch, rest, seed=ctx.seed, device=ctx.device))
+        vals.update(score(ctx.model, ctx.batch, rest, seed=ctx.seed, device=ctx.device, errors=errors))
+    if errors:  # a failed component is a failed network, never a low but finite ensemble score
+        failed = "; ".join(f"{k} ({v})" for k, v in errors.items())
+        raise RuntimeError(f"ensemble component(s) failed: {failed}")
     return vals
 
 

@@ -64,6 +64,11 @@ SPEC = LayeredSpec(
 LAYER_KEYS = ("operation_type", "operation_parameter", "num_operation_heads", "feed_forward_dimension",
               "num_feed_forward")
 VOCAB_SIZE, EMBEDDING_SIZE, MAX_POSITIONS, TYPE_VOCAB = 30522, 128, 512, 2
+ROUNDING_NOISE = ("at initialisation the sum of this post-LayerNorm encoder's last hidden state does not depend "
+                  "on the input, so this gradient metric measures float rounding (across CPU kernels and thread "
+                  "counts it moves by up to 50 % or turns NaN; see proxies/sequence.py)")
+"""Why the gradient metrics of Serianni & Kalita are unavailable on ``bert`` (measured under
+``ATEN_CPU_CAPABILITY=default/avx2/avx512`` at 1 and 2 threads)."""
 LN_EPS = 1e-12
 
 
@@ -280,6 +285,9 @@ class BertSpace(LayeredSpace):
     """Label-free ``ensemble`` here: the two metrics Serianni & Kalita (ACL 2023) found most predictive of
     trained NAS-Bench-BERT GLUE scores (head confidence, parameter count); fixed from the paper, not fitted."""
     objective = "mlm"
+    unavailable_proxies: dict[str, str] = dict.fromkeys(
+        ("head_importance", "synaptic_diversity", "embedding_jacov"), ROUNDING_NOISE)
+    """Proxies whose value here is rounding noise: ``proxies.check_available`` refuses them, naming why."""
 
     def __init__(self, seq_len: int = 32, reference_code_dims: bool = False, vocab_size: int = VOCAB_SIZE) -> None:
         if not 2 <= seq_len <= MAX_POSITIONS:

@@ -30,13 +30,31 @@ def batch():
 
 
 def test_cdf_is_continuous_increasing_and_in_unit_interval():
-    ref = ens.Reference.from_values({"a": [3.0, 1.0, 2.0, 2.0, 5.0, math.nan, proxies.SENTINEL]})
+    ref = ens.Reference.from_values({"a": [3.0, 1.0, 2.0, 2.0, 5.0, math.nan, -math.inf]})
     assert ref.values["a"] == (1.0, 2.0, 2.0, 3.0, 5.0)
     xs = np.linspace(-10, 20, 601)
     f = ref.cdf("a", xs)
     assert np.all(np.diff(f) > 0) and np.all((f > 0) & (f < 1))
-    assert ref.cdf("a", proxies.SENTINEL) < ref.cdf("a", -1e6) or ref.cdf("a", proxies.SENTINEL) <= 1e-12
-    assert float(ref.cdf("a", math.nan)) == pytest.approx(1e-12)
+    for missing in (math.nan, -math.inf):  # no value ranks below any value
+        assert float(ref.cdf("a", missing)) == pytest.approx(1e-12)
+        assert float(ref.cdf("a", missing)) <= float(ref.cdf("a", -1e6))
+
+
+def test_missing_components_rank_last_and_all_missing_gives_nan():
+    ref = ens.Reference.from_values({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.0, 1.0, 2.0, 3.0]})
+    model = ens.label_free(ref, ("a", "b"))
+    worst_whole = model({"a": 0.0, "b": -1.0})  # below the reference on both components
+    one_missing = [model({"a": math.nan, "b": b}) for b in (0.0, 3.0, 100.0)]
+    assert all(math.isfinite(v) and v < worst_whole for v in one_missing)  # finite, below whole nets
+    assert one_missing[0] >= model({"a": -1e6, "b": -1e6})  # as low as values far beyond the reference
+    assert one_missing[0] < one_missing[1] < one_missing[2]  # the other component still orders them
+    assert model({"b": 3.0}) == one_missing[1]  # an absent key is a missing component
+    assert math.isnan(model({"a": math.nan, "b": math.nan})) and math.isnan(model({}))
+    table = model.score_table({"a": [2.0, math.nan, math.nan, -math.inf], "b": [1.0, 1.0, math.nan, -math.inf]})
+    assert math.isfinite(table[0]) and table[1] < table[0] and math.isnan(table[2])
+    assert math.isfinite(table[3]) and table[3] <= table[1]  # -inf: a benchmark's "scored, ranks last"
+    fitted = ens.EnsembleModel(("a", "b"), (1.0, 0.0), ref)  # a zero weight says nothing about a net
+    assert math.isnan(fitted({"a": math.nan, "b": 2.0})) and math.isfinite(fitted({"a": 2.0, "b": math.nan}))
 
 
 def test_reference_needs_two_finite_values():
@@ -96,10 +114,25 @@ def test_read_labels(tmp_path):
 
 def test_az_components_finite_and_identity_cell_ranks_last(space, batch):
     for text in CELLS:
-        vals = proxies.score(space.build(space.from_string(text)), batch, AZ)
-        assert all(math.isfinite(v) and v != proxies.SENTINEL for v in vals.values())
+        errors: dict[str, str] = {}
+        vals = proxies.score(space.build(space.from_string(text)), batch, AZ, errors=errors)
+        assert all(math.isfinite(v) for v in vals.values()) and not errors, (vals, errors)
     identity = space.from_string("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|")
-    assert proxies.score(space.build(identity), batch, ["az_trainability"])["az_trainability"] == proxies.SENTINEL
+    errors = {}
+    value = proxies.score(space.build(identity), batch, ["az_trainability"], errors=errors)["az_trainability"]
+    assert math.isnan(value) and not errors  # no gradient to condition: ranks last, not a failure
+
+
+def test_ensemble_proxy_fails_with_its_component_instead_of_scoring_low(space):
+    ref = ens.Reference.from_values({"jacov": [-3.0, -2.0, -1.0], "params": [0.1, 0.5, 1.0]})
+    model = space.build(space.from_string(CELLS[0]))
+    one = proxies.calibration_batch(batch_size=1)  # jacov correlates samples: it raises on one
+    errors: dict[str, str] = {}
+    with ens.using(ens.label_free(ref, ("jacov", "params"))):
+        value = proxies.score(model, one, ["ensemble", "params"], errors=errors)
+    assert math.isnan(value["ensemble"]) and value["params"] > 0
+    assert set(errors) == {"ensemble"} and errors["ensemble"].startswith("RuntimeError: ensemble component(s) "
+                                                                         "failed: jacov (")
 
 
 def _fake_components(archs, names):

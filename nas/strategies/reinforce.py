@@ -117,7 +117,8 @@ class _RunningStats:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
     def add(self, x: float) -> None:
-        # Proxy sentinels (-1e30) would wreck the scale; they are scored as infeasible instead.
+        # Missing values (NaN, -inf, or -1e30 sentinels of older runs) would wreck the scale; they are
+        # scored as infeasible instead.
         if not math.isfinite(x) or abs(x) >= 1e29:
             return
         self.n += 1
