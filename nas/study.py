@@ -120,7 +120,8 @@ class Study:
 
     # -- ask / tell ----------------------------------------------------------------------------------
     def ask(self) -> Trial:
-        """One new proposal of the strategy (logged before it is returned)."""
+        """One new proposal of the strategy (logged before it is returned); a strategy with nothing more
+        to propose raises :class:`nas.strategies.Exhausted`."""
         return self.ask_batch(1)[0]
 
     def ask_batch(self, n: int) -> list[Trial]:
@@ -234,7 +235,10 @@ class Study:
     def _optimize_batched(self, ex: executors.Executor, evaluate: Evaluate, budget: int, bar: _Progress) -> None:
         """Ask ``parallelism`` architectures, evaluate them all, tell them together."""
         while len(self._known) < budget and self._stale < MAX_STALE_ASKS:
-            trials = list(self._open) or self.ask_batch(min(ex.parallelism, budget - len(self._known)))
+            try:
+                trials = list(self._open) or self.ask_batch(min(ex.parallelism, budget - len(self._known)))
+            except strategies.Exhausted:
+                break
             todo = list(dict.fromkeys(t.string for t in trials if t.string not in self._known))
             for cand in ex.map(evaluate, todo[: budget - len(self._known)]):
                 self._arrived(cand, budget, bar)
@@ -259,7 +263,10 @@ class Study:
         def feed() -> Iterator[str]:
             yield from leftovers
             while len(self._known) + len(in_flight) < budget and self._stale < MAX_STALE_ASKS:
-                trial = self.ask_batch(1)[0]
+                try:
+                    trial = self.ask_batch(1)[0]
+                except strategies.Exhausted:
+                    return
                 if trial.string in self._known:
                     self._tell_group([trial])
                 elif trial.string in in_flight:

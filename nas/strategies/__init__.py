@@ -36,6 +36,11 @@ class Strategy(Protocol):
         ...
 
 
+class Exhausted(Exception):  # noqa: N818 - a signal, like StopIteration
+    """Raised by ``ask`` of a strategy with nothing more to propose (e.g. a one-shot method after its
+    last epoch); the study then ends the search before its budget."""
+
+
 registry: Registry[Callable[..., Strategy]] = Registry("strategy")
 
 
