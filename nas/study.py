@@ -179,9 +179,13 @@ class Study:
 
     # -- the loop ------------------------------------------------------------------------------------
     def evaluator(self) -> Evaluate:
-        """The proxy evaluator this study's settings describe (built once, on first use)."""
+        """The evaluator this study's settings describe (built once): the proxies', or the strategy's own
+        for a strategy that scores its proposals itself (a one-shot method's inherited-weight accuracy)."""
         if self._evaluator is None:
-            self._evaluator = build_evaluator(self.config, self.space, self._batch)
+            if self.config.get("evaluator") == "strategy":
+                self._evaluator = self.strategy.evaluate  # type: ignore[attr-defined]
+            else:
+                self._evaluator = build_evaluator(self.config, self.space, self._batch)
         return self._evaluator
 
     def optimize(self, evaluate: Evaluate | None = None, budget: int | None = None,
@@ -385,6 +389,11 @@ def create_study(
     objective_names, custom = _register_custom(objectives)
     extra, custom_extra = _register_custom(proxies)
     strategy_name, strategy_opts, strategy_obj = _resolve_strategy(strategy)
+    own = strategy_obj if strategy_obj is not None else (
+        strategies.registry.get(strategy_name) if strategy_name in strategies.registry else None)
+    if evaluator == "proxies" and callable(getattr(own, "evaluate", None)):
+        evaluator = "strategy"  # e.g. a one-shot method: its supernet scores what it proposes
+        objective_names = objective_names or list(getattr(own, "default_objectives", []))
     if strategy_options:
         if strategy_obj is not None or strategy_opts:
             raise ValueError("strategy_options go with a strategy name; a strategy spec or object carries its own")
