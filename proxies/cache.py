@@ -24,10 +24,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "zcnas")
 
 
-def data_key(name: str, inputs: Any) -> str:
-    """A short key naming a calibration batch by its name and a digest of its contents."""
-    digest = hashlib.sha1(inputs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-    return f"{name}:{digest}"
+def data_key(name: str, inputs: Any, targets: Any = None) -> str:
+    """A short key naming a calibration batch by its name and a digest of its inputs and targets.
+
+    The targets count because loss-based proxies (snip, grasp, fisher, ...) read them: the same images
+    with other labels (CIFAR-100 fine vs coarse, a relabelled ``.npz``) must not share values.
+    """
+    digest = hashlib.sha1(inputs.detach().cpu().contiguous().numpy().tobytes())
+    if targets is not None:
+        digest.update(b"targets")
+        digest.update(targets.detach().cpu().contiguous().numpy().tobytes())
+    return f"{name}:{digest.hexdigest()[:16]}"
 
 
 class ProxyCache:

@@ -68,8 +68,6 @@ def test_different_images_never_share_entries(tmp_path):
     assert a["synflow"] == pytest.approx(b["synflow"], rel=1e-6)  # data-free: same value, own entry
 
 
-@pytest.mark.xfail(strict=False, reason="collision: proxies.cache.data_key digests the batch's inputs only, "
-                   "so a batch with the same images and other labels reads the first one's loss-based values")
 def test_different_labels_never_share_entries(tmp_path):
     cache = ProxyCache(tmp_path)
     data = batch()

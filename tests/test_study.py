@@ -60,7 +60,8 @@ def test_a_run_whose_candidates_all_fail_stops_with_the_first_error_and_no_best(
                    out=tmp_path / "r", progress=False, plot=False, cache=tmp_path / "cache")
     stored = RunStore(tmp_path / "r").candidates()
     assert 0 < len(stored) <= 5  # stopped at once, not after the whole budget
-    assert all(c.status == "failed" and "missing" in c.error and not c.scores for c in stored)
+    assert all(c.status == "failed" and "missing" in c.error for c in stored)
+    assert all(math.isnan(c.scores["always_raises"]) for c in stored)  # never a number
     assert not (tmp_path / "r" / "best.json").exists()
     cached = proxies.ProxyCache(tmp_path / "cache")
     assert len(cached) == 0  # a failure is never cached, nor the other values of a failed candidate

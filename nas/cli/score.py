@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+import sys
 
 import proxies as proxy_lib
 import search_spaces
@@ -18,6 +20,7 @@ from nas.cli.common import (
     space_options,
     split_names,
 )
+from nas.errors import SearchFailed
 from nas.evaluate import Evaluator
 from nas.exploit import resolve_labels
 from proxies.cache import resolve_cache
@@ -51,13 +54,19 @@ def run(args: argparse.Namespace) -> int:
     cache = resolve_cache(cache_option(args))
     space = search_spaces.get(args.space, **space_options(args))
     singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]
-    names = singles if args.proxies == "all" else split_names(args.proxies)
+    if args.proxies == "all":  # every single proxy the space offers
+        names = [n for n in singles if n not in proxy_lib.unavailable(space, singles)]
+    else:
+        names = split_names(args.proxies)
     for name in names:
         proxy_lib.get(name)
+    proxy_lib.check_available(space, names)
     archs = read_arch_file(space, args.arch_file)
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
     labels = resolve_labels(space, args.labels, args.label_queries, args.seed)
     evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=labels, device=device, cache=cache)
+    failed: list[str] = []
+    scored = False  # some proxy gave a number somewhere
     with open(args.out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", *names])
@@ -65,4 +74,12 @@ def run(args: argparse.Namespace) -> int:
             cand = evaluate(space.to_string(arch))
             writer.writerow([text, *(repr(cand.scores.get(n, float("nan"))) for n in names)])
             f.flush()
+            if cand.status != "ok":
+                failed.append(f"{text}: {cand.error}")
+            scored = scored or any(math.isfinite(v) for v in cand.scores.values())
+    if failed:
+        print(f"nas score: {len(failed)} of {len(archs)} architectures had a proxy that failed (NaN in "
+              f"{args.out}); the first: {failed[0]}", file=sys.stderr)
+        if not scored:
+            raise SearchFailed(f"no proxy could be computed on any architecture; the first: {failed[0]}")
     return 0
