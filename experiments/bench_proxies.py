@@ -44,8 +44,7 @@ def main() -> None:
     suite_wall = suite_cpu = 0.0
     alone_cpu = {n: 0.0 for n in names}
     for i, arch in enumerate(archs):
-        torch.manual_seed(i)
-        model = space.build(arch)
+        model = search_spaces.build_seeded(space, arch, i)
         proxies.score(model, batch, ["params"], device="cpu")  # warm-up (allocator, kernels)
         for name in names:
             t, c = time.perf_counter(), time.process_time()

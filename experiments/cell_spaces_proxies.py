@@ -82,9 +82,7 @@ def score_archs(space: search_spaces.SearchSpace, archs: Sequence[object], names
         if evaluate is not None:
             scores = evaluate(space.to_string(arch)).scores
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed(seed, space.to_string(arch)))
-                model = space.build(arch)
+            model = search_spaces.build_seeded(space, arch, init_seed(seed, space.to_string(arch)))
             scores = proxies.score(model, batch, list(names), seed=seed, device="cpu")
         for name, value in scores.items():
             values[name][i] = value

@@ -32,8 +32,7 @@ def _values(cells: int, batch_size: int, seed: int, names: list[str], singles: b
     out: dict[str, float] = {}
     for i in range(cells):
         arch = space.sample(rng)
-        torch.manual_seed(i)
-        model = space.build(arch)
+        model = search_spaces.build_seeded(space, arch, i)
         key = space.to_string(arch)
         for name, v in proxies.score(model, batch, names, seed=seed, device="cpu").items():
             out[f"{key}|suite|{name}"] = v

@@ -38,8 +38,7 @@ def main() -> None:
     scores = {(p, s): [] for p in args.proxies for s in args.scales}
     seconds = {(p, s): 0.0 for p in args.proxies for s in args.scales}  # CPU seconds (process time)
     for i, arch in enumerate(archs):
-        torch.manual_seed(args.seed)
-        model = space.build(arch)
+        model = search_spaces.build_seeded(space, arch, args.seed)
         for s in args.scales:
             side = search_spaces.get("ofa", proxy_scale=s).proxy_input_shape(arch)[1]
             batch = base.resized((side, side))

@@ -99,9 +99,8 @@ def score_archs(space: object, archs: list[object], batch: proxies.Batch, names:
     shared_cpu, shared_wall, build_cpu = [], [], []
     alone = {p: [] for p in names}
     for i, arch in enumerate(archs):
-        torch.manual_seed(seed + i)
         cpu = time.process_time()
-        model = space.build(arch)
+        model = search_spaces.build_seeded(space, arch, seed + i)
         build_cpu.append(time.process_time() - cpu)
         scores, c, w = timed(lambda m=model: proxies.score(m, batch, names, seed=seed, device="cpu"))
         shared_cpu.append(c)

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 import proxies as proxy_lib
 from nas.run import Candidate
 from proxies.cache import ENV_VAR, ProxyCache, data_key
 from proxies.engine import ENGINE_VERSION
-from search_spaces import SearchSpace, arch_input_shape
+from search_spaces import SearchSpace, arch_input_shape, build_seeded
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,7 @@ class Evaluator:
             missing = [n for n in names if n not in scores]
             model = None
             if missing or "params" not in scores:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(init_seed(self.seed, arch_string))
-                    model = self.space.build(arch)
+                model = build_seeded(self.space, arch, init_seed(self.seed, arch_string))
             if missing:
                 new = proxy_lib.score(model, batch, missing, seed=self.seed, device=self.device)
                 scores.update(new)

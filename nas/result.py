@@ -159,15 +159,21 @@ class SearchResult:
             self.plot(run_dir / "pareto.png")
 
     def export_best(self, path: str | os.PathLike[str], space: Any = None) -> str | None:
-        """Export the best candidate to ONNX through its space; ``None`` when nothing is feasible."""
+        """Export the best candidate to ONNX through its space; ``None`` when nothing is feasible.
+
+        The network has the initial weights that were scored (``init_seed(seed, arch)``), so the file
+        depends on the run alone, and building it cannot disturb a search in another thread.
+        """
+        import search_spaces
+        from nas.evaluate import init_seed
+
         best = self.best
         if best is None:
             return None
         if space is None:
-            import search_spaces
-
             space = search_spaces.get(self.config["space"], **self.config.get("space_options", {}))
-        return space.to_onnx(space.from_string(best.arch), path)
+        seed = init_seed(int(self.config.get("seed", 0)), best.arch)
+        return search_spaces.to_onnx_seeded(space, space.from_string(best.arch), path, seed)
 
 
 def _value(cand: Candidate, name: str) -> float:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from nas.registry import Registry
+from nas.rng import seeded_global_rng
 from proxies.data import Batch
 from proxies.fastops import fast_cpu_ops
 
@@ -158,9 +159,9 @@ def score(model: nn.Module, batch: Batch, names: Iterable[str], seed: int = 0,
              if not isinstance(v, nn.Parameter)}
     was_training = model.training
     out: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            fast_cpu_ops(device.type == "cpu"):
-        torch.manual_seed(seed)
+    # Dropout masks and re-initialisations (AZ-NAS) draw from the global RNG: seed it, holding the lock
+    # that every seeded section shares, so that scores in other threads never reseed it mid-pass.
+    with seeded_global_rng(seed, [device]), fast_cpu_ops(device.type == "cpu"):
         ctx = Context(model, batch, needs, seed)
         try:
             if _degenerate(ctx):

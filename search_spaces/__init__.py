@@ -14,10 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 from nas.registry import Registry, UnknownNameError
-from search_spaces.base import Arch, ArchError, SearchSpace, arch_input_shape, export_onnx
+from search_spaces.base import (
+    Arch,
+    ArchError,
+    SearchSpace,
+    arch_input_shape,
+    build_seeded,
+    export_onnx,
+    to_onnx_seeded,
+)
 
 __all__ = [
-    "Arch", "ArchError", "SearchSpace", "UnknownNameError", "arch_input_shape", "export_onnx",
+    "Arch", "ArchError", "SearchSpace", "UnknownNameError", "arch_input_shape", "build_seeded", "export_onnx",
+    "to_onnx_seeded",
     "get", "list", "register", "registry", "describe",
 ]
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas.rng import seeded_global_rng
+
 Arch = Hashable
 """An architecture is an immutable, hashable value owned by its space (tuple, frozen dataclass, ...)."""
 
@@ -140,6 +142,25 @@ def default_to_onnx(space: SearchSpace, arch: Arch, path: str | os.PathLike[str]
     model = space.build(arch)
     example = torch.zeros(batch_size, *arch_input_shape(space, arch))
     return export_onnx(model, example, path)
+
+
+def build_seeded(space: SearchSpace, arch: Arch, seed: int, **options: Any) -> nn.Module:
+    """Build ``arch`` with its initialisation drawn from ``seed`` alone, whatever other threads do.
+
+    Torch modules initialise themselves from the process-global generator and take no generator of
+    their own, so the build runs under :func:`nas.rng.seeded_global_rng`: a process-wide lock around
+    ``fork_rng`` + ``manual_seed(seed)``. The weights are bit-identical to those of the unlocked
+    ``torch.manual_seed(seed); space.build(arch)`` (cached proxy values and published numbers stay
+    valid), and the caller's global RNG state is left as it was. ``options`` go to ``space.build``.
+    """
+    with seeded_global_rng(seed):
+        return space.build(arch, **options)
+
+
+def to_onnx_seeded(space: SearchSpace, arch: Arch, path: str | os.PathLike[str], seed: int) -> str:
+    """``space.to_onnx(arch, path)`` with the weights of :func:`build_seeded` ``(space, arch, seed)``."""
+    with seeded_global_rng(seed):  # to_onnx builds its own network from the global generator
+        return space.to_onnx(arch, path)
 
 
 def suggest_choices(space: Any, trial: Any) -> list[int]:
