@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
+import math
 import time
 import traceback
 import zlib
@@ -16,7 +16,7 @@ import numpy as np
 
 import proxies as proxy_lib
 from nas.run import Candidate
-from proxies.cache import ENV_VAR, ProxyCache, data_key
+from proxies.cache import ProxyCache, data_key
 from proxies.engine import ENGINE_VERSION
 from search_spaces import SearchSpace, arch_input_shape, build_seeded
 
@@ -53,8 +53,10 @@ class Evaluator:
 
     Each network is initialised from ``init_seed(seed, arch)``, so a value depends only on the
     architecture, the data and the seed. With a :class:`proxies.ProxyCache`, cached proxy values are
-    reused and new ones stored; a network is built only when some value is missing. Without one, the
-    cache in ``$ZCNAS_CACHE_DIR`` is used when that variable is set (an opt-in for every search).
+    reused and new ones stored; a network is built only when some value is missing (``cache=None``: no
+    cache; ``nas.search`` passes the default one). A proxy that raises makes the candidate ``failed``
+    with the proxy's error and NaN in its place (the values that were computed stay, and are cached);
+    a failed candidate is never feasible, never a score.
     """
 
     space: SearchSpace
@@ -70,8 +72,6 @@ class Evaluator:
     _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.cache is None and os.environ.get(ENV_VAR):
-            self.cache = ProxyCache()
         if proxy_lib.ensemble.needs_ensemble(self.proxies) and not self.ensembles:
             # The label-free reference is drawn from the space with the run's seed, so values are stable.
             rng = np.random.default_rng(self.seed)
@@ -101,18 +101,25 @@ class Evaluator:
             model = None
             if missing or "params" not in scores:
                 model = build_seeded(self.space, arch, init_seed(self.seed, arch_string))
+            failure = None
             if missing:
-                new = proxy_lib.score(model, batch, missing, seed=self.seed, device=self.device)
+                errors: dict[str, str] = {}
+                new = proxy_lib.score(model, batch, missing, seed=self.seed, device=self.device, errors=errors)
+                self._store(arch_string, shape, {n: v for n, v in new.items() if n not in errors})
                 scores.update(new)
-                self._store(arch_string, shape, new)
-            scores.update(proxy_lib.ensemble.combine(self.ensembles, scores))
-            scores = {n: scores[n] for n in self.proxies}
+                if errors:  # the values that were computed stay visible; the candidate is not a score
+                    failure = "; ".join(f"proxy {n} failed: {e}" for n, e in errors.items())
+                    log.warning("evaluation of %s failed: %s", arch_string, failure)
+            if failure is None:
+                scores.update(proxy_lib.ensemble.combine(self.ensembles, scores))
+            scores = {n: scores.get(n, math.nan) for n in self.proxies}
             params = scores["params"] if "params" in scores else \
                 sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
             metrics: dict[str, float] = {"params": params}
             if self.target is not None:
                 metrics["latency_ms"] = float(self.target.predict(self.space, [arch])[0])
-            return Candidate(arch_string, scores, metrics, wall_s=time.perf_counter() - start)
+            return Candidate(arch_string, scores, metrics, status="failed" if failure else "ok", error=failure,
+                             wall_s=time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - a failed candidate must never stop a search
             log.warning("evaluation of %s failed: %s", arch_string, err)
             return Candidate(arch_string, {}, {}, status="failed",
@@ -122,7 +129,7 @@ class Evaluator:
     def _key(self, shape: tuple[int, ...]) -> dict[str, Any]:
         if shape not in self._data_keys:
             batch = self._batch_for(shape)
-            self._data_keys[shape] = data_key(batch.name, batch.inputs)
+            self._data_keys[shape] = data_key(batch.name, batch.inputs, batch.targets)
         return {"space": space_key(self.space), "data": self._data_keys[shape],
                 "batch_size": int(self.batch.inputs.shape[0]), "seed": self.seed}
 

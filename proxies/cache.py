@@ -9,6 +9,7 @@ import hashlib
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ def data_key(name: str, inputs: Any, targets: Any = None) -> str:
 
 
 class ProxyCache:
-    """A SQLite table of proxy values; safe to share between processes and picklable (it reconnects).
+    """A SQLite table of proxy values; safe to share between processes and threads (one connection per
+    thread) and picklable (it reconnects).
 
     Example:
         >>> import tempfile
@@ -52,23 +54,29 @@ class ProxyCache:
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.dir = Path(directory) if directory is not None else default_cache_dir()
         self.path = self.dir / DB_NAME
-        self._db: sqlite3.Connection | None = None
+        self._local = threading.local()  # SQLite connections may not cross threads (nas sweep, notebooks)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"dir": self.dir, "path": self.path, "_db": None}
+        return {"dir": self.dir, "path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
+            db = sqlite3.connect(self.path, timeout=60.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS proxy_values (space TEXT NOT NULL, arch TEXT NOT NULL, "
                 "proxy TEXT NOT NULL, data TEXT NOT NULL, batch_size INTEGER NOT NULL, seed INTEGER NOT NULL, "
                 "value REAL NOT NULL, PRIMARY KEY (space, arch, proxy, data, batch_size, seed))")
-            self._db.commit()
-        return self._db
+            db.commit()
+            self._local.db = db
+        return db
 
     def get(self, space: str, arch: str, proxies: Iterable[str], data: str, batch_size: int,
             seed: int) -> dict[str, float]:
@@ -102,9 +110,10 @@ class ProxyCache:
 
     def close(self) -> None:
         """Close the connection (it reopens on next use)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
 
 
 def resolve_cache(cache: bool | str | os.PathLike[str] | ProxyCache | None) -> ProxyCache | None:

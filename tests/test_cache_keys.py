@@ -168,3 +168,26 @@ def test_cache_values_round_trip_exactly(tmp_path):
     values = {f"p{i}@1": float(v) for i, v in enumerate(np.random.default_rng(0).normal(size=5) * 1e3)}
     cache.put(values=values, **key)
     assert cache.get(proxies=list(values), **key) == values
+
+
+def test_one_cache_serves_several_threads(tmp_path):
+    import threading
+
+    cache = ProxyCache(tmp_path)
+    key = {"space": "s", "data": "d", "batch_size": 1, "seed": 0}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for k in range(20):
+                cache.put(arch=f"a{i}-{k}", values={"p@1": float(k)}, **key)
+                assert cache.get(arch=f"a{i}-{k}", proxies=["p@1"], **key) == {"p@1": float(k)}
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(cache) == 60
