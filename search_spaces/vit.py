@@ -81,6 +81,8 @@ class ViTSpace(HeadsRatioJSON, LayeredSpace):
     """
 
     name = "vit"
+    unavailable_proxies = {"zen": "Zen-NAS reads the feature map before global average pooling, and a ViT's "
+                                  "head reads its class token instead of pooling one"}
     description = "AutoFormer-T vision transformers: embed dim, 12-14 layers, heads & MLP ratio per layer"
     input_kind = "image"
     ensemble_components = ("synaptic_diversity", "snip", "params")
