@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["search", "load_run", "SearchResult", "Study", "Trial", "create_study", "load_study", "__version__"]
+__all__ = ["search", "load_run", "SearchResult", "Study", "Trial", "create_study", "load_study", "train",
+           "TrainResult", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +21,12 @@ def __getattr__(name: str) -> Any:
         from nas import loop as _loop
 
         return getattr(_loop, name)
+    if name in ("train", "TrainResult"):
+        # The implementation is ``nas.training``: a submodule named ``nas/train.py`` would replace this
+        # function with itself as ``nas.train`` the moment anything imported it.
+        from nas import training as _training
+
+        return getattr(_training, name)
     if name == "load_run":
         from nas.run import load_run
 
