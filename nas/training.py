@@ -114,10 +114,11 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
     dev = _device(device)
     dist = _Distributed.start(dev)
     try:
-        if dist.world > 1 and dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.rank)))
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
+        if dev.type == "cuda" and dev.index is None:  # one GPU per process under torchrun
+            local = int(os.environ.get("LOCAL_RANK", dist.rank)) if dist.world > 1 else torch.cuda.current_device()
+            dev = torch.device("cuda", local)
+        if dev.type == "cuda" and dist.world > 1:
+            torch.cuda.set_device(dev)  # NCCL's collectives run on the current device
         settings, out_dir = _settings(space, arch, data, epochs, batch_size, lr, train_size, val_size, seed,
                                       out, space_options, resume, recipe, amp, dist.world)
         # Loading the data and building the network check the rest of the input before anything is written
@@ -216,8 +217,10 @@ def _device(device: str | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"--device {device!r}: {str(err).splitlines()[0]}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this machine has no CUDA device")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s)")
     return dev
 
 
