@@ -107,7 +107,7 @@ def _from_folder(folder: Path) -> ImageData:
     x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
     y = np.array([label for _, label in files], dtype=np.int64)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
+    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent decoders never share it
     np.savez(tmp, x=x, y=y)
     os.replace(tmp, cached)  # a concurrent reader never sees half a file
     return ImageData(torch.from_numpy(x), torch.from_numpy(y), tuple(classes))
@@ -169,6 +169,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: boo
         cx = torch.randint(0, w, (n,), generator=generator).to(dev)
         ys = torch.arange(h, device=dev)[None, :, None]
         xs = torch.arange(w, device=dev)[None, None, :]
-        hole = ((ys - cy[:, None, None]).abs() <= cutout // 2) & ((xs - cx[:, None, None]).abs() <= cutout // 2)
+        half = cutout // 2  # a cutout x cutout square centred on (cy, cx), clipped at the border (DARTS)
+        dy, dx = ys - cy[:, None, None], xs - cx[:, None, None]
+        hole = (dy >= -half) & (dy < cutout - half) & (dx >= -half) & (dx < cutout - half)
         x = x * (~hole)[:, None].to(x.dtype)
     return x.contiguous()
