@@ -666,13 +666,11 @@ def _normalise_setting(key: str, value: Any, config: dict[str, Any]) -> Any:
     if key == "space":
         return value if isinstance(value, str) else value.name
     if key == "labels":
-        from nas.exploit import resolve_labels as _labels
-
-        return [tuple(x) for x in _labels(None, value, None, 0) or []] or None
+        return [tuple(x) for x in resolve_labels(None, value, None, 0) or []] or None
     if key == "space_options":  # only the options given must agree; the space's defaults fill the rest
         stored = config.get("space_options", {})
         return {**stored, **value}
-    if key in ("strategy_options",):
+    if key == "strategy_options":
         return dict(value)
     if key in ("latency_ms", "max_params", "max_flops"):
         return float(value)
