@@ -1,0 +1,204 @@
+"""Differentiable one-shot search on NAS-Bench-201 (issue 18, must-show 2 and 4): DARTS, its collapse at a
+higher architecture learning rate, PC-DARTS at that rate, and GDAS, over seeds.
+
+Each run is a study in its own run directory (``OUT/<method>-s<seed>``) driven through the registered
+strategy, so it writes what any one-shot run writes (``supernet.pt``, ``alpha.csv``, ``alpha.png``,
+``oneshot.csv``) and resumes where it stopped when started again. Per run it prints the cell derived
+after the last epoch, its CIFAR-10 test accuracy in NAS-Bench-201 (``--accuracy-table``; the benchmark is
+read only for this report), its parameter-free edges (none / skip / pool), the supernet's accuracy with
+that cell (``acc_ws``), wall time and seconds per epoch; then one table per method, and memory: resident
+memory (RSS) over the epochs of every run (flat within 10%?) and, with ``--memory``, the peak RSS of one
+supernet step at batch 64 measured in a fresh process.
+
+Runs are independent processes (``--jobs``); on a GPU they share the one device. Sizing: a run costs
+``epochs x`` (seconds per epoch); ``--epochs 1`` first gives that number under the same load.
+
+Usage (CPU smoke test, then the full benchmark on a GPU machine):
+    python experiments/oneshot_nb201.py --epochs 2 --seeds 0 --train-size 1000 --jobs 2
+    python experiments/oneshot_nb201.py --device cuda --jobs 12 --channels 16 --cells 1 --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import resource
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+DATA = "../shared/data/cifar10_jpeg"
+TABLE = "../shared/data/nb201_accuracy.csv"
+
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "darts": ("darts", {"order": 1, "arch_lr": 3e-4}),
+    "darts-lr1.5e-3": ("darts", {"order": 1, "arch_lr": 1.5e-3}),
+    "pcdarts-lr1.5e-3": ("pcdarts", {"K": 4, "arch_lr": 1.5e-3}),
+    "gdas": ("gdas", {}),
+}
+"""Label -> (registered strategy, options): DARTS as published, the collapse setting, PC-DARTS at it, GDAS."""
+
+PUBLISHED = {"darts": 54.30, "darts-lr1.5e-3": 54.30, "pcdarts-lr1.5e-3": 93.41, "gdas": 93.61}
+"""Published NAS-Bench-201 CIFAR-10 test accuracies of the methods' cells (GPU, C=16, N=5)."""
+
+
+def run_one(label: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
+    """One search (or its resume) in a fresh process; returns the row of its table."""
+    import torch
+
+    torch.set_num_threads(args["threads"])
+    import nas
+    import search_spaces
+    from search_spaces.nb201_supernet import PARAM_FREE
+
+    space = search_spaces.get("nb201", channels=args["channels"], cells_per_stage=args["cells"])
+    name, options = METHODS[label]
+    options = {**options, "data": args["data"], "train_size": args["train_size"], "epochs": args["epochs"],
+               "batch_size": args["batch_size"], "device": args["device"]}
+    run_dir = Path(args["out"]) / f"{label}-s{seed}"
+    start = time.perf_counter()
+    if (run_dir / "run.sqlite").exists():
+        study = nas.load_study(run_dir, space=space)
+    else:
+        study = nas.create_study(space, ["acc_ws"], name, storage=run_dir, seed=seed, strategy_options=options,
+                                 evaluator="custom")
+    with study:
+        strategy = study.strategy
+        study.optimize(evaluate=strategy.evaluate, budget=10**6)
+        cell = strategy.final
+        history = strategy.history
+    # Memory is judged from the first epoch with architecture steps on (PC-DARTS' warm-up epochs take
+    # none, and the first such step allocates its buffers once).
+    first_arch = next((i for i, h in enumerate(history) if h["arch_loss"] is not None), 0)
+    rss = [h["rss_mb"] for h in history[first_arch:]]
+    table = search_spaces.get("nb201", accuracy_table=args["accuracy_table"]) if args["accuracy_table"] else None
+    return {
+        "method": label, "seed": seed, "arch": space.to_string(cell),
+        "test_acc": table.accuracy(cell) if table is not None else float("nan"),
+        "param_free": sum(op in PARAM_FREE for op in cell), "acc_ws": history[-1]["acc_ws"],
+        "wall_s": time.perf_counter() - start, "s_per_epoch": statistics.median(h["seconds"] for h in history),
+        "epochs": len(history), "rss_from_epoch": first_arch + 1, "rss_first_mb": rss[0], "rss_max_mb": max(rss), "rss_last_mb": rss[-1],
+    }
+
+
+def step_memory(args: dict[str, Any]) -> dict[str, float]:
+    """Peak RSS (and GPU memory) of one DARTS supernet step (architecture + weights) at batch 64."""
+    import torch
+
+    torch.set_num_threads(args["threads"])
+    import search_spaces
+    from nas.datasets import normalise
+    from nas.strategies.oneshot import DARTS
+
+    space = search_spaces.get("nb201", channels=args["channels"], cells_per_stage=args["cells"])
+    s = DARTS(space, seed=0, data=args["data"], train_size=args["train_size"], epochs=1, batch_size=64,
+              device=args["device"])
+    s._setup()  # data on the device, supernet and optimizers built: everything but the step
+    (xw, yw), (xa, ya) = s._halves
+    gen = torch.Generator().manual_seed(0)
+    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from nas.strategies.oneshot import _rss_mb
+
+    before = _rss_mb()
+    if s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    s._arch_step((normalise(xa[:64]), ya[:64]), (normalise(xw[:64]), yw[:64]), 0.025, 0, gen)
+    s._weight_step((normalise(xw[:64]), yw[:64]), 0, gen)
+    out = {"rss_before_mb": before, "peak_before_mb": before_peak,
+           "peak_after_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_mb": _rss_mb()}
+    if s.device.type == "cuda":
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def print_tables(rows: list[dict[str, Any]], epochs: int) -> None:
+    """One table per method, with its mean and the published reference."""
+    for label in METHODS:
+        mine = sorted((r for r in rows if r["method"] == label), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        print(f"\n{label}  ({METHODS[label][0]} {METHODS[label][1]}, {epochs} epochs)")
+        print(f"{'seed':>4}  {'derived cell':<88} {'test%':>6} {'pfree':>5} {'acc_ws':>6} {'wall s':>7} {'s/ep':>6}")
+        for r in mine:
+            print(f"{r['seed']:>4}  {r['arch']:<88} {r['test_acc']:>6.2f} {r['param_free']:>5} {r['acc_ws']:>6.2f} "
+                  f"{r['wall_s']:>7.0f} {r['s_per_epoch']:>6.2f}")
+        accs = [r["test_acc"] for r in mine]
+        good = sum(r["param_free"] <= 1 and r["test_acc"] >= 92.0 for r in mine)
+        print(f"      mean test {statistics.mean(accs):.2f}% (published {PUBLISHED[label]:.2f}); "
+              f"cells with <= 1 parameter-free edge and >= 92.0%: {good} of {len(mine)}")
+    print("\nresident memory over epochs (MB) from the first epoch with architecture steps: first / max / last,"
+          " flat within 10%?")
+    for r in rows:
+        flat = r["rss_max_mb"] <= 1.10 * r["rss_first_mb"]
+        print(f"  {r['method']:<18} s{r['seed']}  from epoch {r['rss_from_epoch']}: {r['rss_first_mb']:.0f} / "
+              f"{r['rss_max_mb']:.0f} / {r['rss_last_mb']:.0f}  {'flat' if flat else 'GROWS'}")
+
+
+def main() -> None:
+    """Parse flags, run every (method, seed) in parallel processes, print the tables."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--accuracy-table", default=TABLE if Path(TABLE).is_file() else None)
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--train-size", type=int, default=10000, help="5k/5k weight/architecture halves")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--cells", type=int, default=1, help="cells per stage (N)")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, one process each")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--memory", action="store_true", help="also measure one supernet step's peak RSS")
+    p.add_argument("--out", default="experiments/out/oneshot_nb201")
+    p.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first")
+    a = p.parse_args()
+    if a.fresh and Path(a.out).exists():
+        shutil.rmtree(a.out)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    args = {k: getattr(a, k) for k in ("data", "accuracy_table", "epochs", "train_size", "batch_size", "channels",
+                                       "cells", "device", "threads", "out")}
+    from nas.datasets import load_split
+
+    load_split(a.data, "train")  # decode a folder once into the cache before the workers read it
+    labels = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = sorted(set(labels) - set(METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
+    jobs = [(label, int(s)) for label in labels for s in a.seeds.split(",")]
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=a.jobs, mp_context=ctx) as pool:
+        memory = pool.submit(step_memory, args) if a.memory else None
+        futures = {pool.submit(run_one, label, seed, args): (label, seed) for label, seed in jobs}
+        for fut in futures:
+            row = fut.result()
+            rows.append(row)
+            print(f"{row['method']:<18} seed {row['seed']}: {row['arch']} test {row['test_acc']:.2f}% "
+                  f"pfree {row['param_free']} acc_ws {row['acc_ws']:.2f}% {row['wall_s']:.0f} s "
+                  f"({row['s_per_epoch']:.2f} s/epoch)", flush=True)
+        mem = memory.result() if memory is not None else None
+    print_tables(rows, a.epochs)
+    if mem is not None:
+        print(f"\none DARTS supernet step at batch 64 (C={a.channels}, N={a.cells}): RSS {mem['rss_before_mb']:.0f} MB "
+              f"before, {mem['rss_after_mb']:.0f} MB after; peak RSS {mem['peak_before_mb']:.0f} MB before the step, "
+              f"{mem['peak_after_mb']:.0f} MB after it"
+              + (f"; GPU peak {mem['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in mem else ""))
+    total = time.perf_counter() - started
+    print(f"\n{len(rows)} runs in {total:.0f} s with {a.jobs} jobs")
+    with open(Path(a.out) / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (Path(a.out) / "summary.json").write_text(json.dumps({"args": vars(a), "rows": rows, "step_memory": mem,
+                                                          "total_s": total}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

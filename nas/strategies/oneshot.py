@@ -1,0 +1,503 @@
+"""Differentiable one-shot search (DARTS, PC-DARTS, GDAS) on NAS-Bench-201, as ask/tell strategies.
+
+A differentiable method owns its epoch loop but records each epoch's genotype as a trial of the study:
+``ask(1)`` trains the supernet (:mod:`search_spaces.nb201_supernet`) for one epoch and returns the cell
+derived from alpha; after ``epochs`` epochs ``ask`` raises :class:`~nas.strategies.Exhausted`. Each
+derived cell's score comes from :meth:`evaluate`: ``acc_ws``, the accuracy (%) of the supernet with that
+cell's ops fixed on the architecture half of the data, and ``param_free_edges`` (none/skip/pool edges),
+computed right after the epoch and looked up afterwards. (Discretisation gap: a DARTS supernet is trained
+as a mixture, so a single path cut out of it scores far below the mixture; ``arch_acc`` in ``oneshot.csv``
+is the mixture's accuracy on the architecture batches.)
+
+Recipe (DARTS, Liu et al. 2019, sec. 3.1 and its CIFAR-10 search; NAS-Bench-201's DARTS baselines use the
+same): the training split's class-balanced ``train_size`` subset is halved (:func:`nas.datasets.split_in_two`);
+weights train on the first half with SGD (lr 0.025 cosine to 0.001 over the epochs, momentum 0.9, weight
+decay 3e-4, gradient norm clipped at 5), architecture parameters on the second with Adam (lr ``arch_lr``
+3e-4, betas (0.5, 0.999), weight decay 1e-3); batches of 64 with random crop and flip on both halves.
+Each step first updates the architecture on an architecture batch, then the weights on a weight batch.
+
+* ``darts``: ``order=1`` uses the gradient of the validation loss at the current weights; ``order=2`` the
+  unrolled gradient of DARTS eq. 7, its Hessian-vector product by finite differences (eq. 8).
+* ``pcdarts`` (Xu et al. 2020): partial channels (``K=4``: a quarter of each edge's channels through its
+  ops), edge normalisation (beta), and alpha frozen for the first ``warmup_epochs=15`` epochs, as the paper.
+* ``gdas`` (Dong & Yang 2019): one op per edge drawn by Gumbel-max each step, only that op computed, and
+  straight-through gradients; the temperature falls linearly from ``tau_max=10`` to ``tau_min=0.1``.
+
+Run storage: the study hands a strategy that sets ``uses_storage`` a file path inside the run directory;
+the strategy writes beside it ``supernet.pt`` (model, alpha, optimizers, scheduler, epoch, and every
+epoch's genotype and scores: atomic, read with ``weights_only=True``), ``alpha.csv`` (softmax(alpha) per
+epoch and edge), ``oneshot.csv`` (per epoch: cell, scores, losses, seconds, memory) and ``alpha.png``.
+On resume the study replays its logged asks: an epoch the checkpoint already holds is answered from it
+without training, and training goes on live from the checkpoint's epoch. Every epoch draws its data order,
+augmentation and Gumbel noise from generators seeded by (seed, epoch), so an interrupted and resumed run
+ends with the same genotypes and alpha as an uninterrupted one (bit for bit on CPU; cuDNN may differ).
+
+Example:
+    >>> import search_spaces
+    >>> space = search_spaces.get("nb201", channels=8, cells_per_stage=1)
+    >>> darts = DARTS(space, seed=0, data="cifar10_jpeg", epochs=50, arch_lr=1.5e-3)  # doctest: +SKIP
+    >>> (cell,) = darts.ask(1)                 # one epoch of supernet training  # doctest: +SKIP
+    >>> darts.evaluate(space.to_string(cell))  # {'acc_ws': ..., 'param_free_edges': ...}  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.datasets import ImageData, augment, balanced_subset, load_split, normalise, split_in_two
+from nas.errors import ResumeConflict
+from nas.registry import check_options
+from nas.strategies import Exhausted, Values, register
+from search_spaces import Arch, SearchSpace
+from search_spaces.nb201 import EDGES, OPS
+from search_spaces.nb201_supernet import PARAM_FREE, NB201SuperNet, Sample, gumbel_sample, supernet
+
+__all__ = ["DARTS", "GDAS", "PCDARTS", "Recipe"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "supernet.pt"
+FORMAT = 1
+"""Version of the checkpoint layout; a checkpoint of another version is refused on resume."""
+
+PLOT_EVERY = 5
+"""alpha.png is redrawn after the first epoch, every this many epochs and after the last."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Data and training settings shared by the differentiable methods (defaults: DARTS's search recipe).
+
+    ``data`` is a folder with ``train/`` class folders or an ``.npz`` (:func:`nas.datasets.load_split`);
+    ``train_size`` images of its training split (class-balanced, seeded) are halved into weight and
+    architecture halves (10000: 5k/5k). ``device`` "" picks CUDA when available.
+    """
+
+    data: str = ""
+    train_size: int = 10000
+    epochs: int = 50
+    batch_size: int = 64
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    warmup_epochs: int = 0
+    eval_batch_size: int = 256
+    device: str = ""
+
+
+class _Differentiable:
+    """Ask/tell over a supernet's epochs; subclasses set the method (see the module docstring)."""
+
+    name = "oneshot"
+    uses_storage = True  # the study passes a path in the run directory: the checkpoint and plots go there
+    asynchronous = False
+    one_shot = True  # trains on data: suites that drive strategies on lookup tables leave it out
+    default_objectives = ("acc_ws",)
+
+    def __init__(self, space: SearchSpace, seed: int, storage: str | os.PathLike[str] | None,
+                 method: dict[str, Any], options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Recipe)})
+        if unknown:
+            valid = ", ".join([f"{k}={v!r}" for k, v in method.items()]
+                              + [f"{f.name}={f.default!r}" for f in dataclasses.fields(Recipe)])
+            raise ValueError(f"strategy {self.name!r} has no option {', '.join(map(repr, unknown))}; valid: {valid}")
+        check_options(f"strategy {self.name!r}", Recipe, options)
+        self.recipe = Recipe(**options)
+        if not self.recipe.data:
+            raise ValueError(f"strategy {self.name!r} trains a supernet and needs data=DIR (a folder with train/ "
+                             "class folders, e.g. ../shared/data/cifar10_jpeg) or data=FILE.npz")
+        if getattr(space, "name", None) != "nb201":
+            raise ValueError(f"strategy {self.name!r} searches the nb201 space for now, not "
+                             f"{getattr(space, 'name', space)!r}")
+        if self.recipe.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.recipe.epochs}")
+        self.space, self.seed, self.method = space, int(seed), dict(method)
+        self.run_dir = Path(storage).parent if storage is not None else None
+        self.device = torch.device(self.recipe.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.history: list[dict[str, Any]] = []  # one record per trained epoch, in the checkpoint
+        self._asked = 0
+        self._cache: dict[str, dict[str, float]] = {}
+        self._model: NB201SuperNet | None = None
+        self._stored: dict[str, Any] | None = None  # a checkpoint read but not yet loaded into a model
+        if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
+            self._read_checkpoint()
+
+    # -- ask / tell ----------------------------------------------------------------------------------
+    def ask(self, n: int) -> list[Arch]:
+        """The derived cell after each of the next ``n`` epochs (trained now, or read from the checkpoint)."""
+        out: list[Arch] = []
+        while len(out) < n and self._asked < self.recipe.epochs:
+            if self._asked >= len(self.history):
+                self._train_epoch(len(self.history))
+            out.append(tuple(self.history[self._asked]["genotype"]))
+            self._asked += 1
+        if not out:
+            raise Exhausted(f"{self.name}: all {self.recipe.epochs} epochs are trained")
+        return out
+
+    def tell(self, archs: Sequence[Arch], values: Sequence[Values]) -> None:
+        """The supernet learns from its own data, not from the study's values."""
+
+    def evaluate(self, arch: str) -> dict[str, float]:
+        """``acc_ws`` (%) of the supernet with ``arch``'s ops fixed, and its count of parameter-free edges."""
+        if arch not in self._cache:  # a cell no epoch derived: score it on the supernet as it is now
+            self._setup()
+            self._cache[arch] = self._score(self.space.from_string(arch))
+        return dict(self._cache[arch])
+
+    @property
+    def final(self) -> Arch | None:
+        """The cell derived after the last trained epoch (the method's answer), or None before any."""
+        return tuple(self.history[-1]["genotype"]) if self.history else None  # type: ignore[return-value]
+
+    # -- the method's pieces (overridden per method) -------------------------------------------------
+    def _build(self) -> NB201SuperNet:
+        return supernet(self.space, seed=_derive(self.seed, 0, 1))
+
+    def _sample(self, epoch: int, generator: torch.Generator) -> Sample | None:
+        """A Gumbel draw for the next forward (GDAS), or None for the softmax mixture."""
+        return None
+
+    def _tau(self, epoch: int) -> float | None:
+        return None
+
+    # -- training ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Load the data halves, build the supernet and its optimizers, restore a read checkpoint."""
+        if self._model is not None:
+            return
+        r = self.recipe
+        data = balanced_subset(load_split(r.data, "train"), r.train_size, self.seed)
+        if data.x.shape[1:] != tuple(self.space.input_shape):
+            raise ValueError(f"data={r.data}: images of shape {tuple(data.x.shape[1:])}, but the space takes "
+                             f"{tuple(self.space.input_shape)}")
+        self._halves = tuple(_to(h, self.device) for h in split_in_two(data, self.seed))
+        model = self._build().to(self.device)
+        self._weights, self._arch = model.weight_parameters(), model.arch_parameters()
+        self._w_opt = torch.optim.SGD(self._weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        self._a_opt = torch.optim.Adam(self._arch, lr=r.arch_lr, betas=(0.5, 0.999), weight_decay=r.arch_weight_decay)
+        self._sched = torch.optim.lr_scheduler.CosineAnnealingLR(self._w_opt, T_max=r.epochs, eta_min=r.lr_min)
+        if self._stored is not None:
+            model.load_state_dict(self._stored["model"])
+            self._w_opt.load_state_dict(self._stored["w_opt"])
+            self._a_opt.load_state_dict(self._stored["a_opt"])
+            self._sched.load_state_dict(self._stored["sched"])
+            self._stored = None  # its tensors now live in the model and optimizers
+        self._model = model
+
+    def _train_epoch(self, epoch: int) -> None:
+        """Train one epoch, derive the cell, score it, then checkpoint and write the run's files."""
+        self._setup()
+        assert self._model is not None
+        start = time.perf_counter()
+        r, model = self.recipe, self._model
+        model.train()
+        (xw, yw), (xa, ya) = self._halves
+        gen = torch.Generator().manual_seed(_derive(self.seed, epoch, 2))
+        order_w, order_a = torch.randperm(len(yw), generator=gen), torch.randperm(len(ya), generator=gen)
+        bs = min(r.batch_size, len(yw), len(ya))
+        steps = min(len(yw), len(ya)) // bs
+        lr = self._sched.get_last_lr()[0]
+        sums = torch.zeros(4, device=self.device)  # weight loss, weight correct, arch loss, arch correct
+        for s in range(steps):
+            iw = order_w[s * bs:(s + 1) * bs].to(self.device)
+            ia = order_a[s * bs:(s + 1) * bs].to(self.device)
+            bw = augment(normalise(xw[iw]), gen), yw[iw]
+            ba = augment(normalise(xa[ia]), gen), ya[ia]
+            if epoch >= r.warmup_epochs:
+                sums[2:] += self._arch_step(ba, bw, lr, epoch, gen)
+            sums[:2] += self._weight_step(bw, epoch, gen)
+        self._sched.step()
+        genotype = model.genotype()
+        record = {
+            "epoch": epoch, "genotype": list(genotype), "arch": self.space.to_string(genotype),
+            **self._score(genotype),
+            "train_loss": float(sums[0]) / (steps * bs), "train_acc": 100.0 * float(sums[1]) / (steps * bs),
+            # None (an empty CSV cell) where there is no value: no arch step during warm-up, no tau but GDAS'.
+            "arch_loss": float(sums[2]) / (steps * bs) if epoch >= r.warmup_epochs else None,
+            "arch_acc": 100.0 * float(sums[3]) / (steps * bs) if epoch >= r.warmup_epochs else None,
+            "lr": lr, "tau": self._tau(epoch),
+            "alpha": model.op_weights().detach().cpu().tolist(),
+            "beta": [] if model.edge_weights() is None else model.edge_weights().detach().cpu().tolist(),
+            "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(),
+        }
+        self.history.append(record)
+        self._cache.setdefault(record["arch"], {"acc_ws": record["acc_ws"],
+                                                "param_free_edges": record["param_free_edges"]})
+        log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, r.epochs, record["arch"],
+                 record["acc_ws"], record["seconds"])
+        if self.run_dir is not None:
+            self._write_checkpoint()
+            self._write_reports()
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], sample: Sample | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._model is not None
+        logits = self._model(batch[0], sample=sample)
+        return F.cross_entropy(logits, batch[1]), logits
+
+    def _weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], epoch: int,
+                     gen: torch.Generator) -> torch.Tensor:
+        """One SGD step of the weights on a weight batch; returns (loss sum, correct) for the log."""
+        sample = self._sample(epoch, gen)
+        if sample is not None:
+            sample = (sample[0].detach(), sample[1])
+        self._w_opt.zero_grad(set_to_none=True)
+        loss, logits = self._loss(batch, sample)
+        loss.backward(inputs=self._weights)
+        torch.nn.utils.clip_grad_norm_(self._weights, self.recipe.grad_clip)
+        self._w_opt.step()
+        return torch.stack([loss.detach() * len(batch[1]), (logits.argmax(1) == batch[1]).sum()])
+
+    def _arch_step(self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: tuple[torch.Tensor, torch.Tensor],
+                   lr: float, epoch: int, gen: torch.Generator) -> torch.Tensor:
+        """One Adam step of the architecture parameters on an architecture batch (first order)."""
+        loss, logits = self._loss(batch, self._sample(epoch, gen))
+        grads = torch.autograd.grad(loss, self._arch, allow_unused=True)
+        self._set_arch_grads(grads)
+        self._a_opt.step()
+        return torch.stack([loss.detach() * len(batch[1]), (logits.argmax(1) == batch[1]).sum()])
+
+    def _set_arch_grads(self, grads: Sequence[torch.Tensor | None]) -> None:
+        for p, g in zip(self._arch, grads, strict=True):
+            p.grad = torch.zeros_like(p) if g is None else g
+
+    @torch.no_grad()
+    def _score(self, arch: Arch) -> dict[str, float]:
+        """Accuracy (%) of the fixed path ``arch`` on the architecture half (batch statistics in BN)."""
+        assert self._model is not None
+        x, y = self._halves[1]
+        # BN normalises with each batch's statistics, so a batch must mix the classes as training batches
+        # do: image folders list their images class by class, and a one-class batch scores chance.
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
+        order = order.to(self.device)
+        correct = 0
+        for i in range(0, len(y), self.recipe.eval_batch_size):
+            idx = order[i:i + self.recipe.eval_batch_size]
+            logits = self._model(normalise(x[idx]), arch=arch)
+            correct += int((logits.argmax(1) == y[idx]).sum())
+        return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(sum(op in PARAM_FREE for op in arch))}
+
+    # -- storage -------------------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed (everything but the device)."""
+        recipe = {k: v for k, v in dataclasses.asdict(self.recipe).items() if k != "device"}
+        s = self.space
+        return {"strategy": self.name, "seed": self.seed, "method": self.method, "recipe": recipe,
+                "space": [s.num_classes, s.channels, s.cells_per_stage, list(s.input_shape)]}
+
+    def _read_checkpoint(self) -> None:
+        assert self.run_dir is not None
+        path = self.run_dir / CHECKPOINT
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != FORMAT:
+            raise ResumeConflict(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {FORMAT}")
+        if ckpt["fingerprint"] != self._fingerprint():
+            raise ResumeConflict(f"{path} was trained with other settings ({ckpt['fingerprint']}) than these "
+                                 f"({self._fingerprint()}); resume with the same ones or start a new run")
+        self.history = list(ckpt["history"])
+        for rec in self.history:
+            self._cache.setdefault(rec["arch"], {"acc_ws": rec["acc_ws"], "param_free_edges": rec["param_free_edges"]})
+        self._stored = ckpt
+
+    def _write_checkpoint(self) -> None:
+        assert self.run_dir is not None and self._model is not None
+        state = {"format": FORMAT, "fingerprint": self._fingerprint(), "epoch": len(self.history),
+                 "history": self.history, "model": self._model.state_dict(), "w_opt": self._w_opt.state_dict(),
+                 "a_opt": self._a_opt.state_dict(), "sched": self._sched.state_dict()}
+        # The data order, augmentation and Gumbel noise of an epoch come from generators seeded by
+        # (seed, epoch), so no generator state is needed to continue at an epoch boundary.
+        _atomic(self.run_dir / CHECKPOINT, lambda p: torch.save(state, p))
+
+    def _write_reports(self) -> None:
+        """alpha.csv, oneshot.csv and alpha.png from the history (rewritten whole, atomically)."""
+        assert self.run_dir is not None
+
+        def alpha_csv(path: Path) -> None:
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["epoch", "edge", *OPS])
+                for rec in self.history:
+                    for (to, frm), row in zip(EDGES, rec["alpha"], strict=True):
+                        w.writerow([rec["epoch"] + 1, f"{frm}->{to}", *(f"{v:.6f}" for v in row)])
+
+        def epochs_csv(path: Path) -> None:
+            cols = ["epoch", "arch", "acc_ws", "param_free_edges", "train_loss", "train_acc", "arch_loss",
+                    "arch_acc", "lr", "tau", "seconds", "rss_mb"]
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(cols)
+                for rec in self.history:
+                    w.writerow([rec["epoch"] + 1 if c == "epoch" else rec[c] for c in cols])
+
+        _atomic(self.run_dir / "alpha.csv", alpha_csv)
+        _atomic(self.run_dir / "oneshot.csv", epochs_csv)
+        n = len(self.history)
+        if n == 1 or n % PLOT_EVERY == 0 or n == self.recipe.epochs:  # a plot costs ~0.3 s, an epoch may not
+            _atomic(self.run_dir / "alpha.png", lambda p: plot_alpha(self.history, p, title=self.name))
+
+
+@register("darts")
+class DARTS(_Differentiable):
+    """DARTS (Liu et al. 2019): softmax mixtures; ``order`` 1 (first order) or 2 (unrolled, eq. 7-8)."""
+
+    name = "darts"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
+                 storage: str | os.PathLike[str] | None = None, order: int = 1, **options: Any) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"darts: order must be 1 or 2, got {order!r}")
+        super().__init__(space, seed, storage, {"order": int(order)}, options)
+
+    def _arch_step(self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: tuple[torch.Tensor, torch.Tensor],
+                   lr: float, epoch: int, gen: torch.Generator) -> torch.Tensor:
+        if self.method["order"] == 1:
+            return super()._arch_step(batch, train_batch, lr, epoch, gen)
+        return self._unrolled_step(batch, train_batch, lr)
+
+    def _unrolled_step(self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: tuple[torch.Tensor, torch.Tensor],
+                       lr: float) -> torch.Tensor:
+        """Second-order step: grad_a L_val(w', a) - lr * (grad_a L_train(w+) - grad_a L_train(w-)) / (2 eps)."""
+        weights, arch = self._weights, self._arch
+        wd = self.recipe.weight_decay
+        backup = [w.detach().clone() for w in weights]
+        g_train = _grads(self._loss(train_batch, None)[0], weights)
+        with torch.no_grad():  # w' = w - lr * dL_train/dw (one virtual SGD step, weight decay included)
+            for w, g in zip(weights, g_train, strict=True):
+                w.sub_(lr * (g + wd * w))
+        loss, logits = self._loss(batch, None)
+        grads = _grads(loss, arch + weights)
+        d_arch, d_w = grads[:len(arch)], grads[len(arch):]
+        eps = 0.01 / torch.cat([g.flatten() for g in d_w]).norm().clamp_min(1e-12)
+
+        def arch_grad_at(sign: float) -> list[torch.Tensor]:
+            with torch.no_grad():
+                for w, b, d in zip(weights, backup, d_w, strict=True):
+                    w.copy_(b + sign * eps * d)
+            return _grads(self._loss(train_batch, None)[0], arch)
+
+        plus, minus = arch_grad_at(1.0), arch_grad_at(-1.0)
+        with torch.no_grad():
+            for w, b in zip(weights, backup, strict=True):
+                w.copy_(b)
+        self._set_arch_grads([d - lr * (p - m) / (2 * eps) for d, p, m in zip(d_arch, plus, minus, strict=True)])
+        self._a_opt.step()
+        return torch.stack([loss.detach() * len(batch[1]), (logits.argmax(1) == batch[1]).sum()])
+
+
+@register("pcdarts")
+class PCDARTS(DARTS):
+    """PC-DARTS (Xu et al. 2020): DARTS with partial channels (``K``), edge normalisation and an alpha warm-up."""
+
+    name = "pcdarts"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
+                 storage: str | os.PathLike[str] | None = None, K: int = 4, order: int = 1,  # noqa: N803
+                 warmup_epochs: int = 15, **options: Any) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"pcdarts: order must be 1 or 2, got {order!r}")
+        if K < 1 or space.channels % K:
+            raise ValueError(f"pcdarts: K={K} must be at least 1 and divide the space's channels ({space.channels})")
+        _Differentiable.__init__(self, space, seed, storage, {"order": int(order), "K": int(K)},
+                                 {"warmup_epochs": warmup_epochs, **options})
+
+    def _build(self) -> NB201SuperNet:
+        return supernet(self.space, partial_k=self.method["K"], edge_norm=True, seed=_derive(self.seed, 0, 1))
+
+
+@register("gdas")
+class GDAS(_Differentiable):
+    """GDAS (Dong & Yang 2019): Gumbel-max sampled single paths, temperature ``tau_max`` -> ``tau_min``."""
+
+    name = "gdas"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
+                 storage: str | os.PathLike[str] | None = None, tau_max: float = 10.0, tau_min: float = 0.1,
+                 **options: Any) -> None:
+        if not 0 < tau_min <= tau_max:
+            raise ValueError(f"gdas: need 0 < tau_min <= tau_max, got {tau_min}, {tau_max}")
+        super().__init__(space, seed, storage, {"tau_max": float(tau_max), "tau_min": float(tau_min)}, options)
+
+    def _tau(self, epoch: int) -> float:
+        """Linear from tau_max at the first epoch to tau_min at the last."""
+        frac = epoch / max(1, self.recipe.epochs - 1)
+        return self.method["tau_max"] - (self.method["tau_max"] - self.method["tau_min"]) * frac
+
+    def _sample(self, epoch: int, generator: torch.Generator) -> Sample:
+        assert self._model is not None
+        return gumbel_sample(self._model.alpha, self._tau(epoch), generator)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _derive(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit seed for one (seed, epoch, stream): independent generators that need no stored state."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d params, zeros for parameters the loss does not reach."""
+    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def _to(data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels on ``device`` (normalised batch by batch there: 4x less memory than float)."""
+    return data.x.to(device), data.y.to(device)
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now (MB; Linux), else its peak."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary file and ``os.replace``, so a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def plot_alpha(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> None:
+    """Op weights (softmax of alpha) per edge over epochs, one panel per edge, saved as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3, sharex=True, sharey=True)
+    epochs = [rec["epoch"] + 1 for rec in history]
+    weights = np.array([rec["alpha"] for rec in history])  # (epochs, edges, ops)
+    for k, ((to, frm), ax) in enumerate(zip(EDGES, axes.flat, strict=True)):
+        for j, op in enumerate(OPS):
+            ax.plot(epochs, weights[:, k, j], label=op, marker="." if len(epochs) < 20 else None)
+        ax.set_title(f"edge {frm}->{to}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("softmax(alpha)")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: op weights per edge" if title else "op weights per edge")
+    fig.tight_layout()
+    fig.savefig(path, format="png")

@@ -1,0 +1,274 @@
+"""The NAS-Bench-201 supernet for weight-sharing search: every op of every edge in one network.
+
+The skeleton is the space's own (:mod:`search_spaces.nb201`): a 3x3 stem, three stages of
+``cells_per_stage`` cells at C, 2C and 4C channels joined by residual reductions, then BN-ReLU, global
+pooling and a linear head. Each cell edge is a :class:`MixedEdge` holding the five ops. One module serves
+every weight-sharing method; how an edge mixes its ops is chosen per forward:
+
+* ``net(x)``: the softmax-weighted sum of all ops, ``softmax(alpha)`` per edge (DARTS, Liu et al. 2019).
+* built with ``partial_k=K``: only the first ``C // K`` channels go through the ops, the rest bypass the
+  edge, and the two parts are concatenated and channel-shuffled (PC-DARTS, Xu et al. 2020). With
+  ``edge_norm=True`` each node sums its incoming edges weighted by ``softmax(beta)`` over those edges
+  (PC-DARTS' edge normalisation; node 1 has one edge, so its weight is always 1).
+* ``net(x, sample=gumbel_sample(net.alpha, tau, gen))``: one op per edge drawn by Gumbel-max; forward
+  computes only the drawn op, scaled by its straight-through weight, so the gradient reaches every
+  entry of alpha through the softmax (GDAS, Dong & Yang 2019).
+* ``net(x, arch=...)``: a fixed single path, one op per edge with weight 1 (SPOS / ENAS subnets, and
+  inherited-weight accuracy of a derived cell).
+
+As in the DARTS and NAS-Bench-201 searches, the cell ops' BatchNorms have no affine parameters (the
+scale would otherwise absorb alpha). All BatchNorms use batch statistics (``track_running_stats=False``):
+the supernet holds no running statistics that differ between the mixtures and paths it is run as, and a
+subnet is evaluated on batches of its own statistics (the recalibration SPOS does, batch by batch).
+
+Example:
+    >>> import search_spaces, torch
+    >>> space = search_spaces.get("nb201", channels=8, cells_per_stage=1)
+    >>> net = supernet(space)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    >>> space.to_string(net.genotype()).count("~")
+    6
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces.base import ArchError
+from search_spaces.nb201 import EDGES, OPS, NB201Arch, Zero
+
+__all__ = ["MixedEdge", "NB201SuperNet", "PARAM_FREE", "channel_shuffle", "gumbel_sample", "supernet"]
+
+PARAM_FREE: frozenset[str] = frozenset({"none", "skip_connect", "avg_pool_3x3"})
+"""Ops without weights: a cell made mostly of them is DARTS's known failure (collapse)."""
+
+Sample = tuple[torch.Tensor, torch.Tensor]
+"""A Gumbel draw: straight-through op weights (6, 5) and the drawn op index per edge (6,)."""
+
+
+def _bn(channels: int, affine: bool) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
+
+
+def _relu_conv_bn(c_in: int, c_out: int, kernel: int, stride: int, affine: bool) -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(inplace=False),
+                         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+                         _bn(c_out, affine))
+
+
+def search_op(name: str, channels: int) -> nn.Module:
+    """One NAS-Bench-201 op for the supernet (stride 1, BN without affine parameters)."""
+    if name == "none":
+        return Zero()
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "nor_conv_1x1":
+        return _relu_conv_bn(channels, channels, 1, 1, affine=False)
+    if name == "nor_conv_3x3":
+        return _relu_conv_bn(channels, channels, 3, 1, affine=False)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    raise ArchError(f"unknown NAS-Bench-201 op {name!r}; valid: {', '.join(OPS)}")
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet), so the next edge sees channels of both parts."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class MixedEdge(nn.Module):
+    """The five ops of one cell edge, on ``channels // partial_k`` channels (all of them when ``partial_k=1``)."""
+
+    def __init__(self, channels: int, partial_k: int = 1) -> None:
+        super().__init__()
+        self.partial_k = partial_k
+        self.op_channels = channels // partial_k
+        self.ops = nn.ModuleList(search_op(name, self.op_channels) for name in OPS)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None, index: int | None = None) -> torch.Tensor:
+        """Weighted sum of all ops (``weights``: 5 values), or op ``index`` alone (scaled by its weight if given)."""
+        part, rest = (x, None) if self.partial_k == 1 else (x[:, :self.op_channels], x[:, self.op_channels:])
+        if index is not None:
+            out = self.ops[index](part)
+            if weights is not None:
+                out = out * weights[index]
+        else:
+            if weights is None:
+                raise ValueError("a mixed edge needs op weights or an op index")
+            # `none` outputs zeros whatever its weight, so its term is left out; alpha of `none` still
+            # gets its gradient through the softmax that couples it to the other ops.
+            out = sum(w * op(part) for w, op, name in zip(weights, self.ops, OPS, strict=True) if name != "none")
+        if rest is None:
+            return out
+        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial_k)
+
+
+class SearchCell(nn.Module):
+    """A NAS-Bench-201 cell of mixed edges: node j sums its edges from every earlier node; node 3 is output."""
+
+    def __init__(self, channels: int, partial_k: int = 1) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(MixedEdge(channels, partial_k) for _ in EDGES)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, index: Sequence[int] | None,
+                edge_weights: torch.Tensor | None) -> torch.Tensor:
+        """The cell's output for per-edge op ``weights`` (6, 5) and/or op ``index`` (6,), and node-wise
+        ``edge_weights`` (6,) when edges are normalised."""
+        nodes = [x]
+        for to in range(1, 4):
+            total = None
+            for k, (t, frm) in enumerate(EDGES):
+                if t != to:
+                    continue
+                out = self.edges[k](nodes[frm], None if weights is None else weights[k],
+                                    None if index is None else int(index[k]))
+                if edge_weights is not None:
+                    out = out * edge_weights[k]
+                total = out if total is None else total + out
+            nodes.append(total)
+        return nodes[3]
+
+
+class ResidualReduction(nn.Module):
+    """The residual block joining stages, as in the space (3x3 stride 2, 3x3, pooled 1x1 shortcut)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv_a = _relu_conv_bn(c_in, c_out, 3, 2, affine=True)
+        self.conv_b = _relu_conv_bn(c_out, c_out, 3, 1, affine=True)
+        self.downsample = nn.Sequential(nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
+                                        nn.Conv2d(c_in, c_out, 1, stride=1, padding=0, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Half the resolution, twice the channels."""
+        return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+
+class NB201SuperNet(nn.Module):
+    """All NAS-Bench-201 cells in one network, with architecture parameters ``alpha`` (6 edges x 5 ops).
+
+    Args:
+        num_classes: classifier width.
+        channels: first-stage width C (the stages have C, 2C, 4C).
+        cells_per_stage: N cells per stage.
+        in_channels: input image channels.
+        partial_k: PC-DARTS' K: ``1 / K`` of each edge's channels go through its ops (1: all).
+        edge_norm: PC-DARTS' edge normalisation with parameters ``beta`` (one per edge).
+        seed: seeds the initial weights and alpha (the global generator is left as it was).
+    """
+
+    def __init__(self, num_classes: int = 10, channels: int = 16, cells_per_stage: int = 5, in_channels: int = 3,
+                 partial_k: int = 1, edge_norm: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        if partial_k < 1 or channels % partial_k:
+            raise ValueError(f"partial channels K={partial_k} must be at least 1 and divide channels={channels}")
+        self.partial_k, self.edge_norm = partial_k, edge_norm
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                                      _bn(channels, affine=True))
+            layers: list[nn.Module] = []
+            c = channels
+            for stage in range(3):
+                if stage:
+                    layers.append(ResidualReduction(c, c * 2))
+                    c *= 2
+                layers.extend(SearchCell(c, partial_k) for _ in range(cells_per_stage))
+            self.cells = nn.ModuleList(layers)
+            self.lastact = nn.Sequential(_bn(c, affine=True), nn.ReLU(inplace=False))
+            self.classifier = nn.Linear(c, num_classes)
+            # Small random alpha (DARTS' 1e-3 * N(0, 1)): near-uniform mixtures that still break ties.
+            self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(OPS)))
+            self.beta = nn.Parameter(1e-3 * torch.randn(len(EDGES))) if edge_norm else None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters: alpha, and beta with edge normalisation."""
+        return [self.alpha] + ([self.beta] if self.beta is not None else [])
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The network weights (everything but the architecture parameters)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def op_weights(self) -> torch.Tensor:
+        """``softmax(alpha)`` per edge: (6, 5)."""
+        return F.softmax(self.alpha, dim=-1)
+
+    def edge_weights(self) -> torch.Tensor | None:
+        """Per edge, ``softmax(beta)`` over the edges entering the same node (None without edge normalisation)."""
+        if self.beta is None:
+            return None
+        out = []
+        for to in range(1, 4):
+            idx = [k for k, (t, _) in enumerate(EDGES) if t == to]
+            out.append(F.softmax(self.beta[idx], dim=0))
+        return torch.cat(out)
+
+    def forward(self, x: torch.Tensor, arch: Sequence[str | int] | None = None,
+                sample: Sample | None = None) -> torch.Tensor:
+        """Logits of ``x`` for the softmax mixture, a fixed path ``arch`` (one op per edge, names or
+        indices) or a Gumbel ``sample`` (only the drawn op of each edge is computed)."""
+        if arch is not None and sample is not None:
+            raise ValueError("give a fixed arch or a Gumbel sample, not both")
+        weights: torch.Tensor | None
+        index: Sequence[int] | None
+        if arch is not None:
+            weights, index = None, self._indices(arch)
+        elif sample is not None:
+            weights, index = sample[0], sample[1].tolist()
+        else:
+            weights, index = self.op_weights(), None
+        edge_weights = self.edge_weights()
+        h = self.stem(x)
+        for layer in self.cells:
+            h = layer(h, weights, index, edge_weights) if isinstance(layer, SearchCell) else layer(h)
+        h = self.lastact(h)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+    @staticmethod
+    def _indices(arch: Sequence[str | int]) -> list[int]:
+        if len(arch) != len(EDGES):
+            raise ArchError(f"a fixed path needs one op per edge ({len(EDGES)}), got {len(arch)}")
+        out = []
+        for op in arch:
+            if isinstance(op, str):
+                if op not in OPS:
+                    raise ArchError(f"unknown op {op!r}; valid ops: {', '.join(OPS)}")
+                out.append(OPS.index(op))
+            else:
+                out.append(int(op))
+        return out
+
+    def genotype(self) -> NB201Arch:
+        """The derived cell: per edge the op of largest alpha, ``none`` included (NAS-Bench-201's DARTS rule)."""
+        best = self.alpha.detach().argmax(dim=-1).tolist()
+        return tuple(OPS[i] for i in best)  # type: ignore[return-value]
+
+
+def gumbel_sample(alpha: torch.Tensor, tau: float, generator: torch.Generator) -> Sample:
+    """One op per edge by Gumbel-max on ``log_softmax(alpha)``, with straight-through weights (GDAS).
+
+    The weights are one-hot in value; their gradient is that of ``softmax((log p + g) / tau)``. The noise
+    is drawn on the CPU from ``generator`` so a run is the same on any device.
+    """
+    u = torch.rand(alpha.shape, generator=generator).clamp_(1e-10, 1.0 - 1e-7).to(alpha.device)
+    gumbel = -torch.log(-torch.log(u))
+    soft = F.softmax((F.log_softmax(alpha, dim=-1) + gumbel) / tau, dim=-1)
+    index = soft.detach().argmax(dim=-1)
+    hard = F.one_hot(index, alpha.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft, index
+
+
+def supernet(space: Any, partial_k: int = 1, edge_norm: bool = False, seed: int = 0) -> NB201SuperNet:
+    """The supernet of a NAS-Bench-201 space object (its classes, channels, cells per stage and input)."""
+    if getattr(space, "name", None) != "nb201":
+        raise ValueError(f"the NAS-Bench-201 supernet needs the nb201 space, got {getattr(space, 'name', space)!r}")
+    return NB201SuperNet(space.num_classes, space.channels, space.cells_per_stage, space.input_shape[0],
+                         partial_k=partial_k, edge_norm=edge_norm, seed=seed)
