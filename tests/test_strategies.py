@@ -12,7 +12,8 @@ import search_spaces
 from nas import strategies
 from nas.run import Candidate
 
-STRATEGIES = strategies.registry.list()
+STRATEGIES = [n for n in strategies.registry.list()  # one-shot methods train on data, not tables
+              if not getattr(strategies.registry.get(n), "one_shot", False)]
 SPACE = search_spaces.get("nb201")
 
 
