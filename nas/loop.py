@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nas import executors
+from nas import executors, strategies
 from nas.errors import SearchFailed
 from nas.exploit import greedy_queries
 from nas.result import SearchResult
@@ -130,6 +130,9 @@ def search(
         finally:
             _close(ex, executor)
             study.close()
+    if isinstance(strategy, str) and strategy in strategies.registry and \
+            getattr(strategies.registry.get(strategy), "one_shot", False) and executor != "serial":
+        raise ValueError(f"strategy {strategy!r} trains its supernet in this process: use --executor serial")
     # The executor starts first: a failed Ray connect must not leave a run directory behind.
     ex = executors.get(executor, **(executor_options or {})) if isinstance(executor, str) else executor
     try:

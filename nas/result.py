@@ -36,6 +36,7 @@ class SearchResult:
     config: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
     oracle: dict[str, float] = field(default_factory=dict)  # arch -> true accuracy, in query order
+    pick: str | None = None  # a method's own answer (a one-shot method's last cell), else the best by objectives
 
     @classmethod
     def from_store(cls, store: RunStore) -> SearchResult:
@@ -43,7 +44,8 @@ class SearchResult:
         config = store.get_meta("config", {})
         objectives = parse_objectives(config.get("objectives", ["synflow"]))
         constraints = Constraints(**config.get("constraints", {}))
-        return cls(store.candidates(), objectives, constraints, config, store.dir, store.oracle())
+        return cls(store.candidates(), objectives, constraints, config, store.dir, store.oracle(),
+                   store.get_meta("pick"))
 
     def feasible(self) -> list[Candidate]:
         """Candidates that evaluated fine and meet every constraint."""
@@ -69,12 +71,17 @@ class SearchResult:
 
     @property
     def best(self) -> Candidate | None:
-        """The final pick: the best queried candidate when an oracle was used, else :attr:`best_by_proxy`."""
+        """The final pick: the best queried candidate when an oracle was used, else the method's own
+        :attr:`pick` (a one-shot method's last cell), else :attr:`best_by_proxy`."""
         if self.oracle:
             by_arch = {c.arch: c for c in self.feasible()}
             queried = [a for a in self.oracle if a in by_arch]
             if queried:
                 return by_arch[max(queried, key=lambda a: self.oracle[a])]
+        if self.pick is not None:
+            chosen = next((c for c in self.feasible() if c.arch == self.pick), None)
+            if chosen is not None:
+                return chosen
         return self.best_by_proxy
 
     @property

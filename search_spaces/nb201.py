@@ -241,6 +241,12 @@ class NB201Space:
         """Ask an Optuna trial for one op per edge."""
         return self.from_choices(suggest_choices(self, trial))
 
+    def supernet(self, partial_k: int = 1, edge_norm: bool = False, seed: int = 0) -> Any:
+        """The weight-sharing supernet over this space's op set and skeleton (DARTS, PC-DARTS, GDAS)."""
+        from search_spaces.nb201_supernet import supernet
+
+        return supernet(self, partial_k=partial_k, edge_norm=edge_norm, seed=seed)
+
     def build(self, arch: NB201Arch, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None) -> nn.Module:
         """The NAS-Bench-201 network for ``arch``."""

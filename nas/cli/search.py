@@ -46,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oracle-queries", type=int, metavar="K",
                    help="RoBoT exploitation: query the true accuracy of the top K candidates and pick the "
                         "best (needs an oracle, e.g. nb201 with --accuracy-table)")
+    p.add_argument("--epochs", type=int, help="one-shot strategies (darts, pcdarts, gdas): supernet training "
+                                              "epochs (default 50); --data is then their training set")
+    p.add_argument("--train-size", type=int, metavar="N",
+                   help="one-shot strategies: a class-balanced subset of N training images, split in halves "
+                        "for the weights and the architecture (default 10000)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy option, e.g. population_size=50 (repeatable; VALUE is JSON or a string)")
     p.add_argument("--labels", metavar="FILE", help="arch,accuracy CSV of a few trained architectures "
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, oracle_queries=args.oracle_queries, labels=args.labels,
         label_queries=args.label_queries,
         executor=args.executor,
-        executor_options=executor_options(args), strategy_options=strategy_options(args.option) or None,
+        executor_options=executor_options(args), strategy_options=_with_oneshot_flags(strategy_options(args.option), args) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
         device=device, cache=cache,
     )
@@ -118,6 +123,15 @@ def executor_options(args: argparse.Namespace) -> dict[str, object]:
     if options and args.executor != "ray":
         raise ValueError(f"{', '.join(flags[k] for k in options)} need --executor ray (got --executor "
                          f"{args.executor})")
+    return options
+
+
+def _with_oneshot_flags(options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``--epochs``/``--train-size`` as the options of a one-shot strategy (which names the others)."""
+    for key in ("epochs", "train_size"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options.setdefault(key, value)
     return options
 
 

@@ -109,6 +109,7 @@ class _Differentiable:
     uses_storage = True  # the study passes a path in the run directory: the checkpoint and plots go there
     asynchronous = False
     one_shot = True  # trains on data: suites that drive strategies on lookup tables leave it out
+    default_epochs = Recipe.epochs  # a study's default budget: at most one new cell per epoch
     default_objectives = ("acc_ws",)
 
     def __init__(self, space: SearchSpace, seed: int, storage: str | os.PathLike[str] | None,
