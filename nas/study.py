@@ -40,6 +40,8 @@ from nas import executors, strategies
 from nas.errors import ResumeConflict, SearchFailed
 from nas.exploit import check_oracle, resolve_labels
 from nas.objectives import Constraints, Objective, parse_objectives
+from nas.optuna_mirror import OptunaMirror
+from nas.optuna_mirror import attach as attach_mirror
 from nas.result import SearchResult
 from nas.run import Candidate, RunStore
 from search_spaces import Arch, SearchSpace
@@ -78,6 +80,8 @@ class Trial:
 
 class Study:
     """Ask/tell over one run directory; see the module docstring. Create with :func:`create_study`."""
+
+    mirror: OptunaMirror | None = None  # the run's Optuna copy (nas.optuna_mirror), set by create/load_study
 
     def __init__(self, space: SearchSpace, objectives: list[Objective], strategy: strategies.Strategy,
                  store: RunStore, constraints: Constraints, config: dict[str, Any]) -> None:
@@ -166,6 +170,8 @@ class Study:
         if cand.arch in self._known:
             return self._known[cand.arch]
         cand = self.store.add(cand)
+        if self.mirror is not None:
+            self.mirror.add(cand)
         self._known[cand.arch] = cand
         self.result.candidates.append(cand)
         return cand
@@ -436,6 +442,7 @@ def create_study(
         raise
     study = Study(space_obj, objs, strat, store, cons, config)
     study._batch = batch
+    study.mirror = attach_mirror(study)
     return study
 
 
@@ -470,7 +477,9 @@ def load_study(storage: str | os.PathLike[str], *, space: SearchSpace | None = N
         strat = strategy if strategy is not None else make_strategy(config, space_obj, run_dir)
         objs = parse_objectives(config["objectives"])
         cons = Constraints(**config.get("constraints", {}))
-        return Study(space_obj, objs, strat, store, cons, config)
+        study = Study(space_obj, objs, strat, store, cons, config)
+        study.mirror = attach_mirror(study)
+        return study
     except BaseException:
         store.close()
         raise

@@ -1,8 +1,9 @@
-"""``nas runs show RUN_DIR``: summarise a finished or interrupted run."""
+"""``nas runs show RUN_DIR``: summarise a finished or interrupted run; ``nas runs export-optuna``: its Optuna copy."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import nas
 from nas.run import RunStore
@@ -17,6 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("run_dir", metavar="RUN_DIR")
     show.add_argument("--rows", type=int, default=15, help="Pareto rows to show (default 15)")
     show.set_defaults(func=run)
+    export = verbs.add_parser("export-optuna", help="write a run (or every cell of a sweep) to its Optuna storage",
+                              description="Write every candidate of RUN_DIR as a trial of an Optuna study in "
+                                          "RUN_DIR/trials.journal (a sweep cell: the sweep's trials.journal, "
+                                          "one study per cell), replacing an earlier copy; given a sweep "
+                                          "directory, every cell. Open it with `nas dashboard` or "
+                                          "optuna.load_study. New runs write it as they go.")
+    export.add_argument("run_dir", metavar="RUN_DIR|SWEEP_DIR")
+    export.set_defaults(func=export_optuna)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,4 +69,20 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     if result.candidates:
         print_result(result, rows=args.rows)
+    return 0
+
+
+def export_optuna(args: argparse.Namespace) -> int:
+    """Write ``args.run_dir`` (a run or a sweep) to its Optuna storage and say where."""
+    from nas.optuna_mirror import export
+
+    path = Path(args.run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run or sweep directory")
+    done = export(path)
+    if not done:
+        raise FileNotFoundError(f"{path}: a sweep directory without any run yet")
+    for journal, study, trials in done:
+        print(f"{study}: {trials} trials -> {journal}")
+    print(f"open it with: nas dashboard {path}")
     return 0
