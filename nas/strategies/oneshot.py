@@ -297,6 +297,10 @@ class _Differentiable:
         return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(sum(op in PARAM_FREE for op in arch))}
 
     # -- storage -------------------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        """Checkpoint entries beyond the supernet's (a subclass's controller or search state)."""
+        return {}
+
     def _fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be resumed (everything but the device)."""
         recipe = {k: v for k, v in dataclasses.asdict(self.recipe).items() if k != "device"}
@@ -315,14 +319,16 @@ class _Differentiable:
                                  f"({self._fingerprint()}); resume with the same ones or start a new run")
         self.history = list(ckpt["history"])
         for rec in self.history:
-            self._cache.setdefault(rec["arch"], {"acc_ws": rec["acc_ws"], "param_free_edges": rec["param_free_edges"]})
+            if "arch" in rec:  # an epoch that derived a cell (SPOS's supernet epochs derive none)
+                self._cache.setdefault(rec["arch"], {"acc_ws": rec["acc_ws"],
+                                                     "param_free_edges": rec["param_free_edges"]})
         self._stored = ckpt
 
     def _write_checkpoint(self) -> None:
         assert self.run_dir is not None and self._model is not None
         state = {"format": FORMAT, "fingerprint": self._fingerprint(), "epoch": len(self.history),
                  "history": self.history, "model": self._model.state_dict(), "w_opt": self._w_opt.state_dict(),
-                 "a_opt": self._a_opt.state_dict(), "sched": self._sched.state_dict()}
+                 "a_opt": self._a_opt.state_dict(), "sched": self._sched.state_dict(), **self._extra_state()}
         # The data order, augmentation and Gumbel noise of an epoch come from generators seeded by
         # (seed, epoch), so no generator state is needed to continue at an epoch boundary.
         _atomic(self.run_dir / CHECKPOINT, lambda p: torch.save(state, p))
