@@ -136,7 +136,9 @@ class Study:
         self.store.log_event("ask", [t.string for t in trials])
         self._open.extend(trials)
         new = [t.string for t in trials if t.string not in self._seen]
-        self._stale = 0 if new else self._stale + 1
+        # a one-shot method may derive the same cell for many epochs; it ends by raising Exhausted
+        one_shot = getattr(self.strategy, "one_shot", False)
+        self._stale = 0 if new or one_shot else self._stale + 1
         self._seen.update(t.string for t in trials)
         return trials
 
@@ -219,6 +221,10 @@ class Study:
                 else:
                     self._optimize_batched(ex, guarded, budget, bar)
             self._check_failures(budget, final=True)
+            final = getattr(self.strategy, "final", None)
+            if final is not None:  # a one-shot method's answer is its last derived cell, not the best epoch
+                self.result.pick = self.space.to_string(final)
+                self.store.set_meta("pick", self.result.pick)
         finally:
             bar.close()
             self.store.set_meta("elapsed_s", self.store.get_meta("elapsed_s", 0.0) + time.perf_counter() - started)
@@ -404,6 +410,13 @@ def create_study(
         if strategy_obj is not None or strategy_opts:
             raise ValueError("strategy_options go with a strategy name; a strategy spec or object carries its own")
         strategy_opts = dict(strategy_options)
+    if evaluator == "strategy" and strategy_obj is None:  # a one-shot method trains on --data itself
+        strategy_opts = dict(strategy_opts or {})
+        if data is not None:
+            strategy_opts.setdefault("data", data)
+            data = None
+        if budget is None:  # every epoch may derive a new cell; the method ends after its epochs
+            budget = int(strategy_opts.get("epochs") or _default_of(own, "epochs") or DEFAULTS["budget"])
     given = {"strategy": strategy_name, "budget": budget, "objectives": objective_names or None,
              "proxies": extra or None, "batch_size": batch_size, "data": data,
              "strategy_options": strategy_opts}
@@ -777,6 +790,17 @@ def _resolve_strategy(strategy: Any) -> tuple[str | None, dict[str, Any] | None,
         return f"custom:{type(strategy).__qualname__}", {}, strategy
     raise ValueError(f"strategy must be a name ({', '.join(strategies.registry.list())}), a spec such as "
                      f"nas.strategies.Evolution(population_size=50), or an object with ask/tell; got {strategy!r}")
+
+
+def _default_of(factory: Any, name: str) -> Any:
+    """A factory's default for keyword ``name``: its signature's, else its ``default_<name>`` attribute."""
+    try:
+        param = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        param = None
+    if param is not None and param.default is not inspect.Parameter.empty:
+        return param.default
+    return getattr(factory, f"default_{name}", None)
 
 
 def make_strategy(config: dict[str, Any], space: SearchSpace, run_dir: Path) -> strategies.Strategy:
