@@ -415,8 +415,9 @@ def create_study(
         if data is not None:
             strategy_opts.setdefault("data", data)
             data = None
-        if budget is None:  # every epoch may derive a new cell; the method ends after its epochs
-            budget = int(strategy_opts.get("epochs") or _default_of(own, "epochs") or DEFAULTS["budget"])
+        if budget is None:  # its own default (SPOS: cells scored), else one new cell per epoch at most
+            budget = int(getattr(own, "default_budget", None) or strategy_opts.get("epochs")
+                         or _default_of(own, "epochs") or DEFAULTS["budget"])
     given = {"strategy": strategy_name, "budget": budget, "objectives": objective_names or None,
              "proxies": extra or None, "batch_size": batch_size, "data": data,
              "strategy_options": strategy_opts}
