@@ -238,3 +238,9 @@ def test_cli_search_with_spos(data, tmp_path):
     assert "acc_ws" in proc.stdout
     assert {"supernet.pt", "oneshot.csv", "run.sqlite", "best.json"} <= set(os.listdir(out))
     assert len(nas.load_run(out).candidates) == 3
+
+
+def test_spos_default_budget_counts_phase_two_cells(data, tmp_path):
+    study = nas.create_study(SPACE, None, "spos", storage=tmp_path / "r", strategy_options={**SPOS_OPTS, "data": data})
+    assert study.config["budget"] == SPOS.default_budget and study.config["objectives"] == ["max:acc_ws"]
+    study.close()

@@ -20,7 +20,7 @@ epoch, so an interrupted and resumed run ends as an uninterrupted one (bit for b
   resume past phase 1); every ``ask`` proposes cells of an inner :class:`RegularizedEvolution`
   (``population_size``, ``sample_size``) that ``tell`` feeds with the scores, so the study's budget is
   the number of architectures phase 2 scores. ``final`` is the told cell of the best first objective.
-  Note: a study given no budget uses a one-shot method's ``epochs`` as its budget; pass ``--budget``.
+  A study given no budget scores ``default_budget`` (100) cells in phase 2.
 * ``enas`` (Pham et al. 2018). An LSTM controller (``hidden`` units) emits the six edge ops in order,
   each step fed the embedding of the previous op; logits are ``2.5 * tanh(h / 5)`` (NAS-Bench-201's ENAS
   settings). Per epoch: one pass over the weight half, each batch on a path sampled from the controller;
@@ -142,6 +142,7 @@ class SPOS(_SinglePath):
     """
 
     name = "spos"
+    default_budget = 100  # the study's budget counts the cells phase 2 scores, not supernet epochs
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, population_size: int = 20, sample_size: int = 5,
