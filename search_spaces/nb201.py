@@ -22,14 +22,15 @@ NB201Arch = tuple[str, str, str, str, str, str]
 
 
 class ReLUConvBN(nn.Module):
-    """ReLU -> Conv -> BN, the NAS-Bench-201 convolution op."""
+    """ReLU -> Conv -> BN, the NAS-Bench-201 convolution op (a supernet's BN: no affine, no running stats)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out),
+            nn.BatchNorm2d(c_out, affine=affine, track_running_stats=track_running_stats),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,16 +44,16 @@ class Zero(nn.Module):
         return x.mul(0.0)
 
 
-def make_op(name: str, channels: int) -> nn.Module:
-    """One NAS-Bench-201 edge operation on ``channels`` channels, stride 1."""
+def make_op(name: str, channels: int, affine: bool = True, track_running_stats: bool = True) -> nn.Module:
+    """One NAS-Bench-201 edge operation on ``channels`` channels, stride 1 (BN options: a supernet's)."""
     if name == "none":
         return Zero()
     if name == "skip_connect":
         return nn.Identity()
     if name == "nor_conv_1x1":
-        return ReLUConvBN(channels, channels, 1, 1, 0)
+        return ReLUConvBN(channels, channels, 1, 1, 0, affine, track_running_stats)
     if name == "nor_conv_3x3":
-        return ReLUConvBN(channels, channels, 3, 1, 1)
+        return ReLUConvBN(channels, channels, 3, 1, 1, affine, track_running_stats)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     raise ArchError(f"unknown NAS-Bench-201 op {name!r}; valid: {', '.join(OPS)}")

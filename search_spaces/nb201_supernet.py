@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.base import ArchError
-from search_spaces.nb201 import EDGES, OPS, NB201Arch, Zero
+from search_spaces.nb201 import EDGES, OPS, NB201Arch, ReLUConvBN, make_op
 
 __all__ = ["MixedEdge", "NB201SuperNet", "PARAM_FREE", "channel_shuffle", "gumbel_sample", "supernet"]
 
@@ -56,25 +56,13 @@ def _bn(channels: int, affine: bool) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
 
 
-def _relu_conv_bn(c_in: int, c_out: int, kernel: int, stride: int, affine: bool) -> nn.Sequential:
-    return nn.Sequential(nn.ReLU(inplace=False),
-                         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-                         _bn(c_out, affine))
+def _relu_conv_bn(c_in: int, c_out: int, kernel: int, stride: int, affine: bool) -> ReLUConvBN:
+    return ReLUConvBN(c_in, c_out, kernel, stride, kernel // 2, affine, track_running_stats=False)
 
 
 def search_op(name: str, channels: int) -> nn.Module:
-    """One NAS-Bench-201 op for the supernet (stride 1, BN without affine parameters)."""
-    if name == "none":
-        return Zero()
-    if name == "skip_connect":
-        return nn.Identity()
-    if name == "nor_conv_1x1":
-        return _relu_conv_bn(channels, channels, 1, 1, affine=False)
-    if name == "nor_conv_3x3":
-        return _relu_conv_bn(channels, channels, 3, 1, affine=False)
-    if name == "avg_pool_3x3":
-        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-    raise ArchError(f"unknown NAS-Bench-201 op {name!r}; valid: {', '.join(OPS)}")
+    """One NAS-Bench-201 op for the supernet (stride 1, BN without affine parameters or running stats)."""
+    return make_op(name, channels, affine=False, track_running_stats=False)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
