@@ -345,17 +345,10 @@ class _Differentiable:
                     for (to, frm), row in zip(EDGES, rec["alpha"], strict=True):
                         w.writerow([rec["epoch"] + 1, f"{frm}->{to}", *(f"{v:.6f}" for v in row)])
 
-        def epochs_csv(path: Path) -> None:
-            cols = ["epoch", "arch", "acc_ws", "param_free_edges", "train_loss", "train_acc", "arch_loss",
-                    "arch_acc", "lr", "tau", "seconds", "rss_mb"]
-            with open(path, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(cols)
-                for rec in self.history:
-                    w.writerow([rec["epoch"] + 1 if c == "epoch" else rec[c] for c in cols])
-
         _atomic(self.run_dir / "alpha.csv", alpha_csv)
-        _atomic(self.run_dir / "oneshot.csv", epochs_csv)
+        write_history(self.run_dir, self.history, ["epoch", "arch", "acc_ws", "param_free_edges", "train_loss",
+                                                   "train_acc", "arch_loss", "arch_acc", "lr", "tau", "seconds",
+                                                   "rss_mb"])
         n = len(self.history)
         if n == 1 or n % PLOT_EVERY == 0 or n == self.recipe.epochs:  # a plot costs ~0.3 s, an epoch may not
             _atomic(self.run_dir / "alpha.png", lambda p: plot_alpha(self.history, p, title=self.name))
@@ -476,6 +469,19 @@ def _rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]], cols: list[str]) -> None:
+    """``oneshot.csv``: one row per epoch record with the columns ``cols`` (epochs counted from 1)."""
+
+    def write(path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for rec in history:
+                w.writerow([rec["epoch"] + 1 if c == "epoch" else rec[c] for c in cols])
+
+    _atomic(run_dir / "oneshot.csv", write)
 
 
 def _atomic(path: Path, write: Any) -> None:

@@ -43,12 +43,10 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,7 +56,7 @@ from torch import nn
 from nas.datasets import augment, normalise
 from nas.strategies import Values, register
 from nas.strategies.evolution import RegularizedEvolution
-from nas.strategies.oneshot import _atomic, _derive, _Differentiable, _rss_mb
+from nas.strategies.oneshot import _derive, _Differentiable, _rss_mb, write_history
 from search_spaces import Arch, SearchSpace
 from search_spaces.nb201 import EDGES, OPS
 from search_spaces.nb201_supernet import PARAM_FREE, NB201SuperNet, supernet
@@ -243,16 +241,7 @@ class SPOS(_SinglePath):
     def _write_reports(self) -> None:
         """``oneshot.csv``: per supernet epoch, loss, accuracy, lr, seconds and memory."""
         assert self.run_dir is not None
-        cols = ["epoch", "train_loss", "train_acc", "lr", "seconds", "rss_mb"]
-
-        def write(path: Path) -> None:
-            with open(path, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(cols)
-                for rec in self.history:
-                    w.writerow([rec["epoch"] + 1 if c == "epoch" else rec[c] for c in cols])
-
-        _atomic(self.run_dir / "oneshot.csv", write)
+        write_history(self.run_dir, self.history, ["epoch", "train_loss", "train_acc", "lr", "seconds", "rss_mb"])
 
 
 class Controller(nn.Module):
