@@ -18,16 +18,16 @@ from nas.errors import SearchFailed
 from nas.exploit import greedy_queries
 from nas.result import SearchResult
 from nas.run import Candidate
-from nas.study import (  # noqa: F401 - part of this module's public surface
+from nas.settings import (  # noqa: F401 - resolve_settings and value_list: part of this module's surface
     DEFAULTS,
     METRIC_OBJECTIVES,
+    cache_setting,
     check_inputs_unchanged,
     check_resume,
-    create_study,
-    load_study,
     resolve_settings,
     value_list,
 )
+from nas.study import create_study, load_study
 
 __all__ = ["DEFAULTS", "METRIC_OBJECTIVES", "SearchResult", "search"]
 
@@ -114,9 +114,7 @@ def search(
             if device is not None:
                 study.config["device"] = device
             if cache is not True:
-                from nas.study import _cache_setting
-
-                study.config["cache"] = _cache_setting(cache)
+                study.config["cache"] = cache_setting(cache)
             if budget is not None:
                 study.config["budget"] = int(budget)
             if oracle_queries is not None:

@@ -43,7 +43,7 @@ def test_two_objective_run_is_one_study_whose_best_trials_are_the_runs_pareto_se
     for t in study.trials:  # values in their units, decisions as categorical params, the rest as attributes
         cand = by_arch[t.user_attrs["arch"]]
         assert t.values == [cand.value("synflow"), cand.value("params")]
-        assert list(t.params) == [name for name, _ in nas.study._stored_space(result.config).decisions()]
+        assert list(t.params) == [name for name, _ in nas.settings.stored_space(result.config).decisions()]
         assert t.user_attrs[INDEX_ATTR] == cand.index and t.user_attrs["status"] == "ok"
         assert t.user_attrs["feasible"] is True and t.user_attrs["wall_s"] >= 0
     assert json.dumps(study.user_attrs["zcnas_config"])  # the run's settings travel with the study
