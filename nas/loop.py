@@ -22,7 +22,6 @@ from nas.settings import (  # noqa: F401 - resolve_settings and value_list: part
     DEFAULTS,
     METRIC_OBJECTIVES,
     cache_setting,
-    check_inputs_unchanged,
     check_resume,
     resolve_settings,
     value_list,
@@ -110,7 +109,6 @@ def search(
             if study.config.get("evaluator") == "custom" and evaluate is None:
                 raise ValueError(f"{run_dir} was searched with a custom evaluate function; resume it from "
                                  "Python with the same evaluate=")
-            check_inputs_unchanged(run_dir, study.config, study.space)
             if device is not None:
                 study.config["device"] = device
             if cache is not True:

@@ -193,10 +193,13 @@ def check_resume(run_dir: Path, config: dict[str, Any], given: dict[str, Any]) -
                 "run with another --out for other settings)")
 
 
-def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchSpace) -> None:
-    """Raise :class:`ResumeConflict` when the run's data or accuracy table changed since it started."""
+def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchSpace) -> proxy_lib.Batch | None:
+    """Raise :class:`ResumeConflict` when the run's data or accuracy table changed since it started; returns
+    the calibration batch when it had to be loaded for the check (so that it is not loaded again)."""
+    batch = None
     if config.get("data_digest") is not None and config.get("evaluator") == "proxies":
-        now = data_digest(config, load_data(config, space))
+        batch = load_data(config, space)
+        now = data_digest(config, batch)
         if now != config["data_digest"]:
             raise ResumeConflict(f"--resume {run_dir}: --data {config.get('data')} changed since the run started "
                                  f"(digest {config['data_digest']} then, {now} now); restore it or start a new run")
@@ -206,6 +209,7 @@ def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchS
         if now != config["accuracy_table_digest"]:
             raise ResumeConflict(f"--resume {run_dir}: --accuracy-table {table} changed since the run started "
                                  f"(digest {config['accuracy_table_digest']} then, {now} now)")
+    return batch
 
 
 def _stored_setting(config: dict[str, Any], key: str) -> Any:

@@ -46,6 +46,7 @@ from nas.settings import (
     Evaluate,
     build_evaluator,
     cache_setting,
+    check_inputs_unchanged,
     data_digest,
     default_of,
     file_digest,
@@ -471,6 +472,7 @@ def load_study(storage: str | os.PathLike[str], *, space: SearchSpace | None = N
                proxies: Sequence[Callable[..., float]] = ()) -> Study:
     """Reopen the study in ``storage`` and replay its events; custom objects of the run are passed again.
 
+    A data file or accuracy table changed since the run started raises :class:`ResumeConflict`.
     A custom strategy must be passed as a fresh instance made like the original (the replay brings it
     to where the run stopped); a custom proxy function is registered again under its name.
     """
@@ -497,7 +499,9 @@ def load_study(storage: str | os.PathLike[str], *, space: SearchSpace | None = N
         strat = strategy if strategy is not None else make_strategy(config, space_obj, run_dir)
         objs = parse_objectives(config["objectives"])
         cons = Constraints(**config.get("constraints", {}))
+        batch = check_inputs_unchanged(run_dir, config, space_obj)  # before anything is replayed
         study = Study(space_obj, objs, strat, store, cons, config)
+        study._batch = batch
         study.mirror = attach_mirror(study)
         return study
     except BaseException:

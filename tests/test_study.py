@@ -123,6 +123,8 @@ def test_changed_data_file_is_an_error_on_resume(tmp_path):
     np.savez(data, x=rng.integers(0, 255, size=(16, 3, 32, 32), dtype=np.uint8), y=np.arange(16) % 10)
     with pytest.raises(ResumeConflict, match="changed since the run started"):
         nas.search(out=tmp_path / "r", resume=True, budget=3, **options)
+    with pytest.raises(ResumeConflict, match="changed since the run started"):
+        nas.load_study(tmp_path / "r")  # the notebook path checks it too
 
 
 def test_a_failed_executor_start_leaves_no_run_directory(tmp_path):
