@@ -30,12 +30,13 @@ VERSION = 1
 
 def _builders() -> dict[str, Any]:
     """Space name -> function(space) returning a fresh supernet (imported lazily: torch modules)."""
+    from search_spaces.fbnet_supernet import FBNetSupernet
     from search_spaces.ofa_supernet import OFASupernet
 
     def ofa(space: Any) -> nn.Module:
         return OFASupernet(width_mult=space.width_mult, num_classes=space.num_classes, dropout=space.dropout)
 
-    return {"ofa": ofa}
+    return {"ofa": ofa, "fbnet": FBNetSupernet}
 
 
 def weight_sharing_spaces() -> list[str]:
