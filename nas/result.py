@@ -71,18 +71,48 @@ class SearchResult:
 
     @property
     def best(self) -> Candidate | None:
-        """The final pick: the best queried candidate when an oracle was used, else the method's own
-        :attr:`pick` (a one-shot method's last cell), else :attr:`best_by_proxy`."""
+        """The final pick, by the rule :attr:`pick_rule` names."""
+        return self._pick()[0]
+
+    @property
+    def pick_rule(self) -> str:
+        """How :attr:`best` was chosen, in words (written to ``best.json`` and printed)."""
+        return self._pick()[1]
+
+    def _pick(self) -> tuple[Candidate | None, str]:
         if self.oracle:
             by_arch = {c.arch: c for c in self.feasible()}
             queried = [a for a in self.oracle if a in by_arch]
             if queried:
-                return by_arch[max(queried, key=lambda a: self.oracle[a])]
+                return by_arch[max(queried, key=lambda a: self.oracle[a])], "the best of the oracle's queries"
         if self.pick is not None:
             chosen = next((c for c in self.feasible() if c.arch == self.pick), None)
             if chosen is not None:
-                return chosen
-        return self.best_by_proxy
+                return chosen, "the search method's own answer"
+        first = self.objectives[0].name
+        if len(self.objectives) == 1:
+            return self.best_by_proxy, f"the best {first}"
+        if self.constraints.latency_ms is not None:
+            return self.best_by_proxy, f"the best {first} within --latency-ms {self.constraints.latency_ms:g}"
+        return self.knee, (f"the knee of the Pareto front ({', '.join(map(str, self.objectives))}): the largest "
+                           "sum of objectives scaled to [0, 1] over the front")
+
+    @property
+    def knee(self) -> Candidate | None:
+        """The Pareto candidate farthest beyond the hyperplane through the front's extremes.
+
+        With each oriented objective scaled to [0, 1] over the front, that plane is ``sum = 1`` and the
+        distance grows with the sum of the scaled values: the balanced trade-off a user would point at
+        (Das 1999's normal-boundary knee), not the end of the front where one objective alone is best.
+        """
+        front = self.pareto
+        if not front:
+            return None
+        pts = np.array([self.values(c) for c in front], dtype=float)
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        total = ((pts - lo) / span).sum(axis=1)
+        return front[int(np.argmax(total))]  # ties: the front's order (best first objective first)
 
     @property
     def pareto(self) -> list[Candidate]:
@@ -95,11 +125,14 @@ class SearchResult:
         return sorted(front, key=lambda c: (self.values(c), -c.index), reverse=True)
 
     def ranked(self) -> list[Candidate]:
-        """Feasible candidates, Pareto front first, each part best first on the objectives."""
+        """Feasible candidates: the pick, then the rest of the Pareto front, then the others, each part best
+        first on the objectives (rank 1 is what ``best.json`` names)."""
         front = self.pareto
         on_front = {c.arch for c in front}
         rest = [c for c in self.feasible() if c.arch not in on_front]
-        return front + sorted(rest, key=lambda c: (self.values(c), -c.index), reverse=True)
+        ranked = front + sorted(rest, key=lambda c: (self.values(c), -c.index), reverse=True)
+        best = self.best
+        return ranked if best is None else [best, *[c for c in ranked if c.arch != best.arch]]
 
     def to_records(self) -> list[dict[str, Any]]:
         """One flat dict per candidate: arch, status, scores, metrics, feasibility, oracle accuracy."""
@@ -129,6 +162,7 @@ class SearchResult:
         best = self.best
         out: dict[str, Any] = {
             "arch": best.arch if best else None,
+            "pick": self.pick_rule if best else None,
             "scores": best.scores if best else {},
             "metrics": best.metrics if best else {},
             "objectives": [str(o) for o in self.objectives],

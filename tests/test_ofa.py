@@ -342,3 +342,69 @@ def test_channel_sorting_keeps_the_largest_subnet_and_orders_by_importance():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     norms = sup.blocks[5].pw.conv.weight.abs().sum(dim=(0, 2, 3))
     assert torch.all(norms[:-1] >= norms[1:])
+
+
+def _official_active_block(state, prefix, c_in, kernel, expand, se):
+    """The tensors OFA's ``DynamicMBConvLayer.get_active_subnet`` keeps, written from OFA's published rules
+    on the official key names (independent of our key mapping): expand slice ``make_divisible(round(c_in *
+    e), 8)``, kernel centre crops through ``7to5``/``5to3`` (``x @ M.T``), SE width ``make_divisible(mid //
+    4, 8)``, projection input slice, BN statistics of the first channels."""
+    from search_spaces.mbv3_blocks import make_divisible
+
+    mid = make_divisible(round(c_in * expand), 8)
+    out = {"expand.conv.weight": state[f"{prefix}.inverted_bottleneck.conv.conv.weight"][:mid, :c_in]}
+    w = state[f"{prefix}.depth_conv.conv.conv.weight"][:mid]
+    for src, dst in ((7, 5), (5, 3)):
+        if src <= kernel:
+            break
+        lo = (src - dst) // 2
+        flat = w[:, :, lo:lo + dst, lo:lo + dst].reshape(mid * w.size(1), dst * dst)
+        w = (flat @ state[f"{prefix}.depth_conv.conv.{src}to{dst}_matrix"].T).reshape(mid, w.size(1), dst, dst)
+    out["dw.conv.weight"] = w
+    if se:
+        n = make_divisible(mid // 4, 8)
+        out["se.reduce.weight"] = state[f"{prefix}.depth_conv.se.fc.reduce.weight"][:n, :mid]
+        out["se.reduce.bias"] = state[f"{prefix}.depth_conv.se.fc.reduce.bias"][:n]
+        out["se.expand.weight"] = state[f"{prefix}.depth_conv.se.fc.expand.weight"][:mid, :n]
+        out["se.expand.bias"] = state[f"{prefix}.depth_conv.se.fc.expand.bias"][:mid]
+    out["pw.conv.weight"] = state[f"{prefix}.point_linear.conv.conv.weight"][:, :mid]
+    for ours, theirs, n in (("expand.bn", "inverted_bottleneck.bn.bn", mid), ("dw.bn", "depth_conv.bn.bn", mid),
+                            ("pw.bn", "point_linear.bn.bn", None)):
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{ours}.{k}"] = state[f"{prefix}.{theirs}.{k}"][:n]
+    return out
+
+
+@pytest.mark.parametrize("width", [1.0, 1.2])
+def test_official_state_dict_lands_where_ofa_puts_every_tensor(width):
+    """Every official key is used, and every active tensor of random subnets equals OFA's own slice of it."""
+    sup = OFASupernet(width_mult=width)
+    state = ofa_state_dict(sup, "new")
+    sup.load_official(state)
+    own = sup.state_dict()
+    for key, value in state.items():  # nothing dropped: each official tensor is in the supernet unchanged
+        assert torch.equal(own[official_key_to_ours(key)], value), key
+    assert len({official_key_to_ours(k) for k in state}) == len(own)
+    space = search_spaces.get("ofa", width_mult=width)
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        arch = space.sample(rng)
+        net = sup.subnet(arch)
+        checked = 0
+        for pos, i in enumerate(arch.active_blocks(), start=1):
+            block = net.blocks[pos]
+            c_in = block.spec.c_in
+            expected = _official_active_block(state, f"blocks.{i + 1}.conv", c_in, arch.ks[i], arch.e[i],
+                                              block.se is not None)
+            got = block.state_dict()
+            assert set(expected) <= set(got), set(expected) - set(got)
+            for k, v in expected.items():
+                torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=f"block {i} {k}")
+                checked += 1
+        assert checked > 100
+        for ours, theirs in (("stem.conv.weight", "first_conv.conv.weight"),
+                             ("blocks.0.dw.conv.weight", "blocks.0.conv.depth_conv.conv.weight"),
+                             ("final_expand.conv.weight", "final_expand_layer.conv.weight"),
+                             ("feature_mix.conv.weight", "feature_mix_layer.conv.weight"),
+                             ("classifier.weight", "classifier.linear.weight")):
+            assert torch.equal(net.state_dict()[ours], state[theirs]), ours

@@ -37,10 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.arch is not None:
         arch_text, label = space.to_string(space.from_string(args.arch)), "arch"
     else:
-        ranked = result.ranked()
-        best = result.best
-        if best is not None:  # the oracle's pick leads when one was made
-            ranked = [best, *[c for c in ranked if c.arch != best.arch]]
+        ranked = result.ranked()  # the pick leads
         k = args.rank or 1
         if not ranked:
             raise UsageError(f"{args.run_dir} has no feasible candidate to export")

@@ -192,6 +192,8 @@ def print_result(result: nas.SearchResult, rows: int = TABLE_ROWS) -> None:
     console.print(table)
     if len(front) > rows:
         console.print(f"... {len(front) - rows} more in pareto.csv")
+    if best is not None and len(names) > 1:
+        console.print(f"pick [bold green]*[/] (best.json, best.onnx): {result.pick_rule}")
     if result.oracle and best is not None:
         console.print(f"oracle: {len(result.oracle)} queries; pick {best.arch} at "
                       f"{result.oracle[best.arch]:.2f} %")

@@ -102,10 +102,7 @@ def _run_pick(run_dir: str, rank: int, space: str | None) -> tuple[str, str, dic
         raise UsageError(f"{run_dir}: the run stores no space in its config")
     if space is not None and space != run_space:
         raise UsageError(f"--space {space}: the run {run_dir} searched {run_space}")
-    ranked = result.ranked()
-    best = result.best
-    if best is not None:  # an oracle's pick leads, as in `nas export`
-        ranked = [best, *[c for c in ranked if c.arch != best.arch]]
+    ranked = result.ranked()  # the pick leads
     if not ranked:
         raise UsageError(f"{run_dir} has no feasible candidate to train")
     if not 1 <= rank <= len(ranked):
