@@ -157,6 +157,10 @@ class OFASpace:
         width_mult: 1.0 or 1.2 (the two published OFA MobileNetV3 supernets).
         num_classes: classifier width (1000 for ImageNet).
         resolutions: allowed input resolutions (OFA: 128..224 step 4).
+        min_resolution, max_resolution: the resolutions ``min..max`` in steps of 4 instead (an unset end keeps
+            OFA's 128 or 224); plain ints, so ``--space-option`` sets them and a run's stored options keep
+            them, e.g. ``min_resolution=32 max_resolution=64`` for CIFAR-sized images (OFA's range scaled
+            by 1/4 to 1/3.5). Not together with ``resolutions``.
         dropout: classifier dropout (OFA: 0.1).
         proxy_scale: the evaluator scores proxies at ``round(r * proxy_scale / 4) * 4`` pixels instead
             of ``r`` (1.0 keeps ``r``). The CPU search default 0.5 keeps the ranking: on 30 sampled
@@ -187,7 +191,8 @@ class OFASpace:
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000,
                  resolutions: Sequence[int] = RESOLUTIONS, dropout: float = 0.1,
-                 proxy_scale: float = 1.0) -> None:
+                 proxy_scale: float = 1.0, min_resolution: int | None = None,
+                 max_resolution: int | None = None) -> None:
         if width_mult not in WIDTH_MULTS:
             raise ValueError(f"width_mult must be one of {WIDTH_MULTS} (the published OFA supernets), "
                              f"got {width_mult}")
@@ -195,6 +200,15 @@ class OFASpace:
             raise ValueError(f"proxy_scale must be in (0, 1], got {proxy_scale}")
         self.width_mult = float(width_mult)
         self.num_classes = num_classes
+        self.min_resolution, self.max_resolution = min_resolution, max_resolution
+        if min_resolution is not None or max_resolution is not None:
+            if tuple(resolutions) != RESOLUTIONS:
+                raise ValueError("give resolutions or min_resolution/max_resolution, not both")
+            lo = min(RESOLUTIONS) if min_resolution is None else int(min_resolution)
+            hi = max(RESOLUTIONS) if max_resolution is None else int(max_resolution)
+            if not 8 <= lo <= hi:
+                raise ValueError(f"min_resolution {lo} and max_resolution {hi}: need 8 <= min <= max")
+            resolutions = range(lo, hi + 1, 4)
         self.resolutions = tuple(sorted(int(r) for r in resolutions))
         self.dropout = dropout
         self.proxy_scale = float(proxy_scale)
