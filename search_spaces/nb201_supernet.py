@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.base import ArchError
-from search_spaces.nb201 import EDGES, OPS, NB201Arch, ReLUConvBN, make_op
+from search_spaces.nb201 import EDGES, OPS, NB201Arch, NB201Network, ReLUConvBN, make_op
 
 __all__ = ["MixedEdge", "NB201SuperNet", "PARAM_FREE", "channel_shuffle", "gumbel_sample", "supernet"]
 
@@ -233,6 +233,40 @@ class NB201SuperNet(nn.Module):
             else:
                 out.append(int(op))
         return out
+
+    @torch.no_grad()
+    def subnet(self, arch: Sequence[str]) -> NB201Network:
+        """The standalone network of ``arch`` with copies of the shared weights of that path.
+
+        The cell ops' BatchNorms of the supernet have no affine parameters, so the subnet's are the
+        identity (scale 1, shift 0); no BatchNorm here has running statistics, so the subnet's start at
+        the defaults and are recalibrated on data before it is evaluated in eval mode. In training mode
+        (batch statistics) its output equals ``self(x, arch=arch)``. Needs ``partial_k=1`` and no edge
+        normalisation (the standalone cell has neither).
+        """
+        if self.partial_k != 1 or self.beta is not None:
+            raise ValueError("subnet(arch) needs the plain supernet (partial_k=1, edge_norm=False)")
+        index = self._indices(arch)
+        ops = tuple(OPS[i] for i in index)
+        net = NB201Network(ops, self.classifier.out_features, self.stem[0].out_channels,  # type: ignore[arg-type]
+                           self._cells_per_stage(), self.stem[0].in_channels)
+        shared = {k: v for k, v in self.state_dict().items() if k not in ("alpha", "beta")}
+        ours: dict[str, torch.Tensor] = {}
+        for key, value in shared.items():
+            parts = key.split(".")
+            if parts[0] == "cells" and isinstance(self.cells[int(parts[1])], SearchCell):
+                # cells.<c>.edges.<k>.ops.<op>.<rest> -> cells.<c>.edges.<k>.<rest> for the path's op only
+                if int(parts[5]) != index[int(parts[3])]:
+                    continue
+                key = ".".join(parts[:4] + parts[6:])
+            ours[key] = value
+        missing, unexpected = net.load_state_dict(ours, strict=False)
+        stats_or_affine = ("running_mean", "running_var", "num_batches_tracked", "weight", "bias")
+        assert not unexpected and all(k.rsplit(".", 1)[-1] in stats_or_affine for k in missing), (missing, unexpected)
+        return net.train(self.training)
+
+    def _cells_per_stage(self) -> int:
+        return sum(isinstance(c, SearchCell) for c in self.cells) // 3
 
     def genotype(self) -> NB201Arch:
         """The derived cell: per edge the op of largest alpha, ``none`` included (NAS-Bench-201's DARTS rule)."""
