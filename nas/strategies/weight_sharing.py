@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.datasets import augment, normalise
+from nas.inherited import recalibrate_bn
 from nas.strategies import Values, register
 from nas.strategies.evolution import RegularizedEvolution
 from nas.strategies.oneshot import _derive, _Differentiable, _rss_mb, write_history
@@ -209,16 +210,12 @@ class SPOS(_SinglePath):
         """Reset BN running statistics and re-estimate them for ``arch`` on fixed training batches."""
         assert self._model is not None
         model, ebs = self._model, self.recipe.eval_batch_size
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
         xw = self._halves[0][0]
         # The same seeded images for every arch: a score depends on the weights and the arch alone.
         gen = torch.Generator().manual_seed(_derive(self.seed, 0, 4))
         idx = torch.randperm(len(xw), generator=gen)[:self.method["bn_batches"] * ebs].to(self.device)
-        model.train()
-        for i in range(0, len(idx), ebs):
-            model(normalise(xw[idx[i:i + ebs]]), arch=arch)
+        batches = (normalise(xw[idx[i:i + ebs]]) for i in range(0, len(idx), ebs))
+        recalibrate_bn(model, batches, forward=lambda x: model(x, arch=arch))
 
     @torch.no_grad()
     def _score(self, arch: Arch) -> dict[str, float]:

@@ -1,0 +1,281 @@
+"""Inherited-weight accuracy (``acc_ws``): a subnet of a trained supernet, scored without training it.
+
+Once-for-all's evaluation, as a search objective: the candidate's standalone subnet is copied out of the
+supernet (``supernet.subnet(arch)``), its BatchNorm statistics are recalibrated on a few batches of
+training images (:func:`recalibrate_bn`: running statistics reset, then a cumulative average over the
+batches in train mode), and its top-1 accuracy (%) is measured in eval mode on a held-out validation
+split of the training images. Both image sets come from the ``train`` split of ``--data``
+(:func:`held_out`: seeded and class-balanced, disjoint); the test split is never read. Images are resized
+to the candidate's own input (``arch.r`` for ofa).
+
+A :class:`SupernetScorer` is what the evaluator holds: it pickles as its settings, and each process loads
+the checkpoint and the images once (a lock makes the first load thread-safe; later reads share the
+supernet, and every candidate gets its own subnet copy), so serial, threaded and Ray evaluation agree.
+
+Example:
+    >>> scorer = SupernetScorer(space, "supernet.pt", "data/cifar10_jpeg")  # doctest: +SKIP
+    >>> scorer.accuracy(space.smallest(32))                                 # doctest: +SKIP
+    12.4
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.datasets import ImageData, load_split, normalise
+from nas.rng import seeded_global_rng
+from search_spaces import SearchSpace, arch_input_shape
+
+__all__ = ["ACC_WS", "SUPERNET_OBJECTIVES", "HeldOut", "SupernetScorer", "held_out", "inherited_accuracy",
+           "recalibrate_bn"]
+
+ACC_WS = "acc_ws"
+"""The objective: inherited-weight top-1 accuracy (%) on the held-out split, maximised."""
+
+SUPERNET_OBJECTIVES = frozenset({ACC_WS})
+"""Objectives computed from a supernet rather than by a proxy."""
+
+DEFAULT_VAL_SIZE = 500
+"""Held-out validation images per candidate (class-balanced): 5 % steps of accuracy on 10 classes are
+then resolved to about +-2 %, enough to rank, at a cost a CPU search affords."""
+
+DEFAULT_BN_BATCHES = 4
+"""Recalibration batches of :data:`BN_BATCH_SIZE` images (OFA recalibrates on about 2,000 images; 256
+give statistics that move accuracy by well under a point at CIFAR scale and cost a fifth of the time)."""
+
+BN_BATCH_SIZE = 64
+EVAL_BATCH_SIZE = 100
+
+# Space options that change how a subnet is fed or scored, never the supernet's weights: a checkpoint
+# trained without them still fits (the ofa search default proxy_scale=0.5 is one).
+_INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "input_shape"})
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
+                   forward: Callable[[torch.Tensor], Any] | None = None) -> nn.Module:
+    """Reset every BatchNorm's running statistics and re-estimate them as the plain mean over ``batches``
+    (each run through ``forward``, default ``model``, in train mode); returns ``model`` in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    missing = [m for m in norms if not m.track_running_stats or m.running_mean is None]
+    if missing:
+        raise ValueError(f"{len(missing)} BatchNorm layer(s) keep no running statistics to recalibrate; "
+                         "give them buffers first (nas.strategies.weight_sharing.track_running_stats)")
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every batch weighs the same, whatever their number
+    model.train()
+    seen = 0
+    try:
+        for x in batches:
+            (forward or model)(x)
+            seen += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+    if seen == 0:
+        raise ValueError("BN recalibration needs at least one batch of images")
+    return model.eval()
+
+
+@torch.no_grad()
+def inherited_accuracy(model: nn.Module, images: ImageData, shape: tuple[int, ...],
+                       device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE) -> float:
+    """Top-1 accuracy (%) of ``model`` in eval mode on ``images`` resized to ``shape`` (C, H, W)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = _inputs(images.x[i:i + batch_size], shape, device)
+        correct += int((model(x).argmax(1).cpu() == images.y[i:i + batch_size]).sum())
+    return 100.0 * correct / max(1, len(images))
+
+
+def _inputs(x: torch.Tensor, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """uint8 images -> normalised float at the network's input size (bilinear, as the proxies' data)."""
+    out = normalise(x.to(device))
+    if tuple(out.shape[2:]) != tuple(shape[1:]):
+        out = F.interpolate(out, size=tuple(shape[1:]), mode="bilinear", align_corners=False)
+    return out
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The images ``acc_ws`` reads: a validation split and recalibration images, both from ``train``."""
+
+    val: ImageData
+    calib: ImageData
+
+    def digest(self) -> str:
+        """SHA-1 of both image sets and the labels (a changed data folder is caught on resume)."""
+        h = hashlib.sha1()
+        for t in (self.val.x, self.val.y, self.calib.x):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def held_out(source: str | os.PathLike[str], val_size: int, calib_size: int, seed: int) -> HeldOut:
+    """``val_size`` class-balanced validation images and ``calib_size`` others for BN recalibration, drawn
+    with ``seed`` from the ``train`` split of ``source`` (a folder or ``.npz`` as :mod:`nas.datasets` reads)."""
+    if val_size < 1 or calib_size < 1:
+        raise ValueError(f"--val-size and --bn-batches must be at least 1, got {val_size} and "
+                         f"{calib_size // BN_BATCH_SIZE}")
+    train = load_split(source, "train")
+    if len(train) <= val_size:
+        raise ValueError(f"--data {source}: its train split has {len(train)} images, too few to hold out "
+                         f"--val-size {val_size} and keep images for BN recalibration; lower --val-size")
+    rng = np.random.default_rng([int(seed), 0xACC])
+    y = train.y.numpy()
+    per_class = [list(rng.permutation(np.flatnonzero(y == c))) for c in np.unique(y)]
+    order: list[int] = []
+    for i in range(max(len(p) for p in per_class)):  # round-robin: the classes as equal as they can be
+        order.extend(int(p[i]) for p in per_class if i < len(p))
+    val = np.sort(np.asarray(order[:val_size]))
+    rest = np.asarray(order[val_size:])
+    calib = rest[rng.permutation(len(rest))[:calib_size]]  # random order: every batch mixes the classes
+    return HeldOut(train.take(val), train.take(calib))
+
+
+def file_sha1(path: str | os.PathLike[str]) -> str:
+    """SHA-1 (16 hex digits) of a file's bytes, read in chunks (checkpoints reach hundreds of MB)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def checkpoint_space_options(path: str | os.PathLike[str], space: str) -> dict[str, Any]:
+    """The options of space ``space`` a zcnas supernet checkpoint was trained with (``{}`` for an official
+    OFA file or another space's checkpoint, which loading then reports)."""
+    from nas.supernets import FORMAT, read_checkpoint
+
+    data = read_checkpoint(path)
+    if data.get("format") != FORMAT or data.get("space") != space:
+        return {}
+    return dict(data.get("space_options") or {})
+
+
+# One loaded supernet and one set of images per process, whoever asks: Ray workers and threads share them.
+_LOCK = threading.Lock()
+_SUPERNETS: dict[tuple[str, str, str], nn.Module] = {}
+_DATA: dict[tuple[str, int, int, int], HeldOut] = {}
+
+
+@dataclass
+class SupernetScorer:
+    """Scores architectures of ``space`` by inherited-weight accuracy on a checkpoint's supernet.
+
+    ``digest`` (the checkpoint's :func:`file_sha1`, stored in the run) makes a worker refuse a file that
+    changed after the run started. Picklable: only the settings travel; the loaded state is per process.
+
+    Example:
+        >>> scorer = SupernetScorer(space, "supernet.pt", "data.npz", val_size=200)  # doctest: +SKIP
+        >>> net = scorer.subnet(arch)   # standalone, recalibrated, eval mode          # doctest: +SKIP
+    """
+
+    space: SearchSpace
+    path: str
+    data: str
+    seed: int = 0
+    val_size: int = DEFAULT_VAL_SIZE
+    bn_batches: int = DEFAULT_BN_BATCHES
+    device: str | None = None
+    digest: str | None = None
+    _dev: torch.device | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dev": None}
+
+    @property
+    def dev(self) -> torch.device:
+        """The torch device evaluations run on (the run's ``--device``, else CPU)."""
+        if self._dev is None:
+            self._dev = torch.device(self.device or "cpu")
+        return self._dev
+
+    def supernet(self) -> nn.Module:
+        """The checkpoint's supernet (eval mode), loaded once per process; raises naming a bad file."""
+        from nas.evaluate import space_key
+
+        key = (str(Path(self.path).resolve()), self.digest or "", space_key(self.space))
+        with _LOCK:
+            if key not in _SUPERNETS:
+                if self.digest is not None and file_sha1(self.path) != self.digest:
+                    raise ValueError(f"supernet checkpoint {self.path} changed since the run started "
+                                     f"(digest {self.digest}); restore it or start a new run")
+                _SUPERNETS[key] = _load(self.path, self.space).to(self.dev).eval()
+            return _SUPERNETS[key]
+
+    def images(self) -> HeldOut:
+        """The validation and recalibration images, loaded once per process."""
+        key = (str(self.data), int(self.val_size), int(self.bn_batches), int(self.seed))
+        with _LOCK:
+            if key not in _DATA:
+                _DATA[key] = held_out(self.data, self.val_size, self.bn_batches * BN_BATCH_SIZE, self.seed)
+            return _DATA[key]
+
+    def check(self) -> HeldOut:
+        """Load the supernet and the images now and check that they fit each other (before a run starts)."""
+        sup, data = self.supernet(), self.images()
+        channels = int(self.space.input_shape[0])
+        if data.val.x.shape[1] != channels:
+            raise ValueError(f"--data {self.data}: images have {data.val.x.shape[1]} channel(s), the "
+                             f"{self.space.name} supernet takes {channels}")
+        classes = _classes(sup)
+        if classes is not None and data.val.num_classes > classes:
+            raise ValueError(f"--data {self.data} has {data.val.num_classes} classes but the supernet's "
+                             f"classifier has {classes}; use a checkpoint trained on these data (or pass "
+                             f"--space-option num_classes={data.val.num_classes} with one that has as many)")
+        return data
+
+    def subnet(self, arch: Any) -> nn.Module:
+        """The standalone subnet of ``arch`` with the inherited weights and recalibrated BN, in eval mode."""
+        sup = self.supernet()
+        # subnet() builds a fresh network from torch's global generator before copying the weights in:
+        # under the global-RNG lock, so that it never shifts the seeded builds of other threads.
+        with seeded_global_rng(0):
+            net = sup.subnet(arch)
+        net = net.to(self.dev)
+        shape = arch_input_shape(self.space, arch)
+        calib = self.images().calib
+        batches = (_inputs(calib.x[i:i + BN_BATCH_SIZE], shape, self.dev)
+                   for i in range(0, len(calib), BN_BATCH_SIZE))
+        return recalibrate_bn(net, batches)
+
+    def accuracy(self, arch: Any) -> float:
+        """``acc_ws`` of ``arch``: top-1 (%) on the validation split after BN recalibration."""
+        return inherited_accuracy(self.subnet(arch), self.images().val, arch_input_shape(self.space, arch),
+                                  self.dev)
+
+
+def weight_space(space: SearchSpace) -> SearchSpace:
+    """``space`` without the options that only change its inputs (what a checkpoint's weights depend on)."""
+    import search_spaces
+    from nas.settings import space_options_of
+
+    options = {k: v for k, v in space_options_of(space).items() if k not in _INPUT_ONLY_OPTIONS}
+    return search_spaces.get(space.name, **options)
+
+
+def _load(path: str, space: SearchSpace) -> nn.Module:
+    from nas.supernets import load_supernet
+
+    return load_supernet(path, weight_space(space))
+
+
+def _classes(module: nn.Module) -> int | None:
+    """Width of the supernet's classifier (its last Linear), if it has one."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return int(linears[-1].out_features) if linears else None
