@@ -111,7 +111,7 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
         ...                    space_options={"channels": 8, "cells_per_stage": 1}, out="runs/t")
         >>> result.test_accuracy  # doctest: +SKIP
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     dist = _Distributed.start(dev)
     try:
         if dev.type == "cuda" and dev.index is None:  # one GPU per process under torchrun
@@ -126,7 +126,7 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
         dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
         if dist.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(out_dir / "config.json", {"settings": settings})
+            write_json(out_dir / "config.json", {"settings": settings})
         return trainer.run()
     finally:
         dist.stop()
@@ -150,7 +150,7 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
         arch_text = _arch_text(space, options, arch) if arch is not None else stored["arch"]
         base = recipe or Recipe(**stored["recipe"])
         given = {"space": space, "space_options": options, "arch": arch_text,
-                 "data": None if data is None else _data_path(data),
+                 "data": None if data is None else data_path(data),
                  "recipe": recipe_for(space, epochs, batch_size, lr, base=base).to_dict(),
                  "train_size": train_size, "val_size": val_size, "seed": seed, "amp": amp, "world_size": world}
         for key, value in given.items():
@@ -164,7 +164,7 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
         raise ValueError(f"--seed must be 0 or more, got {seed}")
     options = dict(space_options or {})
     arch_text = _arch_text(space, options, arch)
-    settings = {"space": space, "space_options": options, "arch": arch_text, "data": _data_path(data),
+    settings = {"space": space, "space_options": options, "arch": arch_text, "data": data_path(data),
                 "recipe": recipe_for(space, epochs, batch_size, lr, base=recipe).to_dict(),
                 "train_size": train_size, "val_size": val_size, "seed": seed, "amp": bool(amp),
                 "world_size": world}
@@ -200,7 +200,7 @@ def _arch_text(space: str, options: dict[str, Any], arch: Any) -> str:
     return built.to_string(value)
 
 
-def _data_path(data: str | os.PathLike[str]) -> str:
+def data_path(data: str | os.PathLike[str]) -> str:
     """``data`` as an absolute path, checked to exist."""
     path = Path(data).expanduser()
     if not path.exists():
@@ -209,7 +209,7 @@ def _data_path(data: str | os.PathLike[str]) -> str:
     return str(path.resolve())
 
 
-def _device(device: str | None) -> torch.device:
+def resolve_device(device: str | None) -> torch.device:
     """The training device: ``device``, else CUDA when present, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -274,13 +274,13 @@ class _Distributed:
             torch.distributed.destroy_process_group()
 
 
-def _stream_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
+def stream_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
     """A seed for one random stream of one epoch on one rank: a function of these alone."""
     return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
 
 
 @contextlib.contextmanager
-def _seeded_global(seed: int, dev: torch.device) -> Iterator[None]:
+def seeded_global(seed: int, dev: torch.device) -> Iterator[None]:
     """Seed torch's global generators (dropout draws from them) for a block and restore them after."""
     try:
         from nas.rng import seeded_global_rng  # holds the library's lock against other threads' draws
@@ -364,7 +364,7 @@ class _DropPath:
             handle.remove()
 
 
-def _hold_out(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData]:
+def hold_out(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData]:
     """``(rest, held)``: ``n`` images held out with the classes as equal as they can be, seeded."""
     rng = np.random.default_rng([int(seed), 0x7A1])
     y = data.y.numpy()
@@ -376,7 +376,7 @@ def _hold_out(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData]
     return data.take(np.sort(order[n:])), data.take(np.sort(order[:n]))
 
 
-def _optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """The recipe's optimiser over every parameter (no weight decay on norms and biases if it says so)."""
     decay, no_decay = [], []
     for p in net.parameters():
@@ -406,7 +406,7 @@ class _Trainer:
         n_val = round(0.1 * len(pool)) if settings["val_size"] is None else int(settings["val_size"])
         if not 0 <= n_val < len(pool):
             raise ValueError(f"--val-size {n_val}: must be 0 or more and leave training images of the {len(pool)}")
-        self.train_set, self.val_set = _hold_out(pool, n_val, self.seed)
+        self.train_set, self.val_set = hold_out(pool, n_val, self.seed)
         self.test_set = load_split(settings["data"], "test")
         self.num_classes = max(pool.num_classes, self.test_set.num_classes)
         self.input_shape = tuple(int(d) for d in pool.x.shape[1:])
@@ -434,7 +434,7 @@ class _Trainer:
         if steps > 1 and self.shard_size % self.per_rank_batch == 1:
             steps -= 1  # a last batch of one image would give batch norm no statistics
         self.steps = steps
-        self.optimizer = _optimizer(self.net, self.recipe)
+        self.optimizer = make_optimizer(self.net, self.recipe)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.recipe.epochs * self.steps, eta_min=0.0)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.recipe.label_smoothing)
@@ -446,14 +446,14 @@ class _Trainer:
         """Train the remaining epochs, then measure the test accuracy and write the outputs."""
         self._restore()
         x_train, y_train = self.train_set.x.to(self.dev), self.train_set.y.to(self.dev)
-        bar = _EpochBar(self.progress)
+        bar = EpochBar(self.progress)
         try:
             for epoch in range(self.start_epoch, self.recipe.epochs):
                 row = self._epoch(epoch, x_train, y_train, bar)
                 self.history.append(row)
                 if self.dist.rank == 0:
                     self._checkpoint(epoch + 1)
-                    _write_csv(self.out / "train.csv", self.history)
+                    write_csv(self.out / "train.csv", self.history)
                 log.info("epoch %d/%d: loss %.4f, train %.2f%%, val %.2f%%, %.1f s", epoch + 1,
                          self.recipe.epochs, row["loss"], row["train_acc"], row["val_acc"], row["seconds"])
                 if self.callback is not None:
@@ -496,25 +496,25 @@ class _Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out / "checkpoint.pt")  # a kill mid-write leaves the previous checkpoint
 
-    def _epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: _EpochBar) -> dict[str, float]:
+    def _epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: EpochBar) -> dict[str, float]:
         """Train one epoch and validate; returns its row of ``train.csv``."""
         start = time.perf_counter()
         rank, r = self.dist.rank, self.recipe
         # Every draw of the epoch depends on (seed, epoch, rank) alone, so a resumed run repeats it exactly
-        order = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0, _ORDER))  # same on all ranks
+        order = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0, _ORDER))  # same on all ranks
         shard = torch.randperm(len(self.train_set), generator=order)[rank::self.dist.world][: self.shard_size]
-        aug = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, rank, _AUGMENT))
+        aug = torch.Generator().manual_seed(stream_seed(self.seed, epoch, rank, _AUGMENT))
         self._rng_states = {"order": order.get_state(), "augment": aug.get_state()}
         if self.drop_path is not None:
             self.drop_path.prob = r.drop_path * epoch / r.epochs  # DARTS raises it linearly
-            self.drop_path.generator.manual_seed(_stream_seed(self.seed, epoch, rank, _DROP_PATH))
+            self.drop_path.generator.manual_seed(stream_seed(self.seed, epoch, rank, _DROP_PATH))
         lr = float(self.optimizer.param_groups[0]["lr"])
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
         correct = torch.zeros((), dtype=torch.int64, device=self.dev)
         seen = 0
         self.model.train()
         bar.start(epoch, r.epochs, self.steps)
-        with _seeded_global(_stream_seed(self.seed, epoch, rank, _GLOBAL), self.dev):
+        with seeded_global(stream_seed(self.seed, epoch, rank, _GLOBAL), self.dev):
             for step in range(self.steps):
                 idx = shard[step * self.per_rank_batch:(step + 1) * self.per_rank_batch].to(self.dev)
                 images = augment(normalise(x[idx]), aug, pad=r.pad, flip=r.flip, cutout=r.cutout)
@@ -567,7 +567,7 @@ class _Trainer:
         if getattr(exported, "auxiliary_head", None) is not None:
             exported.auxiliary_head = None  # a training device, not part of the network's output
         export_onnx(exported, torch.zeros(1, *self.input_shape), self.out / "model.onnx")
-        _plot(self.history, self.out / "curve.png", f"{self.s['space']} · {self.s['arch']}")
+        plot_history(self.history, self.out / "curve.png", f"{self.s['space']} · {self.s['arch']}")
         metrics = {
             "space": self.s["space"], "space_options": self.s["space_options"], "arch": self.s["arch"],
             "recipe": self.s["recipe"], "epochs": len(self.history), "test_accuracy": test_acc,
@@ -578,7 +578,7 @@ class _Trainer:
             "test_images": len(self.test_set), "data": self.s["data"], "device": str(self.dev),
             "world_size": self.dist.world, "amp": self.s["amp"],
         }
-        _write_json(self.out / "metrics.json", metrics)
+        write_json(self.out / "metrics.json", metrics)
 
 
 def _parameters(fn: Callable[..., Any]) -> set[str]:
@@ -588,7 +588,7 @@ def _parameters(fn: Callable[..., Any]) -> set[str]:
     return set(inspect.signature(fn).parameters)
 
 
-class _EpochBar:
+class EpochBar:
     """A rich progress bar over one epoch's steps with the running loss; silent when disabled."""
 
     def __init__(self, enabled: bool) -> None:
@@ -617,27 +617,28 @@ class _EpochBar:
             self._bar.stop()
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON atomically."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
-    """``train.csv`` with one row per epoch so far, atomically (a blank ``val_acc`` when none is held out)."""
+def write_csv(path: Path, history: list[dict[str, float]], fields: tuple[str, ...] = _CSV_FIELDS) -> None:
+    """A CSV with one row per epoch so far, atomically (a blank cell for a NaN, e.g. no ``val_acc`` held out)."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in history:
             writer.writerow({k: ("" if isinstance(row[k], float) and math.isnan(row[k]) else row[k])
-                             for k in _CSV_FIELDS})
+                             for k in fields})
     os.replace(tmp, path)
 
 
-def _plot(history: list[dict[str, float]], path: Path, title: str) -> None:
-    """Training loss, and train and validation accuracy, per epoch."""
+def plot_history(history: list[dict[str, float]], path: Path, title: str,
+                 curves: tuple[tuple[str, str], ...] = (("train_acc", "train"), ("val_acc", "validation"))) -> None:
+    """Training loss, and the accuracy columns ``curves`` (key, label), per epoch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -648,8 +649,8 @@ def _plot(history: list[dict[str, float]], path: Path, title: str) -> None:
     epochs = [r["epoch"] for r in history]
     loss_ax.plot(epochs, [r["loss"] for r in history], marker="o")
     loss_ax.set(xlabel="epoch", ylabel="training loss")
-    acc_ax.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train")
-    acc_ax.plot(epochs, [r["val_acc"] for r in history], marker="o", label="validation")
+    for key, label in curves:
+        acc_ax.plot(epochs, [r[key] for r in history], marker="o", label=label)
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)")
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
