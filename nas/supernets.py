@@ -31,12 +31,17 @@ VERSION = 1
 def _builders() -> dict[str, Any]:
     """Space name -> function(space) returning a fresh supernet (imported lazily: torch modules)."""
     from search_spaces.fbnet_supernet import FBNetSupernet
+    from search_spaces.nb201_supernet import supernet as nb201_supernet
     from search_spaces.ofa_supernet import OFASupernet
 
     def ofa(space: Any) -> nn.Module:
         return OFASupernet(width_mult=space.width_mult, num_classes=space.num_classes, dropout=space.dropout)
 
-    return {"ofa": ofa, "fbnet": FBNetSupernet}
+    def nb201(space: Any) -> nn.Module:
+        # Its own seed argument only fixes the default; supernet_of's seed reaches it through torch's generator
+        return nb201_supernet(space, seed=int(torch.initial_seed() % 2**31))
+
+    return {"ofa": ofa, "fbnet": FBNetSupernet, "nb201": nb201}
 
 
 def weight_sharing_spaces() -> list[str]:
@@ -44,14 +49,18 @@ def weight_sharing_spaces() -> list[str]:
     return sorted(_builders())
 
 
-def supernet_of(space: Any) -> nn.Module:
-    """A freshly initialised weight-sharing supernet for ``space`` (its classes, widths and input)."""
+def supernet_of(space: Any, seed: int | None = None) -> nn.Module:
+    """A freshly initialised weight-sharing supernet for ``space`` (initial weights from ``seed`` when given)."""
     builders = _builders()
     name = getattr(space, "name", None)
     if name not in builders:
         raise ValueError(f"space {name!r} has no weight-sharing supernet; spaces with one: "
                          f"{', '.join(sorted(builders))}")
-    return builders[name](space)
+    if seed is None:
+        return builders[name](space)
+    with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
+        torch.manual_seed(seed)
+        return builders[name](space)
 
 
 def save_supernet(path: str | os.PathLike[str], space: Any, supernet: nn.Module,

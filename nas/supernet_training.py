@@ -1,0 +1,412 @@
+"""Train a weight-sharing supernet (ofa, fbnet, nb201): ``nas.supernet_training.train_supernet`` and
+``nas supernet train``.
+
+**The sandwich rule with in-place distillation** (Yu & Huang, "Universally Slimmable Networks", ICCV 2019;
+Yu et al., "BigNAS", ECCV 2020): every step runs the largest subnet, the smallest and ``num_random``
+(default 2) random subnets on the same batch and accumulates their gradients before one optimiser step.
+The largest learns from the labels (cross-entropy with the recipe's label smoothing); the others learn
+from the largest's detached soft predictions (soft-target cross-entropy, as OFA's
+``cross_entropy_loss_with_soft_target``), which BigNAS found to train the small subnets better than labels.
+
+What "largest" and "smallest" are, per space:
+
+- ``ofa``: kernel 7, expand 6, depth 4 at the largest resolution; kernel 3, expand 3, depth 2 at the
+  smallest, restricted to the current phase's choices (below). Each subnet sees the batch resized
+  (bilinear) to its own resolution, so the space's resolutions may differ from the images' size.
+- ``fbnet``: per layer the op with the most parameters (``k5_e6``) and the one with the fewest (``skip``,
+  an identity, or a 1x1 conv where the layer changes width or stride), counted on the supernet itself.
+- ``nb201``: the largest is every edge ``nor_conv_3x3``; there is no useful smallest (cells of only
+  ``none``/``skip``/pooling hold no weights), so a third random path takes its place: the largest
+  plus uniform single paths, as SPOS (Guo et al., ECCV 2020) with a distilling teacher.
+
+**Progressive shrinking for ofa** (Cai et al., "Once-for-All", ICLR 2020, Sec. 3.2 and the epochs of
+its ``train_ofa_net.py``): the full network first, then elastic kernel, then elastic depth, then elastic
+expand, each later phase keeping the earlier phases' choices elastic. OFA's ImageNet schedule is full
+network 180 epochs, kernel 120, depth 25 (d 3-4) + 120 (d 2-4), expand 25 (e 4-6) + 120 (e 3-6), 590 in
+all; here the same fractions of the training steps: full ``[0, 0.305)``, kernel ``[0.305, 0.508)``, depth
+``[0.508, 0.754)`` (d 3-4 for its first 25/145), expand ``[0.754, 1]`` (e 4-6 for its first 25/145). Before
+the first expand step the expanded channels are sorted by importance (``sort_channels``, OFA's
+``re_organize_middle_weights``) and the optimiser's momentum is reset, as OFA starts each phase with a
+fresh optimiser. Resolution is elastic in every phase, as in OFA. Simplifications: one cosine schedule
+over all steps (OFA restarts the learning rate per phase) and in-place distillation instead of OFA's
+separately trained teacher. ``progressive=False`` trains every choice from the start.
+
+Data, augmentation, held-out validation split, recipe and reproducibility follow :mod:`nas.training`:
+every random draw of an epoch comes from generators seeded by ``(seed, epoch)``, and the checkpoint after
+each epoch (``checkpoint.pt``: the supernet in :func:`nas.supernets.save_supernet`'s format plus
+optimiser, scheduler, epoch and history) lets ``resume=True`` continue to the very weights an
+uninterrupted run reaches on the CPU. Outputs in ``out``: ``config.json``, ``train.csv`` (per epoch:
+phase, loss of the largest, validation accuracy of the largest and the smallest subnet after BN
+recalibration, learning rate, seconds), ``curve.png``, and at the end ``supernet.pt``, which
+``nas.supernets.load_supernet(path, space)`` reads for the space with the run's options (the number of
+classes is the data's: ``num_classes`` is among the stored options). One process (no DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import search_spaces
+from nas.datasets import ImageData, augment, balanced_subset, load_split, normalise
+from nas.errors import ResumeConflict
+from nas.recipes import Recipe, recipe_for
+from nas.supernets import save_supernet, supernet_of, weight_sharing_spaces
+from nas.training import (
+    EpochBar,
+    data_path,
+    hold_out,
+    make_optimizer,
+    plot_history,
+    resolve_device,
+    seeded_global,
+    stream_seed,
+    write_csv,
+    write_json,
+)
+
+__all__ = ["OFA_PHASES", "SupernetTrainResult", "distillation_loss", "evaluate_subnet", "ofa_phase",
+           "sandwich_archs", "sandwich_step", "train_supernet"]
+
+log = logging.getLogger(__name__)
+
+OFA_PHASES: tuple[tuple[float, str, dict[str, tuple[int, ...]]], ...] = (
+    (0.0, "full", {"ks": (7,), "e": (6,), "d": (4,)}),
+    (180 / 590, "kernel", {"ks": (3, 5, 7), "e": (6,), "d": (4,)}),
+    (300 / 590, "depth", {"ks": (3, 5, 7), "e": (6,), "d": (3, 4)}),
+    (325 / 590, "depth", {"ks": (3, 5, 7), "e": (6,), "d": (2, 3, 4)}),
+    (445 / 590, "expand", {"ks": (3, 5, 7), "e": (4, 6), "d": (2, 3, 4)}),
+    (470 / 590, "expand", {"ks": (3, 5, 7), "e": (3, 4, 6), "d": (2, 3, 4)}),
+)
+"""(start as a fraction of all steps, phase, allowed choices): OFA's 180/120/25+120/25+120 epochs."""
+
+_ALL_OFA = {"ks": (3, 5, 7), "e": (3, 4, 6), "d": (2, 3, 4)}
+_ORDER, _AUGMENT, _GLOBAL, _ARCHS = 0, 1, 3, 4  # random streams of an epoch (nas.training's numbering)
+_CSV_FIELDS = ("epoch", "phase", "loss", "largest_val_acc", "smallest_val_acc", "lr", "seconds")
+_FLAGS = {"space": "--space", "space_options": "--space-option", "data": "--data", "recipe": "recipe",
+          "train_size": "--train-size", "val_size": "--val-size", "seed": "--seed", "num_random": "num_random",
+          "progressive": "--no-progressive"}
+
+
+@dataclass
+class SupernetTrainResult:
+    """What :func:`train_supernet` produced: the per-epoch history and the trained supernet."""
+
+    out: Path
+    space: str
+    space_options: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds_per_epoch: float
+    supernet: nn.Module = field(repr=False)
+
+
+def ofa_phase(progress: float, progressive: bool = True) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """The progressive-shrinking phase and its allowed ks/e/d choices at ``progress`` (0..1) of training."""
+    if not progressive:
+        return "all", dict(_ALL_OFA)
+    name, allowed = OFA_PHASES[0][1], OFA_PHASES[0][2]
+    for start, n, a in OFA_PHASES:
+        if progress >= start:
+            name, allowed = n, a
+    return name, dict(allowed)
+
+
+def sandwich_archs(space: Any, supernet: nn.Module, rng: np.random.Generator, num_random: int = 2,
+                   allowed: dict[str, tuple[int, ...]] | None = None) -> list[Any]:
+    """``[largest, smallest, random...]`` of one sandwich step (ofa: within ``allowed``; see the module doc)."""
+    name = space.name
+    if name == "ofa":
+        from search_spaces.ofa import N_BLOCKS, N_STAGES, OFAArch
+
+        a = allowed or _ALL_OFA
+        res = space.resolutions
+
+        def pick(key: str, n: int) -> tuple[int, ...]:
+            return tuple(int(a[key][i]) for i in rng.integers(len(a[key]), size=n))
+
+        largest = OFAArch((max(a["ks"]),) * N_BLOCKS, (max(a["e"]),) * N_BLOCKS, (max(a["d"]),) * N_STAGES,
+                          max(res))
+        smallest = OFAArch((min(a["ks"]),) * N_BLOCKS, (min(a["e"]),) * N_BLOCKS, (min(a["d"]),) * N_STAGES,
+                           min(res))
+        randoms = [OFAArch(pick("ks", N_BLOCKS), pick("e", N_BLOCKS), pick("d", N_STAGES),
+                           int(res[int(rng.integers(len(res)))])).normalised() for _ in range(num_random)]
+        return [largest.normalised(), smallest.normalised(), *randoms]
+    if name == "fbnet":
+        from search_spaces.fbnet import OPS
+
+        sizes = [[sum(p.numel() for p in op.parameters()) for op in layer] for layer in supernet.layers]
+        largest = tuple(OPS[int(np.argmax(s))] for s in sizes)
+        smallest = tuple(OPS[int(np.argmin(s))] for s in sizes)
+        randoms = [space.sample(rng) for _ in range(num_random)]
+        return [largest, smallest, *randoms]
+    if name == "nb201":
+        from search_spaces.nb201 import EDGES
+
+        return [("nor_conv_3x3",) * len(EDGES), *(space.sample(rng) for _ in range(num_random + 1))]
+    raise ValueError(f"space {name!r} has no supernet training; spaces with one: {', '.join(weight_sharing_spaces())}")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy of the student against the teacher's probabilities (mean over the batch)."""
+    return -(teacher_probs * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
+def _input_for(space: Any, images: torch.Tensor, arch: Any) -> torch.Tensor:
+    """``images`` at ``arch``'s resolution (ofa; resized bilinearly when it differs), else unchanged."""
+    r = getattr(arch, "r", None)
+    if r is None or images.shape[-1] == r:
+        return images
+    return F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False)
+
+
+def sandwich_step(supernet: nn.Module, space: Any, images: torch.Tensor, labels: torch.Tensor,
+                  archs: Sequence[Any], label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate one sandwich step's gradients; returns (the largest's loss, its detached probabilities).
+
+    ``archs[0]`` (the largest) learns from ``labels``; every other arch from the largest's soft
+    predictions. Each subnet's backward runs before the next forward, so one graph is alive at a time.
+    """
+    logits = supernet(_input_for(space, images, archs[0]), archs[0])
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    loss.backward()
+    teacher = F.softmax(logits.detach().float(), dim=1)
+    for arch in archs[1:]:
+        if arch == archs[0]:  # OFA's full phase: the same subnet again would only double its step
+            continue
+        distillation_loss(supernet(_input_for(space, images, arch), arch).float(), teacher).backward()
+    return loss.detach(), teacher
+
+
+def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: int | None = None,
+                   out: str | Any = None, batch_size: int | None = None, lr: float | None = None,
+                   train_size: int | None = None, val_size: int | None = None, seed: int | None = None,
+                   space_options: dict[str, Any] | None = None, resume: bool = False,
+                   device: str | None = None, progress: bool = True, num_random: int = 2,
+                   progressive: bool | None = None, recalibration_images: int = 512,
+                   callback: Callable[[dict[str, Any]], None] | None = None) -> SupernetTrainResult:
+    """Train the supernet of ``space`` on ``data`` with the sandwich rule and write the outputs to ``out``.
+
+    Args:
+        space: ``ofa``, ``fbnet`` or ``nb201`` (``search_spaces.get(space, **space_options)``).
+        data: a folder with ``train/`` (and ``test/``) class folders, or an ``.npz`` (see :mod:`nas.datasets`).
+        epochs: required for a new run; ``batch_size``, ``lr`` override the space's recipe (:mod:`nas.recipes`).
+        train_size, val_size: a seeded class-balanced subset of the training split and the part of it held
+            out for validation (default 10%), as in :func:`nas.train`.
+        seed: initial weights, data order, augmentation, sampled subnets (default 0).
+        out: output folder (required); must not hold a run unless ``resume``.
+        resume: continue the run in ``out`` from its last checkpoint; settings given must agree.
+        progressive: ofa's progressive shrinking (default on; ignored by the other spaces).
+        recalibration_images: training images the per-epoch validation recalibrates BN on.
+        callback: called with each epoch's row after its checkpoint is written.
+
+    Example:
+        >>> r = train_supernet("fbnet", "cifar.npz", epochs=2, train_size=1000, out="runs/sup")  # doctest: +SKIP
+        >>> r.history[-1]["largest_val_acc"]  # doctest: +SKIP
+    """
+    if out is None:
+        raise ValueError("give the output folder (--out DIR)")
+    if num_random < 0:
+        raise ValueError(f"num_random must be 0 or more, got {num_random}")
+    out_dir = Path(out)
+    settings = _settings(space, data, epochs, batch_size, lr, train_size, val_size, seed, space_options, resume,
+                         num_random, progressive, out_dir)
+    trainer = _SupernetTrainer(settings, out_dir, resolve_device(device), progress, recalibration_images, callback)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", {"settings": settings})
+    return trainer.run()
+
+
+def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int | None, lr: float | None,
+              train_size: int | None, val_size: int | None, seed: int | None,
+              space_options: dict[str, Any] | None, resume: bool, num_random: int, progressive: bool | None,
+              out_dir: Path) -> dict[str, Any]:
+    """The run's settings: fresh, or the stored ones checked against those given."""
+    config = out_dir / "config.json"
+    if resume:
+        if not config.is_file():
+            raise ValueError(f"--resume {out_dir}: no config.json there; not a `nas supernet train` output folder")
+        stored = json.loads(config.read_text())["settings"]
+        base = Recipe(**stored["recipe"])
+        given = {"space": space, "space_options": None if not space_options else
+                 {**stored["space_options"], **space_options},
+                 "data": None if data is None else data_path(data),
+                 "recipe": recipe_for(stored["space"], epochs, batch_size, lr, base=base).to_dict(),
+                 "train_size": train_size, "val_size": val_size, "seed": seed, "progressive": progressive}
+        for key, value in given.items():
+            if value is not None and value != stored[key]:
+                raise ResumeConflict(f"{_FLAGS[key]} {value!r} differs from {stored[key]!r} of the run stored in "
+                                     f"{out_dir}: a resumed run keeps its settings (train a new one with another --out)")
+        return stored
+    if config.exists():
+        raise FileExistsError(f"{out_dir} already holds a supernet run: continue it with --resume or choose "
+                              "another --out")
+    names = weight_sharing_spaces()
+    if space not in names:
+        raise ValueError(f"--space {space!r}: supernet training knows {', '.join(names)}")
+    if data is None:
+        raise ValueError("--data is required: a folder with train/ and test/ class folders or an .npz")
+    if epochs is None:
+        raise ValueError("--epochs is required for a new supernet run")
+    seed = 0 if seed is None else int(seed)
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
+    return {"space": space, "space_options": dict(space_options or {}), "data": data_path(data),
+            "recipe": recipe_for(space, epochs, batch_size, lr).to_dict(), "train_size": train_size,
+            "val_size": val_size, "seed": seed, "num_random": int(num_random),
+            "progressive": True if progressive is None else bool(progressive)}
+
+
+class _SupernetTrainer:
+    """One supernet training run: data, supernet, optimiser, the epoch loop and the outputs."""
+
+    def __init__(self, settings: dict[str, Any], out: Path, dev: torch.device, progress: bool,
+                 recalibration_images: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        self.s, self.out, self.dev, self.progress, self.callback = settings, out, dev, progress, callback
+        self.recipe = Recipe(**settings["recipe"])
+        self.seed = int(settings["seed"])
+        pool = balanced_subset(load_split(settings["data"], "train"), settings["train_size"], self.seed)
+        n_val = round(0.1 * len(pool)) if settings["val_size"] is None else int(settings["val_size"])
+        if not 0 <= n_val < len(pool):
+            raise ValueError(f"--val-size {n_val}: must be 0 or more and leave training images of the {len(pool)}")
+        self.train_set, self.val_set = hold_out(pool, n_val, self.seed)
+        options = dict(settings["space_options"])
+        options.setdefault("num_classes", pool.num_classes)  # the data's classes, stored with the weights
+        self.space = search_spaces.get(settings["space"], **options)
+        self.supernet = supernet_of(self.space, seed=self.seed).to(dev)
+        self.steps = max(1, len(self.train_set) // self.recipe.batch_size
+                         + (len(self.train_set) % self.recipe.batch_size > 1))  # no last batch of one image
+        self.optimizer = make_optimizer(self.supernet, self.recipe)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.recipe.epochs * self.steps, eta_min=0.0)
+        self.recal = self.train_set.take(np.arange(min(recalibration_images, len(self.train_set))))
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    def phase(self, step: int) -> tuple[str, dict[str, tuple[int, ...]] | None]:
+        """The phase and allowed ofa choices at global step ``step`` (no restriction outside ofa)."""
+        if self.space.name != "ofa":
+            return "sandwich", None
+        return ofa_phase(step / (self.recipe.epochs * self.steps), bool(self.s["progressive"]))
+
+    def run(self) -> SupernetTrainResult:
+        """Train the remaining epochs and write ``supernet.pt``."""
+        self._restore()
+        x, y = self.train_set.x.to(self.dev), self.train_set.y.to(self.dev)
+        bar = EpochBar(self.progress)
+        try:
+            for epoch in range(self.start_epoch, self.recipe.epochs):
+                row = self._epoch(epoch, x, y, bar)
+                self.history.append(row)
+                save_supernet(self.out / "checkpoint.pt", self.space, self.supernet, self._state(epoch + 1))
+                write_csv(self.out / "train.csv", self.history, _CSV_FIELDS)
+                log.info("supernet epoch %d/%d (%s): loss %.4f, largest %.2f%%, smallest %.2f%%, %.1f s",
+                         epoch + 1, self.recipe.epochs, row["phase"], row["loss"], row["largest_val_acc"],
+                         row["smallest_val_acc"], row["seconds"])
+                if self.callback is not None:
+                    self.callback(row)
+        finally:
+            bar.close()
+        save_supernet(self.out / "supernet.pt", self.space, self.supernet,
+                      {"settings": json.dumps(self.s), "history": self.history})
+        plot_history(self.history, self.out / "curve.png", f"supernet {self.s['space']}",
+                     (("largest_val_acc", "largest (val)"), ("smallest_val_acc", "smallest (val)")))
+        seconds = float(np.mean([r["seconds"] for r in self.history])) if self.history else math.nan
+        self.supernet.eval()
+        return SupernetTrainResult(self.out, self.space.name, _stored_options(self.space), list(self.history),
+                                   seconds, self.supernet)
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch, "history": self.history}
+
+    def _restore(self) -> None:
+        """Load the last checkpoint, if there is one."""
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.dev, weights_only=True)
+        self.supernet.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = int(state["epoch"])
+        self.history = [dict(r) for r in state["history"]]
+        log.info("resuming %s after epoch %d", self.out, self.start_epoch)
+
+    def _epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: EpochBar) -> dict[str, Any]:
+        """Train one epoch of sandwich steps and validate; returns its row of ``train.csv``."""
+        start = time.perf_counter()
+        r, bs = self.recipe, self.recipe.batch_size
+        # Every draw of the epoch depends on (seed, epoch) alone, so a resumed run repeats it exactly
+        order = torch.randperm(len(self.train_set),
+                               generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0, _ORDER)))
+        aug = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0, _AUGMENT))
+        rng = np.random.default_rng(stream_seed(self.seed, epoch, 0, _ARCHS))
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        loss_sum, seen, phase = torch.zeros((), dtype=torch.float64, device=self.dev), 0, ""
+        self.supernet.train()
+        bar.start(epoch, r.epochs, self.steps)
+        with seeded_global(stream_seed(self.seed, epoch, 0, _GLOBAL), self.dev):
+            for step in range(self.steps):
+                g = epoch * self.steps + step
+                phase, allowed = self.phase(g)
+                if phase == "expand" and self.phase(g - 1)[0] != "expand":
+                    self.supernet.sort_channels()  # type: ignore[operator]
+                    self.optimizer.state.clear()  # momentum of the unsorted channels; OFA's phases start fresh
+                idx = order[step * bs:(step + 1) * bs].to(self.dev)
+                images = augment(normalise(x[idx]), aug, pad=r.pad, flip=r.flip, cutout=r.cutout)
+                archs = sandwich_archs(self.space, self.supernet, rng, int(self.s["num_random"]), allowed)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, _ = sandwich_step(self.supernet, self.space, images, y[idx], archs, r.label_smoothing)
+                if r.grad_clip:
+                    nn.utils.clip_grad_norm_(self.supernet.parameters(), r.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                loss_sum += loss.double() * len(idx)
+                seen += len(idx)
+                bar.advance(loss if step % 10 == 0 else None)
+        # The largest and smallest of the phase the epoch ended in (ofa: the subnets trained so far)
+        ends = sandwich_archs(self.space, self.supernet, np.random.default_rng(0), 0,
+                              self.phase((epoch + 1) * self.steps - 1)[1])
+        accs = [self.accuracy(a) if len(self.val_set) else math.nan for a in ends[:2]]
+        if self.space.name == "nb201":
+            accs[1] = math.nan  # no smallest subnet in nb201's sandwich
+        return {"epoch": epoch + 1, "phase": phase, "loss": loss_sum.item() / max(seen, 1),
+                "largest_val_acc": accs[0], "smallest_val_acc": accs[1], "lr": lr,
+                "seconds": time.perf_counter() - start}
+
+    def accuracy(self, arch: Any) -> float:
+        """Validation accuracy (%) of subnet ``arch`` (inherited weights, recalibrated BN; supernet untouched)."""
+        return evaluate_subnet(self.supernet, self.space, arch, self.recal.x, self.val_set, self.recipe.batch_size)
+
+
+def _stored_options(space: Any) -> dict[str, Any]:
+    from nas.settings import space_options_of
+
+    return space_options_of(space)
+
+
+def evaluate_subnet(supernet: nn.Module, space: Any, arch: Any, recal: torch.Tensor, val: ImageData,
+                    batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) on ``val`` of ``arch`` cut from ``supernet``, BN recalibrated on uint8 ``recal``."""
+    from nas.inherited import recalibrate_bn
+
+    net = supernet.subnet(arch)  # type: ignore[operator]
+    dev = next(supernet.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        recalibrate_bn(net, _input_for(space, normalise(recal.to(dev)), arch).split(batch_size))
+        for i in range(0, len(val), batch_size):
+            images = _input_for(space, normalise(val.x[i:i + batch_size].to(dev)), arch)
+            correct += int((net(images).argmax(1).cpu() == val.y[i:i + batch_size]).sum())
+    return 100.0 * correct / len(val)
