@@ -56,7 +56,9 @@ class Evaluator:
     reused and new ones stored; a network is built only when some value is missing (``cache=None``: no
     cache; ``nas.search`` passes the default one). A proxy that raises makes the candidate ``failed``
     with the proxy's error and NaN in its place (the values that were computed stay, and are cached);
-    a failed candidate is never feasible, never a score.
+    a failed candidate is never feasible, never a score. With ``supernet`` (a
+    :class:`nas.inherited.SupernetScorer`) every candidate also gets ``acc_ws``, its inherited-weight
+    accuracy; that value is never cached (it depends on the checkpoint and the data, not on the proxy key).
     """
 
     space: SearchSpace
@@ -68,6 +70,7 @@ class Evaluator:
     cache: ProxyCache | None = None
     labels: Any = None  # (arch, accuracy) pairs or an arch,accuracy CSV, for the few-label ``ensemble_fit``
     ensembles: dict[str, Any] = field(default_factory=dict)  # prepared proxy ensembles (proxies.ensemble)
+    supernet: Any = None  # a nas.inherited.SupernetScorer: acc_ws from a trained supernet
     _batches: dict[tuple[int, ...], proxy_lib.Batch] = field(default_factory=dict, repr=False)
     _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
 
@@ -113,6 +116,10 @@ class Evaluator:
             if failure is None:
                 scores.update(proxy_lib.ensemble.combine(self.ensembles, scores))
             scores = {n: scores.get(n, math.nan) for n in self.proxies}
+            if self.supernet is not None and failure is None:
+                from nas.inherited import ACC_WS
+
+                scores[ACC_WS] = self.supernet.accuracy(arch)  # raises -> the candidate is failed
             params = scores["params"] if "params" in scores else \
                 sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
             metrics: dict[str, float] = {"params": params}

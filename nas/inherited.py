@@ -59,7 +59,7 @@ EVAL_BATCH_SIZE = 100
 
 # Space options that change how a subnet is fed or scored, never the supernet's weights: a checkpoint
 # trained without them still fits (the ofa search default proxy_scale=0.5 is one).
-_INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "input_shape"})
+_INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "min_resolution", "max_resolution", "input_shape"})
 
 
 @torch.no_grad()
@@ -260,19 +260,22 @@ class SupernetScorer:
                                   self.dev)
 
 
-def weight_space(space: SearchSpace) -> SearchSpace:
-    """``space`` without the options that only change its inputs (what a checkpoint's weights depend on)."""
+def weight_space(space: SearchSpace, path: str | os.PathLike[str]) -> SearchSpace:
+    """``space`` with the options that only change its inputs set as checkpoint ``path`` has them: the space
+    the checkpoint's weights fit (a search may score other resolutions than the supernet trained on)."""
     import search_spaces
     from nas.settings import space_options_of
 
+    stored = checkpoint_space_options(path, space.name)
     options = {k: v for k, v in space_options_of(space).items() if k not in _INPUT_ONLY_OPTIONS}
+    options.update({k: v for k, v in stored.items() if k in _INPUT_ONLY_OPTIONS})
     return search_spaces.get(space.name, **options)
 
 
 def _load(path: str, space: SearchSpace) -> nn.Module:
     from nas.supernets import load_supernet
 
-    return load_supernet(path, weight_space(space))
+    return load_supernet(path, weight_space(space, path))
 
 
 def _classes(module: nn.Module) -> int | None:

@@ -61,6 +61,9 @@ def search(
     evaluate: Callable[[str], Candidate] | None = None,
     device: str | None = None,
     cache: Any = True,
+    supernet: str | os.PathLike[str] | None = None,
+    val_size: int | None = None,
+    bn_batches: int | None = None,
 ) -> SearchResult:
     """Search ``space`` with ``strategy`` for ``budget`` distinct candidates and return the result.
 
@@ -76,7 +79,10 @@ def search(
     ``evaluate`` replaces the built evaluator (a lookup table in benchmarks); such a run can only be
     resumed with the same ``evaluate``. ``cache`` (default: ``~/.cache/zcnas`` or ``$ZCNAS_CACHE_DIR``)
     reuses proxy values; ``False`` computes everything. A run whose candidates all fail raises
-    :class:`nas.errors.SearchFailed` and writes no ``best.json``.
+    :class:`nas.errors.SearchFailed` and writes no ``best.json``. ``supernet`` (ofa, fbnet: a checkpoint of
+    ``nas supernet train`` or an official OFA state dict) with ``data`` (a train/test folder or ``.npz``)
+    makes ``acc_ws``, the inherited-weight accuracy on ``val_size`` held-out training images after BN
+    recalibration on ``bn_batches`` batches, an objective; the checkpoint's digest is checked on resume.
     The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
     Example:
@@ -95,7 +101,9 @@ def search(
                  "max_flops": max_flops, "proxies": proxies if proxies is None
                  or all(isinstance(p, str) for p in proxies) else None,
                  "batch_size": batch_size, "data": data, "labels": labels, "label_queries": label_queries,
-                 "strategy_options": strategy_options, "space_options": space_options}
+                 "strategy_options": strategy_options, "space_options": space_options,
+                 "supernet": None if supernet is None else os.fspath(supernet), "val_size": val_size,
+                 "bn_batches": bn_batches}
         ex = executors.get(executor, **(executor_options or {})) if isinstance(executor, str) else executor
         try:
             study = load_study(run_dir, space=space if space is not None and not isinstance(space, str) else None,
@@ -137,7 +145,9 @@ def search(
             budget=budget, constraints={"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops},
             target=target, proxies=proxies, data=data, batch_size=batch_size, labels=labels,
             label_queries=label_queries, oracle_queries=oracle_queries, space_options=space_options,
-            strategy_options=strategy_options, device=device, cache=cache, evaluator="custom" if evaluate is not None else "proxies")
+            strategy_options=strategy_options, device=device, cache=cache,
+            evaluator="custom" if evaluate is not None else "proxies", supernet=supernet, val_size=val_size,
+            bn_batches=bn_batches)
     except BaseException:
         _close(ex, executor)
         raise

@@ -202,19 +202,51 @@ class SearchResult:
     def export_best(self, path: str | os.PathLike[str], space: Any = None) -> str | None:
         """Export the best candidate to ONNX through its space; ``None`` when nothing is feasible.
 
-        The network has the initial weights that were scored (``init_seed(seed, arch)``), so the file
+        The network has the weights that were scored: a ``--supernet`` run's inherited weights with BN
+        recalibrated as for ``acc_ws``, else the initial ones (``init_seed(seed, arch)``), so the file
         depends on the run alone, and building it cannot disturb a search in another thread.
         """
-        import search_spaces
-        from nas.evaluate import init_seed
-
         best = self.best
         if best is None:
             return None
-        if space is None:
-            space = search_spaces.get(self.config["space"], **self.config.get("space_options", {}))
-        seed = init_seed(int(self.config.get("seed", 0)), best.arch)
-        return search_spaces.to_onnx_seeded(space, space.from_string(best.arch), path, seed)
+        return export_network(self.config, best.arch, path, space)
+
+
+def run_space(config: dict[str, Any]) -> Any:
+    """The space object of a run's stored settings."""
+    import search_spaces
+
+    return search_spaces.get(config["space"], **config.get("space_options", {}))
+
+
+def run_network(config: dict[str, Any], arch_text: str, space: Any = None) -> Any:
+    """The network of ``arch_text`` as the run scored it, in eval mode: a ``--supernet`` run's standalone
+    subnet with the inherited weights and recalibrated BN, else the seeded initial network."""
+    import search_spaces
+    from nas.evaluate import init_seed
+    from nas.settings import supernet_scorer
+
+    space = space if space is not None else run_space(config)
+    arch = space.from_string(arch_text)
+    scorer = supernet_scorer(config, space)
+    if scorer is not None:
+        return scorer.subnet(arch).cpu().eval()
+    return search_spaces.build_seeded(space, arch, init_seed(int(config.get("seed", 0)), arch_text)).eval()
+
+
+def export_network(config: dict[str, Any], arch_text: str, path: str | os.PathLike[str], space: Any = None) -> str:
+    """Write ``arch_text``'s network as the run scored it (:func:`run_network`) to ONNX at ``path``."""
+    import search_spaces
+    from nas.evaluate import init_seed
+
+    space = space if space is not None else run_space(config)
+    arch = space.from_string(arch_text)
+    if config.get("supernet") is None:  # the space's own export, bit-identical to earlier runs' files
+        return search_spaces.to_onnx_seeded(space, arch, path, init_seed(int(config.get("seed", 0)), arch_text))
+    import torch
+
+    net = run_network(config, arch_text, space)
+    return search_spaces.export_onnx(net, torch.zeros(1, *search_spaces.arch_input_shape(space, arch)), path)
 
 
 def _value(cand: Candidate, name: str) -> float:

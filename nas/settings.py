@@ -72,13 +72,20 @@ def value_list(value: str | Sequence[str] | None) -> list[str]:
 
 
 def proxy_names(objs: Sequence[Objective], extra: Sequence[str], max_flops: float | None) -> list[str]:
-    """Proxies to compute: every objective that is not a latency, the extra ones, flops for a flops limit."""
-    names = [o.name for o in objs if o.name not in METRIC_OBJECTIVES]
+    """Proxies to compute: every objective that is not a latency or ``acc_ws``, the extra ones, flops for a
+    flops limit."""
+    from nas.inherited import SUPERNET_OBJECTIVES
+
+    names = [o.name for o in objs if o.name not in METRIC_OBJECTIVES | SUPERNET_OBJECTIVES]
     if max_flops is not None:
         if "flops" not in proxy_lib.registry:
             raise ValueError("--max-flops needs the 'flops' proxy, which is not available; valid proxies: "
                              + ", ".join(proxy_lib.list()))
         names.append("flops")
+    listed = sorted(SUPERNET_OBJECTIVES.intersection(extra))
+    if listed:
+        raise ValueError(f"--proxies {','.join(listed)}: not a proxy; a --supernet run records it for every "
+                         "candidate, and --objectives may name it")
     names += list(extra)
     return list(dict.fromkeys(names))
 
@@ -101,14 +108,53 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
     if config.get("labels") and "ensemble_fit" not in config["proxies"]:
         raise ValueError("labels (--labels or --label-queries) only fit the few-label ensemble: add "
                          "ensemble_fit to --objectives or --proxies")
+    check_supernet_settings(config, space, objs)
     if config.get("evaluator") == "proxies":
         for name in config["proxies"]:
             if name not in proxy_lib.registry:
                 valid = ", ".join([*proxy_lib.list(), "latency"])
-                raise ValueError(f"unknown objective or proxy {name!r}; valid: {valid}")
+                raise ValueError(f"unknown objective or proxy {name!r}; valid: {valid}, acc_ws (with --supernet)")
         check = getattr(proxy_lib, "check_available", None)
         if check is not None:
             check(space, config["proxies"])
+
+
+def check_supernet_settings(config: dict[str, Any], space: SearchSpace, objs: Sequence[Objective]) -> None:
+    """Raise ``ValueError`` when ``--supernet``, ``acc_ws`` and ``--data`` do not go together."""
+    from nas.inherited import ACC_WS
+    from nas.supernets import weight_sharing_spaces
+
+    # a one-shot strategy scores acc_ws on the supernet it trains itself
+    wants = any(o.name == ACC_WS for o in objs) and config.get("evaluator") == "proxies"
+    path = config.get("supernet")
+    if path is None:
+        if wants:
+            raise ValueError(f"objective {ACC_WS} (inherited-weight accuracy) needs --supernet PATH (a checkpoint "
+                             "of `nas supernet train`, or an official OFA state dict for --space ofa) and "
+                             "--data DIR (its train split is scored)")
+        return
+    if space.name not in weight_sharing_spaces():
+        raise ValueError(f"--supernet: space {space.name!r} has no weight-sharing supernet; spaces with one: "
+                         f"{', '.join(weight_sharing_spaces())}")
+    if config.get("evaluator") != "proxies":
+        raise ValueError(f"--supernet scores candidates by {ACC_WS}: it does not combine with a strategy that "
+                         "trains its own supernet or with a custom evaluate function")
+    if config.get("data") in (None, "cifar10", "gaussian"):
+        raise ValueError(f"--supernet needs --data DIR: a folder with train/ (and test/) class folders or an "
+                         f".npz with x_train, y_train; {ACC_WS} is measured on a held-out part of its train split")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--supernet {path}: no such file")
+
+
+def supernet_scorer(config: dict[str, Any], space: SearchSpace) -> Any:
+    """The run's :class:`~nas.inherited.SupernetScorer`, or ``None`` for a run without ``--supernet``."""
+    from nas.inherited import SupernetScorer
+
+    if config.get("supernet") is None:
+        return None
+    return SupernetScorer(space, config["supernet"], config["data"], int(config["seed"]),
+                          int(config["val_size"]), int(config["bn_batches"]), config.get("device"),
+                          config.get("supernet_digest"))
 
 
 def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib.Batch | None = None) -> Evaluate:
@@ -124,11 +170,20 @@ def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib
     cache_dir = config.get("cache")
     cache = ProxyCache(None if cache_dir is True else cache_dir) if cache_dir else None
     return Evaluator(space, tuple(config["proxies"]), batch, target, int(config["seed"]), config.get("device"),
-                     cache, labels=config.get("labels"))
+                     cache, labels=config.get("labels"), supernet=supernet_scorer(config, space))
 
 
 def load_data(config: dict[str, Any], space: SearchSpace) -> proxy_lib.Batch:
     """The calibration batch of a run, checked against what the space's networks take."""
+    scorer = supernet_scorer(config, space)
+    if scorer is not None:  # --data is a train/test dataset: the proxies read its recalibration images
+        from nas.datasets import balanced_subset, normalise
+
+        calib = balanced_subset(scorer.images().calib, int(config.get("batch_size", 64)), int(config["seed"]))
+        x = normalise(calib.x)
+        batch = proxy_lib.Batch(x, calib.y, Path(str(config["data"])).stem).resized(tuple(space.input_shape[1:]))
+        check_batch(space, batch, config.get("data"))
+        return batch
     batch = proxy_lib.load_batch(config.get("data"), config.get("batch_size", 64), int(config["seed"]),
                                  tuple(space.input_shape))
     check_batch(space, batch, config.get("data"))
@@ -175,7 +230,8 @@ FLAGS = {"space": "--space", "strategy": "--strategy", "objectives": "--objectiv
          "target": "--target", "latency_ms": "--latency-ms", "max_params": "--max-params",
          "max_flops": "--max-flops", "proxies": "--proxies", "batch_size": "--batch-size", "data": "--data",
          "labels": "--labels", "label_queries": "--label-queries", "strategy_options": "--option",
-         "space_options": "--space-option"}
+         "space_options": "--space-option", "supernet": "--supernet", "val_size": "--val-size",
+         "bn_batches": "--bn-batches"}
 """The command-line flag of each setting, for messages."""
 
 
@@ -203,6 +259,8 @@ def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchS
         if now != config["data_digest"]:
             raise ResumeConflict(f"--resume {run_dir}: --data {config.get('data')} changed since the run started "
                                  f"(digest {config['data_digest']} then, {now} now); restore it or start a new run")
+    if config.get("supernet") is not None:
+        check_supernet_unchanged(run_dir, config, space)
     table = config.get("space_options", {}).get("accuracy_table")
     if config.get("accuracy_table_digest") is not None:
         now = file_digest(table)
@@ -210,6 +268,22 @@ def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchS
             raise ResumeConflict(f"--resume {run_dir}: --accuracy-table {table} changed since the run started "
                                  f"(digest {config['accuracy_table_digest']} then, {now} now)")
     return batch
+
+
+def check_supernet_unchanged(run_dir: Path, config: dict[str, Any], space: SearchSpace) -> None:
+    """Raise :class:`ResumeConflict` when the run's supernet checkpoint or its held-out images changed."""
+    from nas.inherited import file_sha1
+
+    path = config["supernet"]
+    now = file_sha1(path) if Path(path).is_file() else "missing"
+    if now != config.get("supernet_digest"):
+        raise ResumeConflict(f"--resume {run_dir}: --supernet {path} changed since the run started (digest "
+                             f"{config.get('supernet_digest')} then, {now} now); restore it or start a new run")
+    held = supernet_scorer(config, space).images()
+    if held.digest() != config.get("supernet_data_digest"):
+        raise ResumeConflict(f"--resume {run_dir}: --data {config.get('data')} changed since the run started "
+                             f"(acc_ws images: digest {config.get('supernet_data_digest')} then, {held.digest()} "
+                             "now); restore it or start a new run")
 
 
 def _stored_setting(config: dict[str, Any], key: str) -> Any:
@@ -240,9 +314,9 @@ def _normalise_setting(key: str, value: Any, config: dict[str, Any]) -> Any:
         return dict(value)
     if key in ("latency_ms", "max_params", "max_flops"):
         return float(value)
-    if key in ("seed", "batch_size", "label_queries"):
+    if key in ("seed", "batch_size", "label_queries", "val_size", "bn_batches"):
         return int(value)
-    if key == "data":
+    if key in ("data", "supernet"):
         return str(value)
     return value
 

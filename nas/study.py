@@ -58,6 +58,7 @@ from nas.settings import (
     resolve_space,
     resolve_strategy,
     stored_space,
+    supernet_scorer,
     validate,
 )
 from search_spaces import Arch, SearchSpace
@@ -388,6 +389,9 @@ def create_study(
     device: str | None = None,
     cache: Any = True,
     evaluator: str = "proxies",
+    supernet: str | os.PathLike[str] | None = None,
+    val_size: int | None = None,
+    bn_batches: int | None = None,
 ) -> Study:
     """A new study in ``storage`` (a run directory; default: a fresh temporary one).
 
@@ -397,6 +401,10 @@ def create_study(
     ``None`` come from the space's ``search_defaults``, then :data:`DEFAULTS`. The run stores a spec of
     them, so :func:`load_study` rebuilds everything it can; custom objects must be passed again.
     ``strategy_options`` are options of a strategy given by name (or of the space's default strategy).
+    ``supernet`` (a checkpoint of ``nas supernet train``, or an official OFA state dict for ``ofa``) adds
+    the objective ``acc_ws``: inherited-weight accuracy on ``val_size`` held-out images of ``data``'s train
+    split after BN recalibration on ``bn_batches`` batches (:mod:`nas.inherited`); the checkpoint's space
+    options fill those not given.
     """
     import tempfile
 
@@ -404,6 +412,11 @@ def create_study(
     if (run_dir / "run.sqlite").exists():
         raise FileExistsError(f"{run_dir} already holds a run; resume it (--resume / nas.load_study) or choose "
                               "another directory")
+    if supernet is not None and isinstance(space, str):  # the checkpoint knows its classes and widths
+        from nas.inherited import checkpoint_space_options
+
+        if Path(supernet).is_file():
+            space_options = {**checkpoint_space_options(supernet, space), **dict(space_options or {})}
     space_obj, space_name, space_opts = resolve_space(space, space_options)
     objective_names, custom = register_custom(objectives)
     extra, custom_extra = register_custom(proxies)
@@ -445,7 +458,19 @@ def create_study(
         "evaluator": evaluator, "custom_proxies": sorted(set(custom) | set(custom_extra)),
         "device": device, "cache": cache_setting(cache),
     }
+    if supernet is not None:
+        from nas.inherited import DEFAULT_BN_BATCHES, DEFAULT_VAL_SIZE
+
+        config.update(supernet=os.fspath(supernet), val_size=int(val_size or DEFAULT_VAL_SIZE),
+                      bn_batches=int(bn_batches or DEFAULT_BN_BATCHES))
+    elif val_size is not None or bn_batches is not None:
+        raise ValueError("--val-size and --bn-batches set how acc_ws is measured: they need --supernet PATH")
     validate(config, space_obj)
+    if supernet is not None:  # load the checkpoint and the images now: a bad file fails before the run exists
+        from nas.inherited import file_sha1
+
+        config["supernet_digest"] = file_sha1(supernet)
+        config["supernet_data_digest"] = supernet_scorer(config, space_obj).check().digest()
     batch = None
     if evaluator == "proxies":  # the data must fit the space before anything is written
         batch = load_data(config, space_obj)

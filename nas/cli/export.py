@@ -11,7 +11,7 @@ import torch
 import nas
 import search_spaces
 from nas.cli import UsageError
-from nas.evaluate import init_seed
+from nas.result import export_network, run_network
 from search_spaces import arch_input_shape
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "json": ".json"}
@@ -46,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
         arch_text, label = ranked[k - 1].arch, f"rank{k}"
     out = Path(args.out or Path(args.run_dir) / f"export-{label}{SUFFIX[args.format]}")
     arch = space.from_string(arch_text)
-    seed = init_seed(int(result.config.get("seed", 0)), arch_text)  # the initial weights that were scored
+    # The weights that were scored: a --supernet run's inherited ones (BN recalibrated), else the initial ones.
     if args.format == "onnx":
-        search_spaces.to_onnx_seeded(space, arch, out, seed)
+        export_network(result.config, arch_text, out, space)
     elif args.format == "torchscript":
-        model = search_spaces.build_seeded(space, arch, seed).eval()
+        model = run_network(result.config, arch_text, space)
         example = torch.zeros(1, *arch_input_shape(space, arch))
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(out))

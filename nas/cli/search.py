@@ -21,6 +21,7 @@ from nas.cli.common import (
     space_options,
     split_names,
 )
+from nas.inherited import BN_BATCH_SIZE, DEFAULT_BN_BATCHES, DEFAULT_VAL_SIZE
 
 TABLE_ROWS = 15
 """Pareto candidates shown in the final table (all of them are in ``pareto.csv``)."""
@@ -35,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, reinforce "
                                       "(default: the space's choice, else evolution)")
     p.add_argument("--objectives",
-                   help="comma-separated: proxies are maximised; latency, params, flops minimised; "
+                   help="comma-separated: proxies and acc_ws (with --supernet) are maximised; latency, params, "
+                        "flops minimised; "
                         "prefix max:/min: to choose; two or more give a Pareto front (default synflow)")
     p.add_argument("--proxies", help="extra proxies to record for every candidate")
     p.add_argument("--budget", type=int, help="distinct candidates to evaluate (default 100)")
@@ -58,6 +60,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-queries", type=int, metavar="N",
                    help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
                         "--seed; RoBoT uses <= 50) queried from the oracle instead of a --labels file")
+    p.add_argument("--supernet", metavar="PATH",
+                   help="ofa, fbnet: a trained supernet (a checkpoint of `nas supernet train`, or an official "
+                        "OFA state dict for ofa); adds the objective acc_ws, each candidate's inherited-weight "
+                        "top-1 (%%) on held-out images of --data's train split after BN recalibration, and "
+                        "gives best.onnx the inherited weights")
+    p.add_argument("--val-size", type=int, metavar="N",
+                   help=f"--supernet: held-out validation images for acc_ws (default {DEFAULT_VAL_SIZE})")
+    p.add_argument("--bn-batches", type=int, metavar="N",
+                   help=f"--supernet: batches of {BN_BATCH_SIZE} training images that recalibrate each subnet's "
+                        f"BN statistics (default {DEFAULT_BN_BATCHES})")
     add_data_args(p)
     # None: "not given", so that --resume can tell a flag the user gave (and contradicts) from a default;
     # a new run then takes nb201 and seed 0
@@ -99,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         executor=args.executor,
         executor_options=executor_options(args), strategy_options=_with_oneshot_flags(strategy_options(args.option), args) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
-        device=device, cache=cache,
+        device=device, cache=cache, supernet=args.supernet, val_size=args.val_size, bn_batches=args.bn_batches,
     )
     onnx = None
     if not args.no_onnx and result.best is not None:
