@@ -427,6 +427,8 @@ def make_strategy(config: dict[str, Any], space: SearchSpace, run_dir: Path) -> 
     factory = strategies.registry.get(config["strategy"])
     if getattr(factory, "uses_storage", False) and "storage" not in options:
         options["storage"] = str(run_dir / "optuna.journal")
+    if getattr(factory, "uses_target", False) and config.get("target") and "target" not in options:
+        options["target"] = config["target"]  # e.g. ProxylessNAS's latency loss is for the run's --target
     n_objectives = len(parse_objectives(config["objectives"]))
     strategies.registry.check_options(config["strategy"], options, fixed=("space", "seed", "n_objectives"))
     return factory(space, seed=int(config["seed"]), n_objectives=n_objectives, **options)
