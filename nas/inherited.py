@@ -125,24 +125,31 @@ class HeldOut:
         return h.hexdigest()[:16]
 
 
-def held_out(source: str | os.PathLike[str], val_size: int, calib_size: int, seed: int) -> HeldOut:
+def held_out(source: str | os.PathLike[str], val_size: int, calib_size: int, seed: int,
+             trained: ImageData | None = None) -> HeldOut:
     """``val_size`` class-balanced validation images and ``calib_size`` others for BN recalibration, drawn
-    with ``seed`` from the ``train`` split of ``source`` (a folder or ``.npz`` as :mod:`nas.datasets` reads)."""
+    with ``seed`` from the ``train`` split of ``source`` (a folder or ``.npz`` as :mod:`nas.datasets` reads);
+    images in ``trained`` (those the supernet trained on) are never validation images."""
     if val_size < 1 or calib_size < 1:
         raise ValueError(f"--val-size and --bn-batches must be at least 1, got {val_size} and "
                          f"{calib_size // BN_BATCH_SIZE}")
     train = load_split(source, "train")
-    if len(train) <= val_size:
-        raise ValueError(f"--data {source}: its train split has {len(train)} images, too few to hold out "
-                         f"--val-size {val_size} and keep images for BN recalibration; lower --val-size")
+    allowed = np.ones(len(train), dtype=bool)
+    if trained is not None:
+        seen = {bytes(img.numpy().tobytes()) for img in trained.x}
+        allowed = np.array([bytes(img.numpy().tobytes()) not in seen for img in train.x], dtype=bool)
+    if int(allowed.sum()) < val_size or len(train) <= val_size:
+        raise ValueError(f"--data {source}: its train split has {int(allowed.sum())} images the supernet did "
+                         f"not train on (of {len(train)}), too few to hold out --val-size {val_size} and keep "
+                         "images for BN recalibration; lower --val-size")
     rng = np.random.default_rng([int(seed), 0xACC])
     y = train.y.numpy()
-    per_class = [list(rng.permutation(np.flatnonzero(y == c))) for c in np.unique(y)]
+    per_class = [list(rng.permutation(np.flatnonzero((y == c) & allowed))) for c in np.unique(y)]
     order: list[int] = []
     for i in range(max(len(p) for p in per_class)):  # round-robin: the classes as equal as they can be
         order.extend(int(p[i]) for p in per_class if i < len(p))
     val = np.sort(np.asarray(order[:val_size]))
-    rest = np.asarray(order[val_size:])
+    rest = np.setdiff1d(np.arange(len(train)), val)  # recalibration may use training images, as OFA does
     calib = rest[rng.permutation(len(rest))[:calib_size]]  # random order: every batch mixes the classes
     return HeldOut(train.take(val), train.take(calib))
 
@@ -165,6 +172,34 @@ def checkpoint_space_options(path: str | os.PathLike[str], space: str) -> dict[s
     if data.get("format") != FORMAT or data.get("space") != space:
         return {}
     return dict(data.get("space_options") or {})
+
+
+def trained_images(path: str | os.PathLike[str], data: str | os.PathLike[str]) -> ImageData | None:
+    """The training images of a ``nas supernet train`` checkpoint when it trained on the train split of
+    ``data`` (same number of images), rebuilt from its stored settings; ``None`` when it does not say."""
+    import json
+
+    from nas.datasets import balanced_subset
+    from nas.supernets import read_checkpoint
+    from nas.training import hold_out
+
+    settings = read_checkpoint(path).get("settings")
+    if not isinstance(settings, str):
+        return None
+    s = json.loads(settings)
+    if not s.get("data"):
+        return None
+    try:
+        theirs = load_split(s["data"], "train")
+    except (ValueError, OSError):
+        return None  # trained on data not here: nothing to compare with
+    ours = load_split(data, "train")
+    if len(theirs) != len(ours):
+        return None
+    seed = int(s.get("seed") or 0)
+    pool = balanced_subset(theirs, s.get("train_size"), seed)
+    n_val = round(0.1 * len(pool)) if s.get("val_size") is None else int(s["val_size"])
+    return hold_out(pool, n_val, seed)[0]
 
 
 # One loaded supernet and one set of images per process, whoever asks: Ray workers and threads share them.
@@ -219,11 +254,13 @@ class SupernetScorer:
             return _SUPERNETS[key]
 
     def images(self) -> HeldOut:
-        """The validation and recalibration images, loaded once per process."""
+        """The validation and recalibration images, loaded once per process; validation images exclude
+        those the supernet trained on when its checkpoint says which (``nas supernet train``'s settings)."""
         key = (str(self.data), int(self.val_size), int(self.bn_batches), int(self.seed))
         with _LOCK:
             if key not in _DATA:
-                _DATA[key] = held_out(self.data, self.val_size, self.bn_batches * BN_BATCH_SIZE, self.seed)
+                _DATA[key] = held_out(self.data, self.val_size, self.bn_batches * BN_BATCH_SIZE, self.seed,
+                                      trained_images(self.path, self.data))
             return _DATA[key]
 
     def check(self) -> HeldOut:

@@ -23,7 +23,7 @@ import search_spaces
 from nas.cli import main
 from nas.datasets import normalise
 from nas.errors import ResumeConflict
-from nas.inherited import SupernetScorer, held_out, recalibrate_bn
+from nas.inherited import SupernetScorer, held_out, recalibrate_bn, trained_images
 from nas.result import run_network
 from nas.supernets import save_supernet, supernet_of
 from tests.test_ofa import ofa_state_dict
@@ -230,3 +230,16 @@ def test_fbnet_supernet_search(tmp_path, data):
                         supernet=str(path), progress=False, plot=False, **WS)
     assert [c.status for c in result.candidates] == ["ok", "ok"]
     assert result.config["space_options"] == {"num_classes": 10, "dataset": "cifar10"}
+
+
+def test_validation_images_exclude_those_the_supernet_trained_on(tmp_path, data):
+    space = search_spaces.get("ofa", num_classes=10)
+    settings = {"data": data, "train_size": 150, "val_size": 30, "seed": 3}  # as `nas supernet train` stores
+    path = save_supernet(tmp_path / "s.pt", space, supernet_of(space, seed=0), {"settings": json.dumps(settings)})
+    trained = trained_images(path, data)
+    assert trained is not None and len(trained) == 120
+    scorer = SupernetScorer(space, str(path), data, 0, val_size=80, bn_batches=1)
+    seen = {t.numpy().tobytes() for t in trained.x}
+    assert not any(t.numpy().tobytes() in seen for t in scorer.images().val.x)  # 30 held out + 50 never used
+    with pytest.raises(ValueError, match="did not train on"):
+        held_out(data, 81, 64, 0, trained)
