@@ -223,13 +223,16 @@ def test_thread_executor_gives_the_serial_values_with_proxies_beside(tmp_path, d
     assert all(set(c.scores) == {"acc_ws", "synflow"} for c in threads.candidates)
 
 
-def test_fbnet_supernet_search(tmp_path, data):
-    space = search_spaces.get("fbnet", num_classes=10, dataset="cifar10")
-    path = save_supernet(tmp_path / "fbnet.pt", space, supernet_of(space, seed=0))
-    result = nas.search("fbnet", "random", ["acc_ws"], budget=2, seed=0, out=tmp_path / "run", data=data,
+@pytest.mark.parametrize("name, options", [("fbnet", {"num_classes": 10, "dataset": "cifar10"}),
+                                           ("nb201", {"channels": 8, "cells_per_stage": 1})])
+def test_other_spaces_with_a_supernet(tmp_path, data, name, options):
+    space = search_spaces.get(name, **options)
+    path = save_supernet(tmp_path / f"{name}.pt", space, supernet_of(space, seed=0))
+    result = nas.search(name, "random", ["acc_ws"], budget=2, seed=0, out=tmp_path / "run", data=data,
                         supernet=str(path), progress=False, plot=False, **WS)
     assert [c.status for c in result.candidates] == ["ok", "ok"]
-    assert result.config["space_options"] == {"num_classes": 10, "dataset": "cifar10"}
+    assert result.config["space_options"] == options  # from the checkpoint
+    assert result.export_best(tmp_path / "best.onnx") is not None
 
 
 def test_validation_images_exclude_those_the_supernet_trained_on(tmp_path, data):

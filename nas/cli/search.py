@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
                         "--seed; RoBoT uses <= 50) queried from the oracle instead of a --labels file")
     p.add_argument("--supernet", metavar="PATH",
-                   help="ofa, fbnet: a trained supernet (a checkpoint of `nas supernet train`, or an official "
+                   help="ofa, fbnet, nb201: a trained supernet (a checkpoint of `nas supernet train`, or an official "
                         "OFA state dict for ofa); adds the objective acc_ws, each candidate's inherited-weight "
                         "top-1 (%%) on held-out images of --data's train split after BN recalibration, and "
                         "gives best.onnx the inherited weights")
