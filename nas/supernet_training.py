@@ -13,8 +13,9 @@ What "largest" and "smallest" are, per space:
 - ``ofa``: kernel 7, expand 6, depth 4 at the largest resolution; kernel 3, expand 3, depth 2 at the
   smallest, restricted to the current phase's choices (below). Each subnet sees the batch resized
   (bilinear) to its own resolution, so the space's resolutions may differ from the images' size.
-- ``fbnet``: per layer the op with the most parameters (``k5_e6``) and the one with the fewest (``skip``,
-  an identity, or a 1x1 conv where the layer changes width or stride), counted on the supernet itself.
+- ``fbnet``: per layer the op with the most parameters and the one with the fewest, counted on the
+  supernet itself: ``k5_e6`` everywhere for the largest; for the smallest ``skip`` (an identity) where the
+  layer keeps its width and stride, and ``k3_e1_g2`` where the skip would be a full 1x1 convolution.
 - ``nb201``: the largest is every edge ``nor_conv_3x3``; there is no useful smallest (cells of only
   ``none``/``skip``/pooling hold no weights), so a third random path takes its place: the largest
   plus uniform single paths, as SPOS (Guo et al., ECCV 2020) with a distilling teacher.
@@ -297,7 +298,8 @@ class _SupernetTrainer:
         """The phase and allowed ofa choices at global step ``step`` (no restriction outside ofa)."""
         if self.space.name != "ofa":
             return "sandwich", None
-        return ofa_phase(step / (self.recipe.epochs * self.steps), bool(self.s["progressive"]))
+        # A step belongs to the phase its midpoint falls in, so short runs still visit every phase
+        return ofa_phase((step + 0.5) / (self.recipe.epochs * self.steps), bool(self.s["progressive"]))
 
     def run(self) -> SupernetTrainResult:
         """Train the remaining epochs and write ``supernet.pt``."""
