@@ -251,8 +251,23 @@ def ofa_table(target: Any, space: Any, resolution: int | None = None) -> BlockLa
     return _build(target, stem, positions, groups, _Head(net, net.final_expand), (3, r, r), r)
 
 
+_TABLES: dict[tuple[Any, ...], BlockLatencyTable] = {}
+"""Tables built in this process, keyed by the target's model and the space's settings (a build costs seconds)."""
+
+
 def table_for(target: Any, space: Any, resolution: int | None = None) -> BlockLatencyTable:
-    """The block latency table of ``space`` (fbnet or ofa) for ``target``."""
+    """The block latency table of ``space`` (fbnet or ofa) for ``target`` (memoised per model and settings)."""
+    from hardware_models.feature_cache import space_key
+
+    model = getattr(target, "model", None)
+    key = (getattr(target, "name", ""), space_key(space), resolution,
+           None if model is None else (np.asarray(model.coef).tobytes(), float(model.intercept)))
+    if key not in _TABLES:
+        _TABLES[key] = _table_for(target, space, resolution)
+    return _TABLES[key]
+
+
+def _table_for(target: Any, space: Any, resolution: int | None) -> BlockLatencyTable:
     name = getattr(space, "name", None)
     if name == "fbnet":
         if resolution:
