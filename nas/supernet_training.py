@@ -403,8 +403,8 @@ def evaluate_subnet(supernet: nn.Module, space: Any, arch: Any, recal: torch.Ten
     """Top-1 accuracy (%) on ``val`` of ``arch`` cut from ``supernet``, BN recalibrated on uint8 ``recal``."""
     from nas.inherited import recalibrate_bn
 
-    net = supernet.subnet(arch)  # type: ignore[operator]
     dev = next(supernet.parameters()).device
+    net = supernet.subnet(arch).to(dev)  # type: ignore[operator]  # a space builds its networks on the CPU
     correct = 0
     with torch.no_grad():
         recalibrate_bn(net, _input_for(space, normalise(recal.to(dev)), arch).split(batch_size))

@@ -3,7 +3,11 @@
 A space that shares weights has one supernet class with a small protocol: ``forward(x, arch)`` runs subnet
 ``arch`` on the shared weights, and ``subnet(arch)`` returns the standalone network of the space's own
 ``build(arch)`` type holding copies of the inherited weights (so ONNX export and ``nas train`` treat it as any
-other network). :func:`supernet_of` builds a fresh one for a space object; :func:`save_supernet` and
+other network). The spaces with one: ``ofa`` (:class:`search_spaces.ofa_supernet.OFASupernet`), ``fbnet``
+(:class:`search_spaces.fbnet_supernet.FBNetSupernet`) and ``nb201``
+(:class:`search_spaces.nb201_supernet.NB201SuperNet`, whose BatchNorms keep no running statistics: its
+subnets' are recalibrated before an eval-mode forward). ``nas supernet train`` (:mod:`nas.supernet_training`)
+trains them. :func:`supernet_of` builds a fresh one for a space object; :func:`save_supernet` and
 :func:`load_supernet` write and read a zcnas checkpoint, a plain ``torch.save`` dict of tensors and JSON-able
 values read back with ``weights_only=True``. ``load_supernet`` also takes the published once-for-all state
 dicts (``ofa_mbv3_d234_e346_k357_w1.0`` / ``_w1.2``) for the ``ofa`` space.
