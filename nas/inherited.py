@@ -247,6 +247,9 @@ class SupernetScorer:
         key = (str(Path(self.path).resolve()), self.digest or "", space_key(self.space))
         with _LOCK:
             if key not in _SUPERNETS:
+                if not Path(self.path).is_file():
+                    raise FileNotFoundError(f"supernet checkpoint {self.path} does not exist (moved or deleted "
+                                            "since the run started?)")
                 if self.digest is not None and file_sha1(self.path) != self.digest:
                     raise ValueError(f"supernet checkpoint {self.path} changed since the run started "
                                      f"(digest {self.digest}); restore it or start a new run")

@@ -316,7 +316,9 @@ def _normalise_setting(key: str, value: Any, config: dict[str, Any]) -> Any:
         return float(value)
     if key in ("seed", "batch_size", "label_queries", "val_size", "bn_batches"):
         return int(value)
-    if key in ("data", "supernet"):
+    if key == "supernet":
+        return str(Path(value).resolve())
+    if key == "data":
         return str(value)
     return value
 

@@ -461,7 +461,8 @@ def create_study(
     if supernet is not None:
         from nas.inherited import DEFAULT_BN_BATCHES, DEFAULT_VAL_SIZE
 
-        config.update(supernet=os.fspath(supernet), val_size=int(val_size or DEFAULT_VAL_SIZE),
+        # absolute: a run resumed or exported from another folder finds it
+        config.update(supernet=str(Path(supernet).resolve()), val_size=int(val_size or DEFAULT_VAL_SIZE),
                       bn_batches=int(bn_batches or DEFAULT_BN_BATCHES))
     elif val_size is not None or bn_batches is not None:
         raise ValueError("--val-size and --bn-batches set how acc_ws is measured: they need --supernet PATH")
