@@ -1,0 +1,268 @@
+"""Few-shot adaptation to a new device: candidate models fitted to ~10 measurements, chosen by leave-one-out.
+
+Ten measurements are too few to fit anything free, so every candidate is a strongly constrained use of what
+the package already knows (rows are measured architectures; ``R`` holds the same-space reference devices'
+predicted log latencies of them, see :mod:`hardware_models.space_references`):
+
+* ``mix``: ``log ms = c + R @ w`` with ``w >= 0`` shrunk towards a prior ``w0`` (a Gaussian prior, so the
+  fit is a ridge towards ``w0``). The prior is the device's hardware embedding: a softmax over how well each
+  reference's ranking agrees with the measurements (HELP's idea of describing a device by its latencies on
+  known networks, turned around), or, when the user names a device class, the references of that class.
+  ``strength`` 0 is plain NNLS over the references, ``inf`` the prior alone.
+* ``single``: the one reference whose predictions correlate best with the measurements, scaled.
+* ``macs``: ``ms = a * MACs + b * layers + c`` (a, b >= 0), which knows no device at all.
+* ``graph``: the cross-space non-negative mix of node-cost models (:func:`hardware_models.adapt.fit_mixture`).
+
+:func:`choose` scores every candidate by the Spearman correlation of its leave-one-out predictions on the
+measurements (each point predicted by the candidate refitted on the others, its embedding included) and
+keeps the best; near-ties (:data:`LOO_TOLERANCE`) go to the candidate listed first, the most regularised.
+Nothing else is looked at.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> R = rng.normal(size=(10, 3))
+    >>> y = np.exp(0.5 + R[:, 1])
+    >>> best, scores = choose([Mix(1.0), Single()], np.zeros((10, 1)), R, y)
+    >>> best.name, round(scores[best.name], 3)
+    ('mix', 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+from scipy.stats import spearmanr
+
+from hardware_models.graph_features import FEATURE_NAMES
+
+_MACS = np.array([n.endswith("_mmacs") and not n.startswith("dead_") for n in FEATURE_NAMES])
+_LAYERS = np.array([n.endswith("_count") and n.split("_")[0] in ("conv", "dwconv", "gemm") for n in FEATURE_NAMES])
+
+SIMILARITY_SHARPNESS = 10.0
+"""Softmax sharpness of the embedding prior over reference correlations: a reference 0.1 less correlated
+with the measurements gets e^-1 of the weight. Fixed in advance, not tuned on any held-out device."""
+
+
+def macs_layers(X: np.ndarray) -> np.ndarray:
+    """``(MACs in millions, number of conv/linear layers)`` of rows of graph features."""
+    X = np.asarray(X, dtype=float)
+    return np.c_[X[:, _MACS].sum(1), X[:, _LAYERS].sum(1)]
+
+
+COUNT_COLUMNS = ("MACs", "layers")
+"""Two pseudo-references appended to the same-space ones: a device may rank like counting (a batch-1 GPU
+waits on one kernel launch per layer; a large batch pays for MACs)."""
+
+
+def count_columns(X: np.ndarray) -> np.ndarray:
+    """Log MACs and log layer count of rows of graph features: the pseudo-references of :data:`COUNT_COLUMNS`."""
+    return np.log(np.maximum(macs_layers(X), 1e-3))
+
+
+def _pearson(z: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Correlation of ``z`` with each column of ``R`` (0 for a constant column)."""
+    zc, Rc = z - z.mean(), R - R.mean(0)
+    den = np.sqrt((zc ** 2).sum() * (Rc ** 2).sum(0))
+    return np.divide(zc @ Rc, den, out=np.zeros(R.shape[1]), where=den > 0)
+
+
+def embedding_prior(z: np.ndarray, R: np.ndarray, sharpness: float = SIMILARITY_SHARPNESS) -> np.ndarray:
+    """Prior mixing weights (sum 1) from how well each reference's log latencies track ``z``."""
+    s = _pearson(z, R)
+    w = np.exp(sharpness * (s - s.max()))
+    return w / w.sum()
+
+
+class Candidate:
+    """A few-shot model: ``fit(X, R, y)`` on measured rows, then ``predict_log(X, R)`` on any rows."""
+
+    name = "candidate"
+    needs_references = False
+
+    def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Candidate:
+        """Fit to features ``X``, reference log latencies ``R`` and measured ``y`` (ms) of the same rows."""
+        raise NotImplementedError
+
+    def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+        """Predicted log(ms) of rows."""
+        raise NotImplementedError
+
+
+@dataclass
+class Mix(Candidate):
+    """``log ms = c + R @ w``, ``w >= 0``, ridge of relative ``strength`` towards the prior ``w0``.
+
+    ``prior``: None for the embedding prior, else fixed weights per reference (e.g. a device class).
+    """
+
+    strength: float = 1.0
+    prior: np.ndarray | None = None
+    label: str = ""
+    weights_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    intercept_: float = 0.0
+    needs_references = True
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """Candidate name shown to the user."""
+        if self.label:
+            return self.label
+        return {0.0: "nnls", np.inf: "embedding"}.get(self.strength, "mix")
+
+    def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Mix:
+        """Fit the weights and intercept in log space."""
+        assert R is not None
+        z = np.log(y)
+        w0 = embedding_prior(z, R) if self.prior is None else np.asarray(self.prior, dtype=float)
+        if np.isinf(self.strength):
+            w = w0.copy()
+        else:
+            Rc, zc = R - R.mean(0), z - z.mean()
+            scale = float(np.mean((Rc ** 2).sum(0))) or 1.0  # strength is relative to the data's own size
+            pen = np.sqrt(self.strength * scale)
+            A = np.vstack([Rc, pen * np.eye(R.shape[1])]) if pen > 0 else Rc
+            b = np.concatenate([zc, pen * w0]) if pen > 0 else zc
+            w, _ = nnls(A, b, maxiter=50 * R.shape[1])
+        self.weights_ = w
+        self.intercept_ = float(z.mean() - R.mean(0) @ w)
+        return self
+
+    def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+        """``c + R @ w``."""
+        assert R is not None
+        return R @ self.weights_ + self.intercept_
+
+
+@dataclass
+class Single(Candidate):
+    """The reference best correlated with the measurements (log space), with a fitted scale and offset."""
+
+    index_: int = 0
+    slope_: float = 1.0
+    intercept_: float = 0.0
+    name = "single"
+    needs_references = True
+
+    @property
+    def weights_(self) -> np.ndarray:
+        """The chosen reference's weight, as a mixing vector."""
+        return np.eye(self._k)[self.index_] * self.slope_
+
+    def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Single:
+        """Pick the reference and fit ``log ms = a + b * R_j`` (b >= 0)."""
+        assert R is not None
+        z = np.log(y)
+        self._k = R.shape[1]
+        self.index_ = int(np.argmax(_pearson(z, R)))
+        r = R[:, self.index_]
+        var = float(((r - r.mean()) ** 2).sum())
+        self.slope_ = max(float((r - r.mean()) @ (z - z.mean())) / var, 0.0) if var > 0 else 0.0
+        self.intercept_ = float(z.mean() - self.slope_ * r.mean())
+        return self
+
+    def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+        """``a + b * R_j``."""
+        assert R is not None
+        return self.intercept_ + self.slope_ * R[:, self.index_]
+
+
+@dataclass
+class Macs(Candidate):
+    """``ms = a * MACs + b * layers + c`` with ``a, b >= 0``: counting, fitted on the measurements."""
+
+    coef_: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    intercept_: float = 0.0
+    name = "macs"
+
+    def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Macs:
+        """Non-negative least squares on the two counts plus a free constant."""
+        M = macs_layers(X)
+        scale = np.abs(M).max(0)
+        scale[scale == 0] = 1.0
+        A = np.c_[M / scale, np.ones(len(y)), -np.ones(len(y))]
+        sol, _ = nnls(A, np.asarray(y, dtype=float), maxiter=200)
+        self.coef_ = sol[:2] / scale
+        self.intercept_ = float(sol[2] - sol[3])
+        return self
+
+    def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+        """log of the fitted count model (clipped at 1 microsecond)."""
+        return np.log(np.maximum(macs_layers(X) @ self.coef_ + self.intercept_, 1e-3))
+
+
+@dataclass
+class Graph(Candidate):
+    """The cross-space node-cost mix of :func:`hardware_models.adapt.fit_mixture` (works on every space).
+
+    ``offsets(X)`` gives the references' residual-network outputs on rows (None: linear references).
+    """
+
+    names: Sequence[str] = ()
+    W: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    b: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    offsets: Any = None
+    model_: Any = None
+    name = "graph"
+
+    def _off(self, X: np.ndarray) -> np.ndarray | None:
+        return None if self.offsets is None else self.offsets(X)
+
+    def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Graph:
+        """Fit the non-negative mix of reference node-cost models."""
+        from hardware_models.adapt import fit_mixture
+
+        self.model_ = fit_mixture(X, y, list(self.names), self.W, self.b, "", offsets=self._off(X))
+        return self
+
+    def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+        """log of the mix's prediction, its residual networks included."""
+        off = self._off(X)
+        res = None if off is None else off @ np.array([self.model_.weights.get(n, 0.0) for n in self.names])
+        return np.log(self.model_.predict_features(X, res))
+
+
+def loo_spearman(candidate: Candidate, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> float:
+    """Spearman of the leave-one-out predictions: each row predicted by the candidate refitted on the rest."""
+    import copy
+
+    n = len(y)
+    pred = np.empty(n)
+    for i in range(n):
+        keep = np.arange(n) != i
+        c = copy.deepcopy(candidate).fit(X[keep], None if R is None else R[keep], y[keep])
+        pred[i] = c.predict_log(X[i:i + 1], None if R is None else R[i:i + 1])[0]
+    rho = spearmanr(pred, y)[0]
+    return float(rho) if np.isfinite(rho) else -1.0
+
+
+LOO_TOLERANCE = 0.02
+"""Leave-one-out scores closer than this to the best count as ties, which go to the earlier (more
+regularised) candidate: on 10 samples one swapped pair moves Spearman by 0.012, so smaller gaps are noise."""
+
+
+def choose(candidates: Sequence[Candidate], X: np.ndarray, R: np.ndarray | None, y: np.ndarray,
+           tolerance: float = LOO_TOLERANCE) -> tuple[Candidate, dict[str, float]]:
+    """The first candidate whose leave-one-out Spearman is within ``tolerance`` of the best, refitted on all
+    rows, and every candidate's score. Candidates that need references are skipped when ``R`` is None."""
+    usable = [c for c in candidates if R is not None or not c.needs_references]
+    if not usable:
+        raise ValueError("no usable candidate")
+    scores = {c.name: loo_spearman(c, X, R, y) for c in usable}
+    top = max(scores.values())
+    best = next(c for c in usable if scores[c.name] >= top - tolerance)
+    return best.fit(X, R, y), scores
+
+
+def default_candidates(names: Sequence[str], W: np.ndarray, b: np.ndarray, offsets: Any = None,
+                       class_prior: np.ndarray | None = None) -> list[Candidate]:
+    """The shipped candidate list, most regularised first: the class prior (when a class is named), the
+    embedding mix, NNLS over references, the best single reference, the graph mix and MACs/layers."""
+    out: list[Candidate] = []
+    if class_prior is not None:
+        out.append(Mix(1.0, class_prior, label="class"))
+    out += [Mix(1.0), Mix(0.0), Single(), Graph(names, W, b, offsets), Macs()]
+    return out
