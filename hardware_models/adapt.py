@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware_models.feature_cache import FeatureCache, default_cache
+from hardware_models.feature_cache import FeatureCache, default_cache, space_key
 from hardware_models.graph_features import FEATURE_NAMES
 from hardware_models.model import GraphTarget, LatencyModel, save_user_target
 from hardware_models.residual import SpaceResidual, reference_offsets
@@ -127,10 +127,32 @@ def validate(space: Any, rows: Sequence[tuple[str, float]], source: str = "measu
 
 
 def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: bool = True,
-          cache: FeatureCache | None = None, source: str = "measurements") -> GraphTarget:
-    """Adapt a new target ``name`` from measured ``(arch string, ms)`` rows of ``space``; saved for reuse."""
+          cache: FeatureCache | None = None, source: str = "measurements",
+          device_class: str | None = None) -> GraphTarget:
+    """Adapt a new target ``name`` from measured ``(arch string, ms)`` rows of ``space``; saved for reuse.
+
+    On the measured space the target uses the candidate of :mod:`hardware_models.few_shot` with the best
+    leave-one-out Spearman on the measurements (same-space reference devices first where the package has
+    them); every other space uses the cross-space node-cost mix. ``device_class`` (one of
+    :data:`~hardware_models.space_references.DEVICE_CLASSES`) adds the references of that class as a prior.
+    The choice, its leave-one-out scores and the references it leans on are in ``target.adaptation``.
+    """
+    from hardware_models.few_shot import (
+        COUNT_COLUMNS,
+        Graph,
+        Macs,
+        Mix,
+        Single,
+        choose,
+        count_columns,
+        default_candidates,
+    )
+    from hardware_models.space_references import DEVICE_CLASSES, references_for
+
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"target name {name!r} must be letters, digits, '-' or '_'")
+    if device_class is not None and device_class not in DEVICE_CLASSES:
+        raise ValueError(f"device class {device_class!r} is not one of {', '.join(DEVICE_CLASSES)}")
     import hardware_models
 
     if name in hardware_models.shipped()["targets"] and name != "local":
@@ -138,15 +160,43 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     archs, y = validate(space, rows, source)
     names, W, b = references()
     X = (cache or default_cache()).features(space, archs)
-    offsets = reference_offsets(space, X, names)
-    fitted = (f"adapted from {len(y)} {space.name} measurements ({source}) as a mix of "
-              f"{len(names)} reference devices")
-    model = fit_mixture(X, y, names, W, b, fitted, offsets=offsets)
-    top = sorted(model.weights.items(), key=lambda kv: -kv[1])[:3]
-    description = f"user device, behaves like {', '.join(n for n, _ in top) or 'a constant'}"
+    same = references_for(space)
+    # MACs and layer count are two more references, so a space nobody measured still gets a log-space mix
+    columns = [*([] if same is None else same.devices), *COUNT_COLUMNS]
+    R = count_columns(X) if same is None else np.c_[same.predict_log(X), count_columns(X)]
+    prior = None
+    if same is not None and device_class is not None and device_class in same.classes:
+        members = np.array([c == device_class for c in same.classes] + [False] * len(COUNT_COLUMNS), dtype=float)
+        prior = members / members.sum()
+    candidates = default_candidates(names, W, b, lambda rows: reference_offsets(space, rows, names), prior)
+    best, scores = choose(candidates, X, R, y)
+    graph = next(c for c in candidates if isinstance(c, Graph))
+    model = (best if best is graph else graph.fit(X, R, y)).model_
+    model.fitted = (f"adapted from {len(y)} {space.name} measurements ({source}): on {space.name} "
+                    f"'{best.name}' (leave-one-out Spearman {scores[best.name]:.3f} on the measurements), "
+                    f"elsewhere a mix of {len(names)} reference devices' node-cost models")
+    leans: dict[str, float] = {}
+    if isinstance(best, (Mix, Single)):
+        leans = {d: float(w) for d, w in zip(columns, best.weights_, strict=True) if w > 1e-9}
+        model.space_model = {"space": space.name, "key": space_key(space), "kind": "mix", "method": best.name,
+                             "weights": {d: float(f"{w:.6g}") for d, w in leans.items()},
+                             "intercept": float(best.intercept_)}
+    elif isinstance(best, Macs):
+        model.space_model = {"space": space.name, "key": space_key(space), "kind": "macs", "method": "macs",
+                             "coef": [float(c) for c in best.coef_], "intercept": float(best.intercept_)}
+    else:
+        leans = dict(model.weights)
+    top = sorted(leans.items(), key=lambda kv: -kv[1])[:3]
+    description = f"user device, behaves like {', '.join(n for n, _ in top) or 'MACs + layers'}"
     target = GraphTarget(name, description, model, cache, source="user")
+    total = sum(leans.values()) or 1.0
+    target.adaptation = {"chosen": best.name, "loo_spearman": scores,
+                         "leans_on": {d: w / total for d, w in sorted(leans.items(), key=lambda kv: -kv[1])},
+                         "same_space_references": [] if same is None else list(same.devices)}
     if save:
-        path = save_user_target(name, description, model, {"space": space.name, "n_measurements": len(y)})
+        path = save_user_target(name, description, model, {"space": space.name, "n_measurements": len(y),
+                                                            "device_class": device_class,
+                                                            "adaptation": target.adaptation})
         target.source = f"user ({path})"
         hardware_models.refresh_user_targets()
     return target

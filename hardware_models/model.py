@@ -15,6 +15,7 @@ import numpy as np
 from hardware_models.feature_cache import FeatureCache, default_cache
 from hardware_models.graph_features import FEATURE_NAMES, FEATURE_VERSION
 from hardware_models.residual import ResidualHead
+from hardware_models.space_references import SpaceModel
 
 MIN_LATENCY_MS = 1e-3
 """Predictions are clipped here: a linear model may extrapolate below zero for tiny networks."""
@@ -30,6 +31,8 @@ class LatencyModel:
     fitted: str = ""  # how it was fitted, for ``nas targets``
     weights: dict[str, float] = field(default_factory=dict)  # hardware embedding over reference devices
     residual: dict[str, float] = field(default_factory=dict)
+    # the few-shot choice on the space the device was measured on (see SpaceModel); other spaces use the rest
+    space_model: dict[str, Any] = field(default_factory=dict)
 
     def predict_features(self, X: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         """Latencies (ms) of rows of graph features, plus their ``residual`` (ms) where a network gave one."""
@@ -45,6 +48,7 @@ class LatencyModel:
             "fitted": self.fitted,
             "weights": {k: float(f"{v:.6g}") for k, v in self.weights.items() if v},
             **({"residual": {k: float(f"{v:.6g}") for k, v in self.residual.items() if v}} if self.residual else {}),
+            **({"space_model": self.space_model} if self.space_model else {}),
         }
 
     @classmethod
@@ -63,7 +67,7 @@ class LatencyModel:
             coef[index[name]] = float(value)
         return cls(coef, float(data.get("intercept", 0.0)), str(data.get("fitted", "")),
                    {k: float(v) for k, v in data.get("weights", {}).items()},
-                   {k: float(v) for k, v in data.get("residual", {}).items()})
+                   {k: float(v) for k, v in data.get("residual", {}).items()}, dict(data.get("space_model", {})))
 
 
 class GraphTarget:
@@ -84,6 +88,8 @@ class GraphTarget:
         self.source = source
         self._cache = cache
         self._head = ResidualHead(model.residual) if model.residual else None
+        self._space_model = SpaceModel(model.space_model) if model.space_model else None
+        self.adaptation: dict[str, Any] = {}  # how a user target was chosen (see hardware_models.adapt.adapt)
 
     @property
     def cache(self) -> FeatureCache:
@@ -93,6 +99,10 @@ class GraphTarget:
     def predict(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
         """Predicted latency (ms) of each architecture of ``space``."""
         X = self.cache.features(space, archs)
+        if self._space_model is not None:
+            own = self._space_model.predict(space, X)
+            if own is not None:
+                return own
         return self.model.predict_features(X, None if self._head is None else self._head.predict(space, X))
 
     def __repr__(self) -> str:

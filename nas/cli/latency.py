@@ -8,6 +8,7 @@ import csv
 import numpy as np
 
 import search_spaces
+from hardware_models.space_references import DEVICE_CLASSES
 from nas.cli import UsageError
 from nas.cli.common import add_space_args, read_arch_file, space_options
 
@@ -29,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_space_args(ad)
     ad.add_argument("--name", required=True, help="name of the new target (then usable as --target NAME)")
     ad.add_argument("--measurements", required=True, help="CSV with columns arch,latency_ms")
+    ad.add_argument("--device-class", choices=DEVICE_CLASSES, default=None,
+                    help="what the device is (a prior towards reference devices of that class)")
     ad.set_defaults(func=run_adapt)
 
     me = acts.add_parser("measure", help="measure sampled architectures on this machine (onnxruntime)")
@@ -82,12 +85,18 @@ def run_adapt(args: argparse.Namespace) -> int:
 
     space = search_spaces.get(args.space, **space_options(args))
     rows = read_measurements(args.measurements)
-    target = adapt(space, rows, args.name, source=args.measurements)
-    top = sorted(target.model.weights.items(), key=lambda kv: -kv[1])[:4]
-    total = sum(target.model.weights.values()) or 1.0
+    target = adapt(space, rows, args.name, source=args.measurements, device_class=args.device_class)
+    info = target.adaptation
+    scores = info["loo_spearman"]
     print(f"registered target {args.name!r} ({target.source}) from {len(rows)} measurements")
-    print("hardware embedding (share of reference devices): "
-          + ", ".join(f"{n} {w / total:.0%}" for n, w in top))
+    refs = info["same_space_references"]
+    print(f"same-space reference devices: {', '.join(refs)}" if refs else
+          f"no same-space reference devices for {space.name}: references from other spaces only")
+    print(f"expected ranking quality: leave-one-out Spearman {scores[info['chosen']]:.3f} on the "
+          f"{len(rows)} measurements, model '{info['chosen']}' (candidates: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) + ")")
+    top = list(info["leans_on"].items())[:4]
+    print("leans on: " + (", ".join(f"{n} {w:.0%}" for n, w in top) if top else "MACs and layer count only"))
     print(f"use it with --target {args.name}")
     return 0
 
