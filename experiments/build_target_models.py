@@ -8,13 +8,18 @@
    hard-swish, squeeze-excite) come from devices that measured them.
 3. A NAS-Bench-201 residual network (``residuals.npz``, :mod:`hardware_models.residual`) with one output per
    device learns what each linear model misses on NAS-Bench-201; other spaces use the linear models alone.
-4. ``local``: a mix of the references fitted to NAS-Bench-201 and FBNet networks measured with onnxruntime on
+4. Same-space references (``space_references.npz``, :mod:`hardware_models.space_references`): per space,
+   one network predicting the log latency of every device that measured it (NAS-Bench-201: all 27 columns
+   on the same cells; FBNet: 13 devices and OFA: 6 columns, on all their rows), which ``nas latency adapt``
+   mixes first. ``--only-space-references`` rebuilds just this file (the targets stay as they are).
+5. ``local``: a mix of the references fitted to NAS-Bench-201 and FBNet networks measured with onnxruntime on
    the build machine (``data/local_onnxruntime.csv``), until the user adapts it to their machine.
 
 A check is printed: for each reference device measured on FBNet, the same recipe fitted *without* its
 FBNet rows (NAS-Bench-201 only, as for rpi4) ranks its FBNet architectures with the Spearman shown.
 
     python experiments/build_target_models.py [--nb201-rows 4000] [--fbnet-rows 600] [--ofa-rows 200]
+    python experiments/build_target_models.py --only-space-references
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ from hardware_models.feature_cache import default_cache, space_key  # noqa: E402
 from hardware_models.graph_features import FEATURE_NAMES, FEATURE_VERSION  # noqa: E402
 from hardware_models.model import LatencyModel  # noqa: E402
 from hardware_models.residual import SpaceResidual, fit_residual, save_residuals  # noqa: E402
+from hardware_models.space_references import (  # noqa: E402
+    SPACE_REFERENCES,
+    SpaceReferences,
+    fit_space_references,
+    save_space_references,
+)
 
 FRIENDLY = {"raspi4": "rpi4"}
 KIND = {
@@ -91,6 +102,15 @@ def local_prior(names: list[str], W: np.ndarray, b: np.ndarray, nets: dict[str, 
                       residuals=nets)
 
 
+def space_references(X: np.ndarray, Y: np.ndarray, cols: list[str], epochs: int) -> dict[str, SpaceReferences]:
+    """Same-space reference networks: NAS-Bench-201 (rows ``X``/``Y`` given), FBNet and OFA (all rows)."""
+    out = {"nb201": fit_space_references("nb201", space_key(search_spaces.get("nb201")), cols, X, Y, epochs)}
+    for name in ("fbnet", "ofa"):
+        _, scols, sY, sX = ld.space_rows(name)
+        out[name] = fit_space_references(name, space_key(search_spaces.get(name)), scols, sX, sY, epochs)
+    return out
+
+
 def main() -> None:
     """Fit and write the models; print the check table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,12 +122,24 @@ def main() -> None:
                     help="correction ridge of the devices measured on NAS-Bench-201 only (negative: none)")
     ap.add_argument("--mix-relative", type=int, default=0, help="1: fit those mixes to relative errors")
     ap.add_argument("--out", default=str(hardware_models.SHIPPED))
+    ap.add_argument("--ref-epochs", type=int, default=200, help="epochs of the same-space reference networks")
+    ap.add_argument("--only-space-references", action="store_true",
+                    help=f"write only {SPACE_REFERENCES.name} (beside --out); leave the targets as they are")
     args = ap.parse_args()
     args.mix_alpha = None if args.mix_alpha < 0 else args.mix_alpha
     args.mix_relative = bool(args.mix_relative)
     t0 = time.time()
+    if args.only_space_references:  # a random subset of cells is enough and spares the hour all 15,625 cost
+        _, cols, Y, X = ld.nb201_subset(args.nb201_rows)
+        refs_path = Path(args.out).with_name(SPACE_REFERENCES.name)
+        save_space_references(refs_path, space_references(X, Y, cols, args.ref_epochs))
+        print(f"wrote same-space references to {refs_path} ({refs_path.stat().st_size / 1e3:.0f} kB)")
+        return
     archs, cols, Y, X = ld.nb201_all()
     sub = np.random.default_rng(0).choice(len(X), size=min(args.nb201_rows, len(X)), replace=False)
+    refs_path = Path(args.out).with_name(SPACE_REFERENCES.name)
+    save_space_references(refs_path, space_references(X[sub], Y[sub], cols, args.ref_epochs))
+    print(f"wrote same-space references to {refs_path} ({refs_path.stat().st_size / 1e3:.0f} kB)")
     _, fcols, fY, fX = ld.space_rows("fbnet", args.fbnet_rows)
     _, ocols, oY, oX = ld.space_rows("ofa", args.ofa_rows)
     other: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
