@@ -16,10 +16,12 @@ so that the probabilities of the unsampled options are unchanged.
 
 Latency loss: ``E[lat]`` (ms) is the expected latency of the current distributions from
 :mod:`hardware_models.block_latency` (a per-block table built from ``--target``'s graph model at the
-run's input size), differentiable in every logit. ``latency_loss=add``: ``CE + latency_weight *
-E[lat] / ref_ms`` (the paper's eq. 5 with the latency normalised); ``latency_loss=mul``: ``CE * (log
-E[lat] / log ref_ms) ** latency_weight`` (the paper's multiplicative form, MnasNet-style; needs latencies
-above 1 ms). ``ref_ms`` defaults to the expected latency of the uniform distribution (the start).
+run's input size), differentiable in every logit. Where a target's residual network applies to the space
+(today only nb201, so never here) its correction at the current argmax arch is added as a constant.
+``latency_loss=add``: ``CE + latency_weight * E[lat] / ref_ms`` (the paper's eq. 5 with the latency
+normalised); ``latency_loss=mul``: ``CE * (log E[lat] / log ref_ms) ** latency_weight`` (the
+multiplicative form, MnasNet-style; needs latencies above 1 ms). ``ref_ms`` defaults to the expected
+latency of the uniform distribution (the start).
 
 Recipe: the oneshot module's (:class:`nas.strategies.oneshot.Recipe`): weights train on one class-balanced
 half of ``train_size`` images with SGD (lr 0.025 cosine, momentum 0.9, weight decay 3e-4, clip 5), the
@@ -282,12 +284,17 @@ class ProxylessNAS(_Differentiable):
         self._stored: dict[str, Any] | None = None
         self._target = None
         self._table = None
+        self._residual = False
         if target is not None:
             import hardware_models
             from hardware_models.block_latency import table_for
 
             self._target = hardware_models.get(target)
+            from hardware_models.residual import network_for
+
             self._table = table_for(self._target, space, int(resolution) or None)
+            # fbnet and ofa have no residual network today (only nb201 does); kept for spaces that gain one.
+            self._residual = getattr(self._target, "_head", None) is not None and network_for(space) is not None
         if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
             self._read_checkpoint()
 
@@ -322,7 +329,12 @@ class ProxylessNAS(_Differentiable):
         """E[latency] (ms) of the current distributions (differentiable in the logits)."""
         assert self._model is not None and self._table is not None
         probs, depths = self._model.probs()
-        return self._table.expected_ms(probs, depths or None)
+        expected = self._table.expected_ms(probs, depths or None)
+        if self._residual:  # a constant at the argmax arch: the residual network has no gradient in alpha
+            from hardware_models.block_latency import residual_ms
+
+            expected = expected + residual_ms(self._target, self.space, self._model.derived())
+        return expected
 
     # -- training ------------------------------------------------------------------------------------
     def _setup(self) -> None:
