@@ -28,7 +28,7 @@ import numpy as np
 from hardware_models.feature_cache import FeatureCache, default_cache, space_key
 from hardware_models.graph_features import FEATURE_NAMES
 from hardware_models.model import GraphTarget, LatencyModel, save_user_target
-from hardware_models.residual import SpaceResidual, reference_offsets
+from hardware_models.residual import SpaceResidual, network_for, reference_offsets
 from predictors import DeviceMixtureRegressor
 
 MIN_MEASUREMENTS = 10
@@ -139,10 +139,9 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     """
     from hardware_models.few_shot import (
         COUNT_COLUMNS,
+        Blend,
         Graph,
         Macs,
-        Mix,
-        Single,
         choose,
         count_columns,
         default_candidates,
@@ -168,7 +167,8 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     if same is not None and device_class is not None and device_class in same.classes:
         members = np.array([c == device_class for c in same.classes] + [False] * len(COUNT_COLUMNS), dtype=float)
         prior = members / members.sum()
-    candidates = default_candidates(names, W, b, lambda rows: reference_offsets(space, rows, names), prior)
+    offsets = None if network_for(space) is None else (lambda rows: reference_offsets(space, rows, names))
+    candidates = default_candidates(names, W, b, offsets, prior)
     best, scores = choose(candidates, X, R, y)
     graph = next(c for c in candidates if isinstance(c, Graph))
     model = (best if best is graph else graph.fit(X, R, y)).model_
@@ -176,7 +176,7 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
                     f"'{best.name}' (leave-one-out Spearman {scores[best.name]:.3f} on the measurements), "
                     f"elsewhere a mix of {len(names)} reference devices' node-cost models")
     leans: dict[str, float] = {}
-    if isinstance(best, (Mix, Single)):
+    if isinstance(best, Blend):
         leans = {d: float(w) for d, w in zip(columns, best.weights_, strict=True) if w > 1e-9}
         model.space_model = {"space": space.name, "key": space_key(space), "kind": "mix", "method": best.name,
                              "weights": {d: float(f"{w:.6g}") for d, w in leans.items()},

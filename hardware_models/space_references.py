@@ -148,10 +148,15 @@ class SpaceModel:
         self.spec = dict(spec)
         self._refs = refs
         self._plan: Any = None  # the mix folded into one last layer, built on first use
+        self._seen: tuple[Any, bool] | None = None  # (space, applies): space_key hashes, the search loop repeats
 
     def applies(self, space: Any) -> bool:
         """Whether ``space`` (as configured) is the space the target was measured on."""
-        return getattr(space, "name", "") == self.spec.get("space") and space_key(space) == self.spec.get("key")
+        if self._seen is not None and self._seen[0] is space:
+            return self._seen[1]
+        ok = getattr(space, "name", "") == self.spec.get("space") and space_key(space) == self.spec.get("key")
+        self._seen = (space, ok)
+        return ok
 
     def _mix_plan(self, space: Any) -> Any:
         from hardware_models.few_shot import COUNT_COLUMNS

@@ -12,7 +12,16 @@ from scipy.stats import spearmanr
 
 import hardware_models
 import search_spaces
-from hardware_models.few_shot import Macs, Mix, Single, choose, embedding_prior, loo_spearman, macs_layers
+from hardware_models.few_shot import (
+    Blend,
+    Macs,
+    Mix,
+    Single,
+    choose,
+    embedding_prior,
+    loo_spearman,
+    macs_layers,
+)
 from hardware_models.space_references import (
     SPACE_REFERENCES,
     SpaceModel,
@@ -85,11 +94,13 @@ def test_choice_follows_what_explains_the_samples() -> None:
     X[:, FEATURE_NAMES.index("conv_k3_count")] = rng.integers(5, 20, 10)
     R = rng.normal(size=(10, 3))
     by_macs = 0.05 * macs_layers(X)[:, 0] + 1.0
-    best, scores = choose([Mix(1.0), Single(), Macs()], X, R, by_macs)
-    assert best.name == "macs" and scores["macs"] == pytest.approx(1.0)
-    by_ref = np.exp(R[:, 2])
-    best, scores = choose([Mix(1.0), Single(), Macs()], X, R, by_ref)
-    assert best.name in ("mix", "single") and int(np.argmax(best.weights_)) == 2
+    candidates = [Blend([Mix(1.0), Mix(0.0), Single()]), Macs()]
+    best, scores = choose(candidates, X, R, by_macs)
+    assert best.name == "macs" and scores["macs"] == pytest.approx(1.0) and scores["blend"] < 0.9
+    best, _ = choose(candidates, X, R, by_macs, margin=2.0)  # the default stays unless beaten by the margin
+    assert best.name == "blend"
+    best, _ = choose(candidates, X, R, np.exp(R[:, 2]))
+    assert best.name == "blend" and int(np.argmax(best.weights_)) == 2
 
 
 def test_space_references_round_trip_and_fold_into_a_space_model(tmp_path: Path) -> None:
@@ -137,3 +148,27 @@ def test_adapt_on_ofa_leans_on_the_matching_same_space_device(config_dir: Path, 
     assert spearmanr(pred, truth[10:])[0] > 0.9
     nb201 = search_spaces.get("nb201", cells_per_stage=1)  # another space: the cross-space model answers
     assert np.all(hardware_models.get("gpu32").predict(nb201, [nb201.sample(np.random.default_rng(0))]) > 0)
+
+
+def test_graph_mix_is_the_default_where_a_residual_network_applies() -> None:
+    from hardware_models.few_shot import default_candidates
+
+    W, b = np.zeros((2, 170)), np.zeros(2)
+    assert [c.name for c in default_candidates(["a", "b"], W, b)] == ["blend", "graph", "macs"]
+    assert [c.name for c in default_candidates(["a", "b"], W, b, offsets=lambda X: np.zeros((len(X), 2)))] == \
+        ["graph", "blend", "macs"]
+
+
+def test_counting_mix_needs_no_reference_network() -> None:
+    from hardware_models.few_shot import count_columns
+
+    space = search_spaces.get("nb201", cells_per_stage=1)
+    from hardware_models.feature_cache import space_key
+
+    X = np.zeros((3, 170))
+    X[:, 0] = [10.0, 20.0, 40.0]  # conv_k1_mmacs
+    X[:, 3] = [2.0, 2.0, 4.0]  # conv_k1_count
+    spec = {"space": "nb201", "key": space_key(space), "kind": "mix", "weights": {"MACs": 1.0, "layers": 0.5},
+            "intercept": 0.2}
+    expected = np.exp(0.2 + count_columns(X) @ [1.0, 0.5])
+    assert SpaceModel(spec, {}).predict(space, X) == pytest.approx(expected, rel=1e-9)
