@@ -1,6 +1,8 @@
-"""Prediction speed of graph-feature latency models: cached graphs (batch and one at a time) and cold.
+"""Prediction speed of graph-feature latency models: cached graphs (batch and one at a time) and cold, for a
+shipped target and for targets adapted from 10 measurements (which on their own space mix the same-space
+reference network's outputs).
 
-    python experiments/bench_latency_predict.py
+    python experiments/bench_latency_predict.py [--cells 5000]
 """
 
 from __future__ import annotations
@@ -30,15 +32,30 @@ def rate(fn, n: int) -> float:  # noqa: ANN001
     return n / best
 
 
+def adapted(space_name: str, column: str) -> object:
+    """A target adapted (not saved) from 10 rows of a public table's column, as a user would."""
+    from hardware_models.adapt import adapt
+
+    archs, cols, Y = ld.read_table(space_name)
+    rows = [(a, float(v)) for a, v in zip(archs[-10:], Y[-10:, cols.index(column)], strict=True)]
+    return adapt(search_spaces.get(space_name), rows, f"bench_{space_name}", save=False)
+
+
 def main() -> None:
     """Print the table."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=0, help="NB201 cells (fixed random subset; 0: all 15,625)")
+    args = ap.parse_args()
     space = search_spaces.get("nb201")
-    arch_strings, _, _, X = ld.nb201_all()
+    arch_strings, _, _, X = ld.nb201_subset(args.cells) if args.cells else ld.nb201_all()
     archs = [space.from_string(a) for a in arch_strings]
     default_cache().put(space, archs, X)
     target = hardware_models.get("rpi4")
     print(f"{'what':52s} {'archs/s':>10s}")
-    print(f"{'cached NB201 graphs, one call for 15,625':52s} {rate(lambda: target.predict(space, archs), len(archs)):10.0f}")
+    print(f"{f'cached NB201 graphs, one call for {len(archs):,}':52s} "
+          f"{rate(lambda: target.predict(space, archs), len(archs)):10.0f}")
     few = archs[:2000]
     print(f"{'cached NB201 graphs, one call per arch (search loop)':52s} "
           f"{rate(lambda: [target.predict(space, [a]) for a in few], len(few)):10.0f}")
@@ -48,6 +65,17 @@ def main() -> None:
         default_cache().features(sp, cached)
         print(f"{'cached ' + name + ' graphs, one call per arch':52s} "
               f"{rate(lambda sp=sp, cached=cached: [target.predict(sp, [a]) for a in cached], len(cached)):10.0f}")
+    for name, column in (("ofa", "2080ti_32"), ("fbnet", "samsung_a50")):
+        sp = search_spaces.get(name)
+        cached = [sp.from_string(a) for a in ld.read_table(name)[0][:2000]]
+        default_cache().features(sp, cached)
+        own = adapted(name, column)
+        kind = own.model.space_model.get("method", "graph mix")
+        print(f"{f'adapted on {name} ({kind}), cached, one call for 2,000':52s} "
+              f"{rate(lambda sp=sp, own=own, cached=cached: own.predict(sp, cached), len(cached)):10.0f}")
+        few = cached[:500]
+        print(f"{f'adapted on {name} ({kind}), cached, one call per arch':52s} "
+              f"{rate(lambda sp=sp, own=own, few=few: [own.predict(sp, [a]) for a in few], len(few)):10.0f}")
     rng = np.random.default_rng(123)
     for name in ("nb201", "fbnet", "ofa"):
         sp = search_spaces.get(name)
