@@ -82,6 +82,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_adapt(args: argparse.Namespace) -> int:
     """Validate the measurements, fit the new target and register it in the user's config dir."""
     from hardware_models.adapt import adapt, read_measurements
+    from hardware_models.few_shot import LOO_MARGIN
 
     space = search_spaces.get(args.space, **space_options(args))
     rows = read_measurements(args.measurements)
@@ -94,7 +95,8 @@ def run_adapt(args: argparse.Namespace) -> int:
           f"no same-space reference devices for {space.name}: references from other spaces only")
     print(f"expected ranking quality: leave-one-out Spearman {scores[info['chosen']]:.3f} on the "
           f"{len(rows)} measurements, model '{info['chosen']}' (candidates: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) + ")")
+          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+          + f"; the first is kept unless another leads it by more than {LOO_MARGIN})")
     top = list(info["leans_on"].items())[:4]
     print("leans on: " + (", ".join(f"{n} {w:.0%}" for n, w in top) if top else "MACs and layer count only"))
     print(f"use it with --target {args.name}")
