@@ -6,7 +6,7 @@
 2. The middle run's ``best.json`` and a random fbnet architecture of the closest predicted rpi4 latency
    (among ``--pool`` random draws) are trained with the same short ``nas train`` recipe.
 
-Prints one table per part. Run (about 20 CPU-minutes at the defaults):
+Prints one table per part. Run (about 20 minutes on a loaded 2-core CPU at the defaults):
 ``python experiments/proxyless_fbnet.py --data ../shared/data/cifar10_jpeg --out experiments/out/proxyless_fbnet``
 """
 
@@ -51,11 +51,14 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/cifar10_jpeg")
     ap.add_argument("--out", default="experiments/out/proxyless_fbnet")
     ap.add_argument("--weights", default="0,0.1,1")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--train-size", type=int, default=2000)
-    ap.add_argument("--train-epochs", type=int, default=3)
-    ap.add_argument("--train-train-size", type=int, default=5000)
-    ap.add_argument("--pool", type=int, default=1000)
+    # Defaults sized for a shared 2-core CPU (a batch of 64 costs ~15 s per step there under load).
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-size", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--train-epochs", type=int, default=2)
+    ap.add_argument("--train-train-size", type=int, default=500)
+    ap.add_argument("--train-batch-size", type=int, default=64)
+    ap.add_argument("--pool", type=int, default=300)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,7 @@ def main() -> None:
             seconds = nas("search", "--strategy", "proxylessnas", "--space", "fbnet", "--space-option",
                           "num_classes=10", "--target", "rpi4", "--data", args.data, "--epochs", str(args.epochs),
                           "--train-size", str(args.train_size), "--option", f"latency_weight={w}",
+                          "--option", f"batch_size={args.batch_size}",
                           "--executor", "serial", "--no-progress", "--out", str(run))
         arch = best_arch(run)
         ms = float(rpi4.predict(space, [space.from_string(arch)])[0])
@@ -95,9 +99,10 @@ def main() -> None:
         if not (train_dir / "metrics.json").is_file():
             nas("train", "--space", "fbnet", "--space-option", "num_classes=10", "--arch-file", str(arch_file),
                 "--data", args.data, "--epochs", str(args.train_epochs), "--train-size", str(args.train_train_size),
-                "--no-progress", "--out", str(train_dir))
+                "--batch-size", str(args.train_batch_size), "--no-progress", "--out", str(train_dir))
         table.append((label, ms, test_acc(train_dir), arch_file.read_text().strip()))
-    print(f"\nnas train, {args.train_epochs} epochs on {args.train_train_size} images (same recipe and seed)")
+    print(f"\nnas train, {args.train_epochs} epochs on {args.train_train_size} images, batch {args.train_batch_size} "
+          "(same recipe and seed)")
     print(f"{'arch':>13} {'rpi4 ms':>8} {'test acc %':>10}  arch")
     for label, ms, acc, arch in table:
         print(f"{label:>13} {ms:8.2f} {acc:10.2f}  {arch}")
