@@ -147,6 +147,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_npz, tmp_p
     assert [r["loss"] for r in whole.history] == [r["loss"] for r in resumed.history]
 
 
+def test_ofa_resumed_across_the_channel_sort_equals_an_uninterrupted_run(trained, tiny_npz, tmp_path):
+    def kill(row):
+        if row["epoch"] == 3:  # the next epoch sorts the channels and resets the optimiser's momentum
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet("ofa", tiny_npz, epochs=4, batch_size=16, train_size=24, val_size=8,
+                       space_options=TINY["ofa"], out=tmp_path, progress=False, callback=kill)
+    resumed = train_supernet(None, out=tmp_path, resume=True, progress=False)
+    a, b = trained["ofa"].supernet.state_dict(), resumed.supernet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("name", ["nb201", "fbnet", "ofa"])
 def test_checkpoint_round_trip_and_subnet_equals_forward(trained, name):
     result = trained[name]
