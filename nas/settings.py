@@ -175,15 +175,6 @@ def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib
 
 def load_data(config: dict[str, Any], space: SearchSpace) -> proxy_lib.Batch:
     """The calibration batch of a run, checked against what the space's networks take."""
-    scorer = supernet_scorer(config, space)
-    if scorer is not None:  # --data is a train/test dataset: the proxies read its recalibration images
-        from nas.datasets import balanced_subset, normalise
-
-        calib = balanced_subset(scorer.images().calib, int(config.get("batch_size", 64)), int(config["seed"]))
-        x = normalise(calib.x)
-        batch = proxy_lib.Batch(x, calib.y, Path(str(config["data"])).stem).resized(tuple(space.input_shape[1:]))
-        check_batch(space, batch, config.get("data"))
-        return batch
     batch = proxy_lib.load_batch(config.get("data"), config.get("batch_size", 64), int(config["seed"]),
                                  tuple(space.input_shape))
     check_batch(space, batch, config.get("data"))

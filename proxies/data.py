@@ -88,6 +88,8 @@ def load_batch(source: str | os.PathLike[str] | None = None, batch_size: int = 6
         y = torch.from_numpy(rng.integers(10, size=batch_size))
         return Batch(x, y, "gaussian")
     path = Path(source)
+    if _is_training_layout(path):  # the layout of `nas train` data: calibrate on its train split only
+        return _from_training_layout(path, batch_size, rng, input_shape)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data or "y" not in data:
@@ -102,6 +104,29 @@ def load_batch(source: str | os.PathLike[str] | None = None, batch_size: int = 6
     if path.is_dir():
         return _load_image_folder(path, batch_size, rng, input_shape)
     raise ValueError(f"--data {source!r}: expected 'cifar10', 'gaussian', an .npz file or an image folder")
+
+
+def _is_training_layout(path: Path) -> bool:
+    """A folder with ``train/`` (and ``test/``) class folders, or an ``.npz`` with ``x_train``/``y_train``."""
+    if path.is_dir():
+        return (path / "train").is_dir() and any(p.is_dir() for p in (path / "train").iterdir())
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            return "x_train" in data.files and "x" not in data.files
+    return False
+
+
+def _from_training_layout(path: Path, batch_size: int, rng: np.random.Generator,
+                          input_shape: tuple[int, int, int]) -> Batch:
+    """A class-balanced batch of the ``train`` split (never ``test``: it is kept for reporting)."""
+    from nas.datasets import load_split
+
+    train = load_split(path, "train")
+    y = train.y.numpy()
+    idx = _balanced_indices(y, min(batch_size, len(y)), rng)
+    x = train.x[torch.from_numpy(idx)]
+    return Batch(_normalise(x.numpy()), torch.from_numpy(y[idx].astype(np.int64)),
+                 path.stem).resized(input_shape[1:])
 
 
 def _load_image_folder(path: Path, batch_size: int, rng: np.random.Generator,

@@ -206,3 +206,27 @@ def test_benchmark_reports_each_ensembles_gap_to_the_best_single_proxy():
     assert len(lines) == 1 and lines[0].startswith("ensemble - params (best single proxy): +")
     assert lines[0].endswith("above params")
     assert _ensemble_gaps(columns, rows, target, resamples=0, seed=0) == []
+
+
+def test_calibration_batch_of_a_training_dataset_reads_its_train_split_only(tmp_path):
+    """A `nas train` dataset (train/ and test/ class folders, or x_train/x_test arrays) calibrates on train."""
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 128, size=(20, 32, 32, 3), dtype=np.uint8)  # dark train images
+    x_test = np.full((20, 32, 32, 3), 255, dtype=np.uint8)  # white test images: must never be read
+    y = np.arange(20) % 4
+    np.savez(tmp_path / "d.npz", x_train=x_train, y_train=y, x_test=x_test, y_test=y)
+    from matplotlib import image as mpimg
+
+    for split, images in (("train", x_train), ("test", x_test)):
+        for i, (img, label) in enumerate(zip(images, y, strict=True)):
+            folder = tmp_path / "d" / split / f"c{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            mpimg.imsave(folder / f"{i}.png", img)
+    from proxies.data import _normalise
+
+    darkest_test = _normalise(np.full((1, 3, 1, 1), 255, dtype=np.uint8)).min()
+    for source in (tmp_path / "d.npz", tmp_path / "d"):
+        batch = proxies.load_batch(str(source), batch_size=8, seed=0)
+        assert batch.inputs.shape == (8, 3, 32, 32)
+        assert sorted(batch.targets.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # four classes, not train/test
+        assert batch.inputs.max() < darkest_test
