@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -85,16 +85,16 @@ def fit_residual(space: str, key: str, devices: list[str], X: np.ndarray, latenc
     return SpaceResidual(space, key, list(devices), unit, mlp)
 
 
-def save_residuals(path: str | os.PathLike[str], residuals: Mapping[str, SpaceResidual]) -> None:
-    """Write residual networks to one NPZ file."""
+def save_by_space(path: str | os.PathLike[str], items: Iterable[Any]) -> None:
+    """Write objects with ``to_arrays()`` (arrays named ``space/field``) to one NPZ file."""
     arrays: dict[str, np.ndarray] = {}
-    for res in residuals.values():
-        arrays.update(res.to_arrays())
+    for item in items:
+        arrays.update(item.to_arrays())
     np.savez_compressed(path, **arrays)
 
 
-def load_residuals(path: str | os.PathLike[str]) -> dict[str, SpaceResidual]:
-    """Residual networks of an NPZ file written by :func:`save_residuals` (empty if absent)."""
+def read_by_space(path: str | os.PathLike[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The arrays of an NPZ file written by :func:`save_by_space`, grouped by space (empty if absent)."""
     if not Path(path).is_file():
         return {}
     with np.load(path, allow_pickle=False) as data:
@@ -102,6 +102,17 @@ def load_residuals(path: str | os.PathLike[str]) -> dict[str, SpaceResidual]:
         for name in data.files:
             space, _, field = name.partition("/")
             groups.setdefault(space, {})[field] = data[name]
+    return groups
+
+
+def save_residuals(path: str | os.PathLike[str], residuals: Mapping[str, SpaceResidual]) -> None:
+    """Write residual networks to one NPZ file."""
+    save_by_space(path, residuals.values())
+
+
+def load_residuals(path: str | os.PathLike[str]) -> dict[str, SpaceResidual]:
+    """Residual networks of an NPZ file written by :func:`save_residuals` (empty if absent)."""
+    groups = read_by_space(path)
     out = {}
     for space, arr in groups.items():
         mlp = MLPRegressor.from_arrays({k: v for k, v in arr.items() if k not in ("key", "devices", "unit")})

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hardware_models.feature_cache import space_key
-from hardware_models.residual import transform
+from hardware_models.residual import read_by_space, save_by_space, transform
 from predictors.mlp import MLPRegressor
 
 log = logging.getLogger(__name__)
@@ -96,21 +96,12 @@ def fit_space_references(space: str, key: str, devices: Sequence[str], X: np.nda
 
 def save_space_references(path: str | os.PathLike[str], refs: Mapping[str, SpaceReferences]) -> None:
     """Write the reference networks of several spaces to one NPZ file (weights as float32: half the size)."""
-    arrays: dict[str, np.ndarray] = {}
-    for ref in refs.values():
-        arrays.update(ref.to_arrays())
-    np.savez_compressed(path, **arrays)
+    save_by_space(path, refs.values())
 
 
 def load_space_references(path: str | os.PathLike[str]) -> dict[str, SpaceReferences]:
     """Reference networks of an NPZ file written by :func:`save_space_references` (empty if absent)."""
-    if not Path(path).is_file():
-        return {}
-    with np.load(path, allow_pickle=False) as data:
-        groups: dict[str, dict[str, np.ndarray]] = {}
-        for name in data.files:
-            space, _, field = name.partition("/")
-            groups.setdefault(space, {})[field] = data[name]
+    groups = read_by_space(path)
     out = {}
     for space, arr in groups.items():
         mlp = MLPRegressor.from_arrays({k: v for k, v in arr.items() if k not in ("key", "devices", "center")})
