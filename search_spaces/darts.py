@@ -277,6 +277,12 @@ class DartsSpace(OracleMixin):
         """Ask an Optuna trial for every decision."""
         return self.from_choices(suggest_choices(self, trial))
 
+    def supernet(self, partial_k: int = 1, edge_norm: bool = False, seed: int = 0) -> Any:
+        """DARTS' search network over this space's skeleton (channels, cells) with ``none`` added to the ops."""
+        from search_spaces.darts_supernet import supernet
+
+        return supernet(self, partial_k=partial_k, edge_norm=edge_norm, seed=seed)
+
     def build(self, arch: DartsGenotype, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None, auxiliary: bool = False) -> nn.Module:
         """The evaluated DARTS network for ``arch`` (``auxiliary=True`` adds the training-only head)."""
