@@ -152,6 +152,9 @@ class NB201SuperNet(nn.Module):
         seed: seeds the initial weights and alpha (the global generator is left as it was).
     """
 
+    op_names: tuple[str, ...] = OPS
+    edge_names: tuple[str, ...] = tuple(f"{frm}->{to}" for to, frm in EDGES)
+
     def __init__(self, num_classes: int = 10, channels: int = 16, cells_per_stage: int = 5, in_channels: int = 3,
                  partial_k: int = 1, edge_norm: bool = False, seed: int = 0) -> None:
         super().__init__()
@@ -267,6 +270,11 @@ class NB201SuperNet(nn.Module):
 
     def _cells_per_stage(self) -> int:
         return sum(isinstance(c, SearchCell) for c in self.cells) // 3
+
+    @staticmethod
+    def param_free_edges(arch: Sequence[str]) -> int:
+        """How many of the cell's 6 edges carry a parameter-free op (none, skip, pool)."""
+        return sum(op in PARAM_FREE for op in arch)
 
     def genotype(self) -> NB201Arch:
         """The derived cell: per edge the op of largest alpha, ``none`` included (NAS-Bench-201's DARTS rule)."""

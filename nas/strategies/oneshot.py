@@ -1,8 +1,9 @@
-"""Differentiable one-shot search (DARTS, PC-DARTS, GDAS) on NAS-Bench-201, as ask/tell strategies.
+"""Differentiable one-shot search (DARTS, PC-DARTS, GDAS) on nb201 and darts, as ask/tell strategies.
 
 A differentiable method owns its epoch loop but records each epoch's genotype as a trial of the study:
-``ask(1)`` trains the supernet (:mod:`search_spaces.nb201_supernet`) for one epoch and returns the cell
-derived from alpha; after ``epochs`` epochs ``ask`` raises :class:`~nas.strategies.Exhausted`. Each
+``ask(1)`` trains the space's supernet (``space.supernet()``: :mod:`search_spaces.nb201_supernet`, or DARTS'
+search network :mod:`search_spaces.darts_supernet`) for one epoch and returns the cell derived from alpha;
+after ``epochs`` epochs ``ask`` raises :class:`~nas.strategies.Exhausted`. Each
 derived cell's score comes from :meth:`evaluate`: ``acc_ws``, the accuracy (%) of the supernet with that
 cell's ops fixed on the architecture half of the data, and ``param_free_edges`` (none/skip/pool edges),
 computed right after the epoch and looked up afterwards. (Discretisation gap: a DARTS supernet is trained
@@ -63,7 +64,7 @@ from nas.registry import check_options
 from nas.strategies import Exhausted, Values, register
 from search_spaces import Arch, SearchSpace
 from search_spaces.nb201 import EDGES, OPS
-from search_spaces.nb201_supernet import PARAM_FREE, NB201SuperNet, Sample, gumbel_sample, supernet
+from search_spaces.nb201_supernet import Sample, gumbel_sample
 
 __all__ = ["DARTS", "GDAS", "PCDARTS", "Recipe"]
 
@@ -111,6 +112,7 @@ class _Differentiable:
     one_shot = True  # trains on data: suites that drive strategies on lookup tables leave it out
     default_epochs = Recipe.epochs  # a study's default budget: at most one new cell per epoch
     default_objectives = ("acc_ws",)
+    spaces: tuple[str, ...] = ("nb201",)  # spaces whose supernet this method's forward passes fit
 
     def __init__(self, space: SearchSpace, seed: int, storage: str | os.PathLike[str] | None,
                  method: dict[str, Any], options: dict[str, Any]) -> None:
@@ -124,8 +126,8 @@ class _Differentiable:
         if not self.recipe.data:
             raise ValueError(f"strategy {self.name!r} trains a supernet and needs data=DIR (a folder with train/ "
                              "class folders, e.g. ../shared/data/cifar10_jpeg) or data=FILE.npz")
-        if getattr(space, "name", None) != "nb201":
-            raise ValueError(f"strategy {self.name!r} searches the nb201 space for now, not "
+        if getattr(space, "name", None) not in self.spaces:
+            raise ValueError(f"strategy {self.name!r} searches the space(s) {', '.join(self.spaces)}, not "
                              f"{getattr(space, 'name', space)!r}")
         if self.recipe.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.recipe.epochs}")
@@ -135,7 +137,7 @@ class _Differentiable:
         self.history: list[dict[str, Any]] = []  # one record per trained epoch, in the checkpoint
         self._asked = 0
         self._cache: dict[str, dict[str, float]] = {}
-        self._model: NB201SuperNet | None = None
+        self._model: Any = None  # the space's supernet (NB201SuperNet or DartsSuperNet), built lazily
         self._stored: dict[str, Any] | None = None  # a checkpoint read but not yet loaded into a model
         if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
             self._read_checkpoint()
@@ -147,7 +149,7 @@ class _Differentiable:
         while len(out) < n and self._asked < self.recipe.epochs:
             if self._asked >= len(self.history):
                 self._train_epoch(len(self.history))
-            out.append(tuple(self.history[self._asked]["genotype"]))
+            out.append(self.space.from_string(self.history[self._asked]["arch"]))
             self._asked += 1
         if not out:
             raise Exhausted(f"{self.name}: all {self.recipe.epochs} epochs are trained")
@@ -166,11 +168,11 @@ class _Differentiable:
     @property
     def final(self) -> Arch | None:
         """The cell derived after the last trained epoch (the method's answer), or None before any."""
-        return tuple(self.history[-1]["genotype"]) if self.history else None  # type: ignore[return-value]
+        return self.space.from_string(self.history[-1]["arch"]) if self.history else None
 
     # -- the method's pieces (overridden per method) -------------------------------------------------
-    def _build(self) -> NB201SuperNet:
-        return supernet(self.space, seed=_derive(self.seed, 0, 1))
+    def _build(self) -> torch.nn.Module:
+        return self.space.supernet(seed=_derive(self.seed, 0, 1))  # type: ignore[attr-defined]
 
     def _sample(self, epoch: int, generator: torch.Generator) -> Sample | None:
         """A Gumbel draw for the next forward (GDAS), or None for the softmax mixture."""
@@ -228,15 +230,16 @@ class _Differentiable:
         self._sched.step()
         genotype = model.genotype()
         record = {
-            "epoch": epoch, "genotype": list(genotype), "arch": self.space.to_string(genotype),
+            "epoch": epoch, "genotype": _plain(genotype), "arch": self.space.to_string(genotype),
             **self._score(genotype),
             "train_loss": float(sums[0]) / (steps * bs), "train_acc": 100.0 * float(sums[1]) / (steps * bs),
             # None (an empty CSV cell) where there is no value: no arch step during warm-up, no tau but GDAS'.
             "arch_loss": float(sums[2]) / (steps * bs) if epoch >= r.warmup_epochs else None,
             "arch_acc": 100.0 * float(sums[3]) / (steps * bs) if epoch >= r.warmup_epochs else None,
             "lr": lr, "tau": self._tau(epoch),
-            "alpha": model.op_weights().detach().cpu().tolist(),
-            "beta": [] if model.edge_weights() is None else model.edge_weights().detach().cpu().tolist(),
+            # One row of op weights per edge, cell types one after the other (darts: normal, then reduce).
+            "alpha": model.op_weights().detach().cpu().reshape(-1, len(model.op_names)).tolist(),
+            "beta": [] if model.edge_weights() is None else model.edge_weights().detach().cpu().flatten().tolist(),
             "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(),
         }
         self.history.append(record)
@@ -294,7 +297,7 @@ class _Differentiable:
             idx = order[i:i + self.recipe.eval_batch_size]
             logits = self._model(normalise(x[idx]), arch=arch)
             correct += int((logits.argmax(1) == y[idx]).sum())
-        return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(sum(op in PARAM_FREE for op in arch))}
+        return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(self._model.param_free_edges(arch))}
 
     # -- storage -------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -304,9 +307,12 @@ class _Differentiable:
     def _fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be resumed (everything but the device)."""
         recipe = {k: v for k, v in dataclasses.asdict(self.recipe).items() if k != "device"}
-        s = self.space
-        return {"strategy": self.name, "seed": self.seed, "method": self.method, "recipe": recipe,
-                "space": [s.num_classes, s.channels, s.cells_per_stage, list(s.input_shape)]}
+        s: Any = self.space
+        if s.name == "nb201":  # the layout nb201 checkpoints have always had, so they stay resumable
+            space = [s.num_classes, s.channels, s.cells_per_stage, list(s.input_shape)]
+        else:
+            space = [s.name, s.num_classes, s.channels, s.layers, list(s.input_shape)]
+        return {"strategy": self.name, "seed": self.seed, "method": self.method, "recipe": recipe, "space": space}
 
     def _read_checkpoint(self) -> None:
         assert self.run_dir is not None
@@ -335,15 +341,16 @@ class _Differentiable:
 
     def _write_reports(self) -> None:
         """alpha.csv, oneshot.csv and alpha.png from the history (rewritten whole, atomically)."""
-        assert self.run_dir is not None
+        assert self.run_dir is not None and self._model is not None
+        edges, ops = self._model.edge_names, self._model.op_names
 
         def alpha_csv(path: Path) -> None:
             with open(path, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["epoch", "edge", *OPS])
+                w.writerow(["epoch", "edge", *ops])
                 for rec in self.history:
-                    for (to, frm), row in zip(EDGES, rec["alpha"], strict=True):
-                        w.writerow([rec["epoch"] + 1, f"{frm}->{to}", *(f"{v:.6f}" for v in row)])
+                    for edge, row in zip(edges, rec["alpha"], strict=True):
+                        w.writerow([rec["epoch"] + 1, edge, *(f"{v:.6f}" for v in row)])
 
         _atomic(self.run_dir / "alpha.csv", alpha_csv)
         write_history(self.run_dir, self.history, ["epoch", "arch", "acc_ws", "param_free_edges", "train_loss",
@@ -351,7 +358,7 @@ class _Differentiable:
                                                    "rss_mb"])
         n = len(self.history)
         if n == 1 or n % PLOT_EVERY == 0 or n == self.recipe.epochs:  # a plot costs ~0.3 s, an epoch may not
-            _atomic(self.run_dir / "alpha.png", lambda p: plot_alpha(self.history, p, title=self.name))
+            _atomic(self.run_dir / "alpha.png", lambda p: plot_alpha(self.history, p, title=self.name, edges=edges, ops=ops))
 
 
 @register("darts")
@@ -359,6 +366,7 @@ class DARTS(_Differentiable):
     """DARTS (Liu et al. 2019): softmax mixtures; ``order`` 1 (first order) or 2 (unrolled, eq. 7-8)."""
 
     name = "darts"
+    spaces = ("nb201", "darts")
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, order: int = 1, **options: Any) -> None:
@@ -418,8 +426,9 @@ class PCDARTS(DARTS):
         _Differentiable.__init__(self, space, seed, storage, {"order": int(order), "K": int(K)},
                                  {"warmup_epochs": warmup_epochs, **options})
 
-    def _build(self) -> NB201SuperNet:
-        return supernet(self.space, partial_k=self.method["K"], edge_norm=True, seed=_derive(self.seed, 0, 1))
+    def _build(self) -> torch.nn.Module:
+        return self.space.supernet(partial_k=self.method["K"], edge_norm=True,  # type: ignore[attr-defined]
+                                   seed=_derive(self.seed, 0, 1))
 
 
 @register("gdas")
@@ -427,6 +436,7 @@ class GDAS(_Differentiable):
     """GDAS (Dong & Yang 2019): Gumbel-max sampled single paths, temperature ``tau_max`` -> ``tau_min``."""
 
     name = "gdas"
+    spaces = ("nb201", "darts")
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, tau_max: float = 10.0, tau_min: float = 0.1,
@@ -455,6 +465,13 @@ def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Ten
     """d loss / d params, zeros for parameters the loss does not reach."""
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def _plain(genotype: Any) -> Any:
+    """A genotype as lists and strings, which a ``weights_only`` checkpoint can hold (nb201: its 6 ops)."""
+    if isinstance(genotype, tuple):
+        return list(genotype)
+    return {f.name: [list(e) for e in getattr(genotype, f.name)] for f in dataclasses.fields(genotype)}
 
 
 def _to(data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -491,22 +508,28 @@ def _atomic(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def plot_alpha(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> None:
-    """Op weights (softmax of alpha) per edge over epochs, one panel per edge, saved as PNG."""
+def plot_alpha(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "",
+               edges: Sequence[str] = tuple(f"{frm}->{to}" for to, frm in EDGES),
+               ops: Sequence[str] = OPS) -> None:
+    """Op weights (softmax of alpha) per edge over epochs, one panel per edge, saved as PNG (nb201 by default)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 5.5), dpi=100)
+    cols = 3 if len(edges) <= 6 else 7  # nb201's 6 edges in 2 x 3; darts' 2 x 14 in 4 x 7
+    rows = -(-len(edges) // cols)
+    fig = Figure(figsize=(10 * cols / 3, 2.75 * rows), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3, sharex=True, sharey=True)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     epochs = [rec["epoch"] + 1 for rec in history]
     weights = np.array([rec["alpha"] for rec in history])  # (epochs, edges, ops)
-    for k, ((to, frm), ax) in enumerate(zip(EDGES, axes.flat, strict=True)):
-        for j, op in enumerate(OPS):
+    for k, (edge, ax) in enumerate(zip(edges, axes.flat, strict=False)):
+        for j, op in enumerate(ops):
             ax.plot(epochs, weights[:, k, j], label=op, marker="." if len(epochs) < 20 else None)
-        ax.set_title(f"edge {frm}->{to}", fontsize=9)
+        ax.set_title(f"edge {edge}", fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
+    for ax in axes.flat[len(edges):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
         ax.set_xlabel("epoch")
     for ax in axes[:, 0]:
         ax.set_ylabel("softmax(alpha)")
