@@ -4,20 +4,103 @@ NAS-Bench-201 cells, CIFAR-10 calibration batch, CPU. Each cell's network is bui
 then timed alone (its own ``proxies.score`` call, i.e. its own passes), and the suite is timed as one
 ``proxies.score`` call that shares the passes. Prints a table and the ratio suite / sum of singles.
 
+``--plain`` instead times SynFlow and NASWOT through the engine beside plain textbook implementations
+written below (no engine, no shared passes), in the same run on the same cells, each including the
+network build, interleaved cell by cell so that machine load hits both alike; it prints CPU ms per cell
+and the ratio project / plain, and checks that both give the same values.
+
     python experiments/bench_proxies.py --cells 5 --batch-size 64 --threads 1
+    python experiments/bench_proxies.py --plain --cells 30 --batch-size 64 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import math
 import time
 
 import numpy as np
 import torch
+from torch import nn
 
 import proxies
 import search_spaces
+
+
+def plain_synflow(model: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """SynFlow as Tanaka et al. and Abdelfattah et al.'s code compute it: a float64 copy with |weights|,
+    BatchNorm in eval mode, one all-ones input, backward of the summed output, log of sum |w * dR/dw|."""
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    out = net(torch.ones((1, *input_shape), dtype=torch.float64))
+    out.sum().backward()
+    with torch.no_grad():
+        total = sum(float((m.weight * m.weight.grad).abs().sum()) for m in net.modules()
+                    if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None)
+    return math.log(total)
+
+
+def plain_nwot(model: nn.Module, inputs: torch.Tensor) -> float:
+    """NASWOT as Mellor et al.'s code computes it: a hook on every ReLU adds C C^T + (1-C)(1-C)^T of the
+    binary codes of its input to K (float64), train-mode forward of the batch, log|K|."""
+    n = inputs.shape[0]
+    kernel = np.zeros((n, n))
+
+    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        nonlocal kernel
+        c = (inp[0].reshape(n, -1) > 0).float()
+        kernel = kernel + (c @ c.t()).numpy() + ((1.0 - c) @ (1.0 - c).t()).numpy()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        model.train()
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return float(np.linalg.slogdet(kernel)[1])
+
+
+def side_by_side(space: search_spaces.SearchSpace, archs: list, batch: proxies.Batch, seed: int) -> None:
+    """Print CPU ms per cell (network build included) of the engine's synflow / nwot vs the plain ones."""
+    plain = {"synflow": lambda m: plain_synflow(m, tuple(batch.inputs.shape[1:])),
+             "nwot": lambda m: plain_nwot(m, batch.inputs)}
+    cpu = {(name, kind): 0.0 for name in plain for kind in ("project", "plain")}
+    worst = dict.fromkeys(plain, 0.0)
+    build = 0.0
+    search_spaces.build_seeded(space, archs[0], 0)  # warm-up (allocator, kernels, lazy imports)
+    proxies.score(search_spaces.build_seeded(space, archs[0], 0), batch, [*plain], seed=seed, device="cpu")
+    for i, arch in enumerate(archs):
+        c = time.process_time()
+        search_spaces.build_seeded(space, arch, i)
+        build += time.process_time() - c
+        for name, fn in plain.items():
+            values = {}
+            # Alternate which goes first, so that neither always runs on a warmer cache.
+            kinds = ("project", "plain") if i % 2 == 0 else ("plain", "project")
+            for kind in kinds:
+                c = time.process_time()
+                model = search_spaces.build_seeded(space, arch, i)
+                if kind == "project":
+                    values[kind] = proxies.score(model, batch, [name], seed=seed, device="cpu")[name]
+                else:
+                    values[kind] = fn(model)
+                cpu[name, kind] += time.process_time() - c
+            a, b = values["project"], values["plain"]
+            diff = 0.0 if a == b else abs(a - b) / max(abs(b), 1e-30)
+            worst[name] = max(worst[name], diff if math.isfinite(diff) else math.inf)
+    k = 1000.0 / len(archs)
+    print(f"NB201, batch {batch.inputs.shape[0]}, {len(archs)} cells, CPU ms per cell incl. the network build")
+    print(f"{'proxy':<10}{'project':>10}{'plain':>10}{'ratio':>8}{'max rel diff':>14}")
+    for name in plain:
+        a, b = cpu[name, "project"] * k, cpu[name, "plain"] * k
+        print(f"{name:<10}{a:>10.0f}{b:>10.0f}{a / b:>7.2f}x{worst[name]:>14.1e}")
+    print(f"(of which the network build alone: {build * k:.0f} ms per cell)")
 
 
 def main() -> None:
@@ -28,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--proxies", default=",".join(proxies.SUITE))
+    parser.add_argument("--plain", action="store_true",
+                        help="time synflow and nwot beside plain textbook implementations instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
@@ -40,6 +125,9 @@ def main() -> None:
         arch = space.sample(rng)
         if not space.is_degenerate(arch):
             archs.append(arch)
+    if args.plain:
+        side_by_side(space, archs, batch, args.seed)
+        return
     alone = {n: 0.0 for n in names}
     suite_wall = suite_cpu = 0.0
     alone_cpu = {n: 0.0 for n in names}
