@@ -24,10 +24,15 @@ from hardware_models.graph_features import FEATURE_NAMES, FEATURE_VERSION, torch
 log = logging.getLogger(__name__)
 
 
+CACHE_REVISION = 2
+"""Bumped when cached vectors of the same feature version were computed wrongly, so that they are dropped
+(2: before it, a vector could depend on which architectures the process had recorded before)."""
+
+
 def default_cache_dir() -> Path:
-    """``$ZCNAS_CACHE_DIR`` or ``~/.cache/zcnas``, plus ``graph_features/v<version>``."""
+    """``$ZCNAS_CACHE_DIR`` or ``~/.cache/zcnas``, plus ``graph_features/v<version>-r<revision>``."""
     root = os.environ.get("ZCNAS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "zcnas")
-    return Path(root) / "graph_features" / f"v{FEATURE_VERSION}"
+    return Path(root) / "graph_features" / f"v{FEATURE_VERSION}-r{CACHE_REVISION}"
 
 
 def space_key(space: Any) -> str:

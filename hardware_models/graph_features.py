@@ -370,7 +370,10 @@ def _memo_forward(mod: torch.nn.Module, forward: Any, skey: tuple, rec: _Recorde
             in_id, out_id, shape, events = _TEMPLATES[key]
             y = torch.empty(shape, device="meta")
             rec.keep.append(y)
-            idmap = {in_id: xid, out_id: id(y)}
+            # The input's own id, not its alias: an alias may point outside this call (a node merged with
+            # an identical one elsewhere), and an enclosing template must not capture that context.
+            # ``commit`` resolves aliases itself.
+            idmap = {in_id: id(x), out_id: id(y)}
             for ev in events:
                 for cap in rec.captures:
                     cap.append(_remapped(ev, idmap, rec))

@@ -47,6 +47,26 @@ def test_torch_path_matches_the_onnx_graph() -> None:
     np.testing.assert_allclose(torch_vec, onnx_vec, rtol=1e-2, atol=1e-6)
 
 
+@pytest.mark.parametrize("space_name", ["nb201", "fbnet", "ofa"])
+def test_features_do_not_depend_on_what_was_recorded_before(space_name: str) -> None:
+    """Replayed module templates must not carry the context of the call they were recorded in."""
+    import hardware_models.graph_features as gf
+
+    space = search_spaces.get(space_name)
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(8)]
+    alone = []
+    for arch in archs:
+        gf._TEMPLATES.clear()
+        alone.append(torch_features(space, arch))
+    gf._TEMPLATES.clear()
+    in_turn = [torch_features(space, arch) for arch in archs]
+    in_reverse = [torch_features(space, arch) for arch in reversed(archs)][::-1]
+    for a, b, c in zip(alone, in_turn, in_reverse, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
 def test_features_see_depthwise_and_hardswish_in_mobilenet_blocks() -> None:
     space = search_spaces.get("ofa")
     vec = torch_features(space, space.sample(np.random.default_rng(0)))
