@@ -62,6 +62,7 @@ from torch import nn
 from nas.datasets import augment, balanced_subset, load_split, normalise, split_in_two
 from nas.errors import ResumeConflict
 from nas.registry import check_options
+from nas.rng import seeded_global_rng
 from nas.strategies import register
 from nas.strategies.oneshot import (
     CHECKPOINT,
@@ -346,8 +347,10 @@ class ProxylessNAS(_Differentiable):
             raise ValueError(f"data={r.data}: images with {data.x.shape[1]} channels, the space takes "
                              f"{self.space.input_shape[0]}")
         self._halves = tuple(_to(h, self.device) for h in split_in_two(data, self.seed))
-        torch.manual_seed(_derive(self.seed, 0, 1))  # the supernet's initialisation draws from torch's RNG
-        model = SearchModel(self.space, self.method["resolution"] or None).to(self.device)
+        # The supernet's initialisation draws from torch's global generator: seeded under the process-wide
+        # lock, so that it neither disturbs nor is disturbed by another thread's seeded section.
+        with seeded_global_rng(_derive(self.seed, 0, 1)):
+            model = SearchModel(self.space, self.method["resolution"] or None).to(self.device)
         self._weights, self._arch = model.weight_parameters(), model.arch_parameters()
         self._w_opt = torch.optim.SGD(self._weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
         self._a_opt = torch.optim.Adam(self._arch, lr=r.arch_lr, betas=(0.0, 0.999), eps=1e-8,
