@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, _pop_mode_temporarily
 
 SMALL_MAP = 256
 """Below this many pixels the stock channels-last kernel (vectorised over channels, the same sums in the
@@ -159,4 +159,17 @@ def fast_cpu_ops(enabled: bool = True) -> Iterator[None]:
         yield
         return
     with _FastOps():
+        yield
+
+
+@contextlib.contextmanager
+def stock_ops() -> Iterator[None]:
+    """Within the block, the stock kernels again: for a pass over one or two samples (SynFlow, the
+    degeneracy check) the fast path's shifted-window sums and the mode's Python dispatch on every torch
+    call cost more than they save. Results are the same bits either way."""
+    stack = _get_current_function_mode_stack()
+    if not stack or not isinstance(stack[-1], _FastOps):
+        yield
+        return
+    with _pop_mode_temporarily():
         yield

@@ -9,8 +9,8 @@ from torch import nn
 
 import proxies
 import search_spaces
-from proxies import aznas, jacobian
-from proxies.fastops import fast_cpu_ops
+from proxies import aznas, jacobian, passes
+from proxies.fastops import fast_cpu_ops, stock_ops
 
 SHAPES = [(2, 3, 7, 9), (4, 16, 32, 32), (3, 8, 8, 8), (2, 5, 16, 16), (2, 3, 4, 4)]
 
@@ -102,3 +102,65 @@ def test_az_functional_init_draws_what_a_deep_copy_would():
     assert set(state) == set(expected)
     assert all(torch.equal(state[k], expected[k]) for k in state)
     assert all(state[k].requires_grad for k, _ in model.named_parameters())
+
+
+def _plain_relu_kernel(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """NASWOT's kernel the textbook way: a hook on every ReLU adds C C^T + (1-C)(1-C)^T in float64."""
+    n = x.shape[0]
+    kernel = torch.zeros(n, n, dtype=torch.float64)
+
+    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        nonlocal kernel
+        c = (inp[0].reshape(n, -1) > 0).double()
+        kernel = kernel + c @ c.T + (1 - c) @ (1 - c).T
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return kernel
+
+
+def _small_nb201() -> tuple[nn.Module, proxies.Batch]:
+    space = search_spaces.get("nb201", channels=4, cells_per_stage=1, input_shape=(3, 8, 8))
+    torch.manual_seed(0)
+    # Three convolutions read node 0: their ReLUs see one tensor, whose terms the hook computes once.
+    model = space.build(("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "nor_conv_3x3", "skip_connect",
+                         "nor_conv_3x3"))
+    return model, proxies.calibration_batch(10, 0, input_shape=(3, 8, 8))
+
+
+def test_shared_forward_relu_kernel_equals_the_plain_kernel_bit_for_bit():
+    model, batch = _small_nb201()
+    expected = _plain_relu_kernel(model, batch.inputs)
+    # With swap's codes the forward stays NCHW (see passes.CHANNELS_LAST_NEEDS): the same bits.
+    ctx = proxies.Context(model, batch, frozenset({"relu_kernel", "relu_neuron_codes"}), 0)
+    assert torch.equal(ctx.get("forward").relu_kernel, expected)
+
+
+def test_nwot_alone_runs_channels_last_within_its_tolerance():
+    model, batch = _small_nb201()
+    alone = proxies.score(model, batch, ["nwot"], device="cpu")["nwot"]
+    shared = proxies.score(model, batch, ["nwot", "swap"], device="cpu")["nwot"]
+    assert alone == pytest.approx(shared, rel=1e-6)
+
+
+def test_code_gram_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(64, 16, 8, 8), (5, 7)]:
+        x = torch.randn(shape, generator=gen)
+        flat = x.reshape(shape[0], -1)
+        c = (flat > 0).double()
+        assert torch.equal(passes._code_gram(flat), c @ c.T)
+
+
+def test_stock_ops_leaves_the_fast_path_for_the_block_only():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with fast_cpu_ops():
+        with stock_ops():
+            assert type(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False).grad_fn).__name__ == "AvgPool2DBackward0"
+        assert type(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False).grad_fn).__name__ == "_ExactAvgPoolBackward"
+    with stock_ops():  # no fast mode active: nothing to leave
+        F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
