@@ -169,6 +169,8 @@ def _relu_hook(rec: Forward, needs: frozenset[str]):  # noqa: ANN202 - a torch h
     def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         with torch.no_grad():
             src = inp[0] if inp and torch.is_tensor(inp[0]) else None
+            if src is not None and src.is_inference():  # a caller's inference_mode: no version counter
+                src = None
             hit = seen.get(id(src)) if src is not None else None
             if hit is not None and hit[0] is src and hit[1] == src._version:
                 k, codes, pixels = hit[2]
