@@ -167,3 +167,34 @@ def test_stock_ops_leaves_the_fast_path_for_the_block_only():
         assert type(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False).grad_fn).__name__ == "_ExactAvgPoolBackward"
     with stock_ops():  # no fast mode active: nothing to leave
         F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+def test_float32_synflow_pass_is_within_its_documented_tolerance_of_float64():
+    space = search_spaces.get("nb201", channels=8, cells_per_stage=2, input_shape=(3, 16, 16))
+    batch = proxies.calibration_batch(4, 0, input_shape=(3, 16, 16))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = space.build(("nor_conv_3x3", "nor_conv_3x3", "avg_pool_3x3", "skip_connect", "nor_conv_1x1",
+                             "nor_conv_3x3")).eval()
+        ctx = proxies.Context(model, batch, frozenset({"synflow"}), 0)
+        pairs = {d: passes._synflow_pass(ctx, d) for d in (torch.float32, torch.float64)}
+        for f, d in ((lambda w, g: (w * g).sum(), "synflow"), (lambda w, g: (w * torch.log1p(g)).sum(), "log")):
+            lo = sum(float(f(w.double(), g.double())) for w, g in pairs[torch.float32])
+            hi = sum(float(f(w, g)) for w, g in pairs[torch.float64])
+            assert lo == pytest.approx(hi, rel=passes.SYNFLOW_FLOAT32_RTOL), d
+
+
+def test_synflow_falls_back_to_float64_when_float32_overflows():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), *[nn.Linear(8, 8) for _ in range(6)])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.fill_(1e8)  # six layers of 8 * 1e8 reach 1e53: beyond float32, fine in float64
+    batch = proxies.Batch(torch.ones(2, 2, 2, 2), torch.zeros(2, dtype=torch.long))
+    ctx = proxies.Context(model, batch, frozenset({"synflow"}), 0)
+    assert not all(bool(torch.isfinite(g).all()) for _, g in passes._synflow_pass(ctx, torch.float32))
+    pairs = ctx.get("synflow")
+    assert all(bool(torch.isfinite(g).all()) and g.dtype == torch.float64 for _, g in pairs)
+    expected = sum(float((w * g).sum()) for w, g in passes._synflow_pass(ctx, torch.float64))
+    assert sum(float((w * g).sum()) for w, g in pairs) == expected
