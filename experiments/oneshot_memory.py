@@ -14,7 +14,8 @@ once; the larger of the two steps), and on CUDA ``max_memory_allocated``. Settin
 
 Flatness: a tiny darts-space PC-DARTS run (C=8, 5 cells, K=4, alpha learning from the first epoch) through
 the registered strategy, resident memory at the end of every epoch (``oneshot.csv``'s ``rss_mb``): the last
-and the largest within 10% of the first? (One alpha plot is drawn before the run: see :func:`flatness`.)
+and the largest within 10% of the first. (The strategy loads matplotlib before its first epoch, so the
+one-off cost of the first ``alpha.png`` does not fall between two epochs' readings.)
 
 Usage:
     python experiments/oneshot_memory.py                       # both, CPU: about 2 minutes on 2 cores
@@ -106,16 +107,8 @@ def flatness(epochs: int, data: str, out: Path, threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    import numpy as np
-
     import search_spaces
-    from nas.strategies.oneshot import PCDARTS, plot_alpha
-    from search_spaces.darts_supernet import DartsSuperNet
-
-    # The run draws alpha.png after its first epoch, which loads matplotlib (~70 MB) after that epoch's RSS
-    # is recorded; drawing one plot first keeps that one-off load out of the epoch-to-epoch comparison.
-    plot_alpha([{"epoch": 0, "alpha": np.full((28, 8), 1 / 8).tolist()}], out / "warmup.png",
-               edges=DartsSuperNet.edge_names, ops=DartsSuperNet.op_names)
+    from nas.strategies.oneshot import PCDARTS
     space = search_spaces.get("darts", channels=8, layers=5)
     s = PCDARTS(space, seed=0, data=data, K=4, warmup_epochs=0, epochs=epochs, train_size=2 * BATCH,
                 batch_size=32, storage=out / "optuna.journal")

@@ -192,6 +192,11 @@ class _Differentiable:
             raise ValueError(f"data={r.data}: images of shape {tuple(data.x.shape[1:])}, but the space takes "
                              f"{tuple(self.space.input_shape)}")
         self._halves = tuple(_to(h, self.device) for h in split_in_two(data, self.seed))
+        if self.run_dir is not None:
+            # The first alpha.png loads matplotlib (~70 MB): load it now, so that the per-epoch RSS measures
+            # training alone and flat memory means flat (it fell between the first two epochs' readings).
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
         model = self._build().to(self.device)
         self._weights, self._arch = model.weight_parameters(), model.arch_parameters()
         self._w_opt = torch.optim.SGD(self._weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)

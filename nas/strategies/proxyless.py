@@ -299,32 +299,7 @@ class ProxylessNAS(_Differentiable):
         if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
             self._read_checkpoint()
 
-    # -- ask / answer ---------------------------------------------------------------------------------
-    def ask(self, n: int) -> list[Arch]:
-        """The argmax architecture after each of the next ``n`` epochs (trained now, or from the checkpoint)."""
-        from nas.strategies import Exhausted
-
-        out: list[Arch] = []
-        while len(out) < n and self._asked < self.recipe.epochs:
-            if self._asked >= len(self.history):
-                self._train_epoch(len(self.history))
-            out.append(self.space.from_string(self.history[self._asked]["arch"]))
-            self._asked += 1
-        if not out:
-            raise Exhausted(f"{self.name}: all {self.recipe.epochs} epochs are trained")
-        return out
-
-    @property
-    def final(self) -> Arch | None:
-        """The argmax architecture after the last trained epoch, or None before any."""
-        return self.space.from_string(self.history[-1]["arch"]) if self.history else None
-
-    def evaluate(self, arch: str) -> dict[str, float]:
-        """``acc_ws`` (%) of path ``arch`` on the architecture half, and its predicted ``latency_ms``."""
-        if arch not in self._cache:
-            self._setup()
-            self._cache[arch] = self._score(self.space.from_string(arch))
-        return dict(self._cache[arch])
+    # ask, final and evaluate are the one-shot base's: one derived arch per epoch, scored on the supernet.
 
     def expected_ms(self) -> torch.Tensor:
         """E[latency] (ms) of the current distributions (differentiable in the logits)."""
