@@ -44,7 +44,7 @@ from search_spaces.darts import CELL_TYPES, NODES, DartsGenotype
 from search_spaces.darts import OPS as SPACE_OPS
 from search_spaces.darts_ops import FactorizedReduce, make_op
 from search_spaces.nb201 import ReLUConvBN
-from search_spaces.nb201_supernet import Sample, channel_shuffle
+from search_spaces.nb201_supernet import DifferentiableSupernet, Sample, channel_shuffle
 
 __all__ = ["DartsSuperNet", "OPS", "PARAM_FREE", "derive_cell", "supernet"]
 
@@ -156,7 +156,7 @@ class DartsSearchCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
-class DartsSuperNet(nn.Module):
+class DartsSuperNet(DifferentiableSupernet):
     """DARTS' search network with architecture parameters ``alpha`` (2 cell types x 14 edges x 8 ops).
 
     Args:
@@ -205,19 +205,6 @@ class DartsSuperNet(nn.Module):
             # DARTS' initialisation, 1e-3 * N(0, 1): near-uniform mixtures that still break ties.
             self.alpha = nn.Parameter(1e-3 * torch.randn(len(CELL_TYPES), len(EDGES), len(OPS)))
             self.beta = nn.Parameter(1e-3 * torch.randn(len(CELL_TYPES), len(EDGES))) if edge_norm else None
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters: alpha, and beta with edge normalisation."""
-        return [self.alpha] + ([self.beta] if self.beta is not None else [])
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        """The network weights (everything but the architecture parameters)."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def op_weights(self) -> torch.Tensor:
-        """``softmax(alpha)`` per edge: (2, 14, 8)."""
-        return F.softmax(self.alpha, dim=-1)
 
     def edge_weights(self) -> torch.Tensor | None:
         """Per edge, ``softmax(beta)`` over the edges entering the same node: (2, 14), or None."""

@@ -139,7 +139,28 @@ class ResidualReduction(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-class NB201SuperNet(nn.Module):
+class DifferentiableSupernet(nn.Module):
+    """What DARTS-style supernets share: architecture parameters ``alpha`` (op logits per edge, last axis)
+    and optional ``beta`` (edge normalisation), apart from the network weights."""
+
+    alpha: nn.Parameter
+    beta: nn.Parameter | None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters: alpha, and beta with edge normalisation."""
+        return [self.alpha] + ([self.beta] if self.beta is not None else [])
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The network weights (everything but the architecture parameters)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def op_weights(self) -> torch.Tensor:
+        """``softmax(alpha)`` over each edge's ops (same shape as alpha)."""
+        return F.softmax(self.alpha, dim=-1)
+
+
+class NB201SuperNet(DifferentiableSupernet):
     """All NAS-Bench-201 cells in one network, with architecture parameters ``alpha`` (6 edges x 5 ops).
 
     Args:
@@ -179,18 +200,6 @@ class NB201SuperNet(nn.Module):
             self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(OPS)))
             self.beta = nn.Parameter(1e-3 * torch.randn(len(EDGES))) if edge_norm else None
 
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters: alpha, and beta with edge normalisation."""
-        return [self.alpha] + ([self.beta] if self.beta is not None else [])
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        """The network weights (everything but the architecture parameters)."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def op_weights(self) -> torch.Tensor:
-        """``softmax(alpha)`` per edge: (6, 5)."""
-        return F.softmax(self.alpha, dim=-1)
 
     def edge_weights(self) -> torch.Tensor | None:
         """Per edge, ``softmax(beta)`` over the edges entering the same node (None without edge normalisation)."""
