@@ -188,9 +188,7 @@ class _Differentiable:
             return
         r = self.recipe
         data = balanced_subset(load_split(r.data, "train"), r.train_size, self.seed)
-        if data.x.shape[1:] != tuple(self.space.input_shape):
-            raise ValueError(f"data={r.data}: images of shape {tuple(data.x.shape[1:])}, but the space takes "
-                             f"{tuple(self.space.input_shape)}")
+        self._check_data(data.x)
         self._halves = tuple(_to(h, self.device) for h in split_in_two(data, self.seed))
         if self.run_dir is not None:
             # The first alpha.png loads matplotlib (~70 MB): load it now, so that the per-epoch RSS measures
@@ -200,7 +198,7 @@ class _Differentiable:
         model = self._build().to(self.device)
         self._weights, self._arch = model.weight_parameters(), model.arch_parameters()
         self._w_opt = torch.optim.SGD(self._weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-        self._a_opt = torch.optim.Adam(self._arch, lr=r.arch_lr, betas=(0.5, 0.999), weight_decay=r.arch_weight_decay)
+        self._a_opt = self._arch_optimizer()
         self._sched = torch.optim.lr_scheduler.CosineAnnealingLR(self._w_opt, T_max=r.epochs, eta_min=r.lr_min)
         if self._stored is not None:
             model.load_state_dict(self._stored["model"])
@@ -210,13 +208,26 @@ class _Differentiable:
             self._stored = None  # its tensors now live in the model and optimizers
         self._model = model
 
-    def _train_epoch(self, epoch: int) -> None:
-        """Train one epoch, derive the cell, score it, then checkpoint and write the run's files."""
-        self._setup()
+    def _check_data(self, x: torch.Tensor) -> None:
+        """Raise when the training images cannot feed the space's networks."""
+        if x.shape[1:] != tuple(self.space.input_shape):
+            raise ValueError(f"data={self.recipe.data}: images of shape {tuple(x.shape[1:])}, but the space takes "
+                             f"{tuple(self.space.input_shape)}")
+
+    def _arch_optimizer(self) -> torch.optim.Optimizer:
+        """Adam on the architecture parameters (DARTS' betas 0.5, 0.999)."""
+        r = self.recipe
+        return torch.optim.Adam(self._arch, lr=r.arch_lr, betas=(0.5, 0.999), weight_decay=r.arch_weight_decay)
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        """A normalised, augmented batch as the supernet takes it (the space's own input here)."""
+        return x
+
+    def _run_steps(self, epoch: int) -> dict[str, float | None]:
+        """One epoch of alternating architecture and weight steps; its mean losses and accuracies."""
         assert self._model is not None
-        start = time.perf_counter()
-        r, model = self.recipe, self._model
-        model.train()
+        r = self.recipe
+        self._model.train()
         (xw, yw), (xa, ya) = self._halves
         gen = torch.Generator().manual_seed(_derive(self.seed, epoch, 2))
         order_w, order_a = torch.randperm(len(yw), generator=gen), torch.randperm(len(ya), generator=gen)
@@ -227,21 +238,29 @@ class _Differentiable:
         for s in range(steps):
             iw = order_w[s * bs:(s + 1) * bs].to(self.device)
             ia = order_a[s * bs:(s + 1) * bs].to(self.device)
-            bw = augment(normalise(xw[iw]), gen), yw[iw]
-            ba = augment(normalise(xa[ia]), gen), ya[ia]
+            bw = self._images(augment(normalise(xw[iw]), gen)), yw[iw]
+            ba = self._images(augment(normalise(xa[ia]), gen)), ya[ia]
             if epoch >= r.warmup_epochs:
                 sums[2:] += self._arch_step(ba, bw, lr, epoch, gen)
             sums[:2] += self._weight_step(bw, epoch, gen)
         self._sched.step()
+        n, arch_steps = steps * bs, epoch >= r.warmup_epochs
+        # None (an empty CSV cell) where there is no value: no arch step during warm-up.
+        return {"train_loss": float(sums[0]) / n, "train_acc": 100.0 * float(sums[1]) / n,
+                "arch_loss": float(sums[2]) / n if arch_steps else None,
+                "arch_acc": 100.0 * float(sums[3]) / n if arch_steps else None, "lr": lr}
+
+    def _train_epoch(self, epoch: int) -> None:
+        """Train one epoch, derive the cell, score it, then checkpoint and write the run's files."""
+        self._setup()
+        assert self._model is not None
+        start = time.perf_counter()
+        model = self._model
+        losses = self._run_steps(epoch)
         genotype = model.genotype()
         record = {
             "epoch": epoch, "genotype": _plain(genotype), "arch": self.space.to_string(genotype),
-            **self._score(genotype),
-            "train_loss": float(sums[0]) / (steps * bs), "train_acc": 100.0 * float(sums[1]) / (steps * bs),
-            # None (an empty CSV cell) where there is no value: no arch step during warm-up, no tau but GDAS'.
-            "arch_loss": float(sums[2]) / (steps * bs) if epoch >= r.warmup_epochs else None,
-            "arch_acc": 100.0 * float(sums[3]) / (steps * bs) if epoch >= r.warmup_epochs else None,
-            "lr": lr, "tau": self._tau(epoch),
+            **self._score(genotype), **losses, "tau": self._tau(epoch),
             # One row of op weights per edge, cell types one after the other (darts: normal, then reduce).
             "alpha": model.op_weights().detach().cpu().reshape(-1, len(model.op_names)).tolist(),
             "beta": [] if model.edge_weights() is None else model.edge_weights().detach().cpu().flatten().tolist(),
@@ -250,8 +269,8 @@ class _Differentiable:
         self.history.append(record)
         self._cache.setdefault(record["arch"], {"acc_ws": record["acc_ws"],
                                                 "param_free_edges": record["param_free_edges"]})
-        log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, r.epochs, record["arch"],
-                 record["acc_ws"], record["seconds"])
+        log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, self.recipe.epochs,
+                 record["arch"], record["acc_ws"], record["seconds"])
         if self.run_dir is not None:
             self._write_checkpoint()
             self._write_reports()

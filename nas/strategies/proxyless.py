@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.datasets import augment, balanced_subset, load_split, normalise, split_in_two
+from nas.datasets import normalise
 from nas.errors import ResumeConflict
 from nas.registry import check_options
 from nas.rng import seeded_global_rng
@@ -72,7 +72,6 @@ from nas.strategies.oneshot import (
     _derive,
     _Differentiable,
     _rss_mb,
-    _to,
     write_history,
 )
 from search_spaces import Arch, SearchSpace
@@ -313,31 +312,29 @@ class ProxylessNAS(_Differentiable):
         return expected
 
     # -- training ------------------------------------------------------------------------------------
-    def _setup(self) -> None:
-        if self._model is not None:
-            return
-        r = self.recipe
-        data = balanced_subset(load_split(r.data, "train"), r.train_size, self.seed)
-        if data.x.shape[1] != self.space.input_shape[0]:
-            raise ValueError(f"data={r.data}: images with {data.x.shape[1]} channels, the space takes "
+    def _check_data(self, x: torch.Tensor) -> None:
+        """Any image size will do (batches are resized to the run's resolution), not any channel count."""
+        if x.shape[1] != self.space.input_shape[0]:
+            raise ValueError(f"data={self.recipe.data}: images with {x.shape[1]} channels, the space takes "
                              f"{self.space.input_shape[0]}")
-        self._halves = tuple(_to(h, self.device) for h in split_in_two(data, self.seed))
+
+    def _build(self) -> torch.nn.Module:
         # The supernet's initialisation draws from torch's global generator: seeded under the process-wide
         # lock, so that it neither disturbs nor is disturbed by another thread's seeded section.
         with seeded_global_rng(_derive(self.seed, 0, 1)):
-            model = SearchModel(self.space, self.method["resolution"] or None).to(self.device)
-        self._weights, self._arch = model.weight_parameters(), model.arch_parameters()
-        self._w_opt = torch.optim.SGD(self._weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-        self._a_opt = torch.optim.Adam(self._arch, lr=r.arch_lr, betas=(0.0, 0.999), eps=1e-8,
-                                       weight_decay=r.arch_weight_decay)
-        self._sched = torch.optim.lr_scheduler.CosineAnnealingLR(self._w_opt, T_max=r.epochs, eta_min=r.lr_min)
-        if self._stored is not None:
-            model.load_state_dict(self._stored["model"])
-            self._w_opt.load_state_dict(self._stored["w_opt"])
-            self._a_opt.load_state_dict(self._stored["a_opt"])
-            self._sched.load_state_dict(self._stored["sched"])
-            self._stored = None
-        self._model = model  # type: ignore[assignment]
+            return SearchModel(self.space, self.method["resolution"] or None)
+
+    def _arch_optimizer(self) -> torch.optim.Optimizer:
+        """Adam with ProxylessNAS' betas (0, 0.999)."""
+        r = self.recipe
+        return torch.optim.Adam(self._arch, lr=r.arch_lr, betas=(0.0, 0.999), eps=1e-8,
+                                weight_decay=r.arch_weight_decay)
+
+    def _setup(self) -> None:
+        if self._model is not None:
+            return
+        super()._setup()
+        model = self._model
         if self._table is not None and not self.method["ref_ms"]:
             with torch.no_grad():  # the uniform start: every logit is zero until the first step
                 uniform = self._table.expected_ms([torch.full((len(o),), 1 / len(o)) for o in model.options],
@@ -361,40 +358,21 @@ class ProxylessNAS(_Differentiable):
         self._setup()
         assert self._model is not None
         start = time.perf_counter()
-        r, model = self.recipe, self._model
-        model.train()
-        (xw, yw), (xa, ya) = self._halves
-        gen = torch.Generator().manual_seed(_derive(self.seed, epoch, 2))
-        order_w, order_a = torch.randperm(len(yw), generator=gen), torch.randperm(len(ya), generator=gen)
-        bs = min(r.batch_size, len(yw), len(ya))
-        steps = min(len(yw), len(ya)) // bs
-        lr = self._sched.get_last_lr()[0]
-        sums = torch.zeros(4)
-        for s in range(steps):
-            iw = order_w[s * bs:(s + 1) * bs].to(self.device)
-            ia = order_a[s * bs:(s + 1) * bs].to(self.device)
-            bw = self._images(augment(normalise(xw[iw]), gen)), yw[iw]
-            ba = self._images(augment(normalise(xa[ia]), gen)), ya[ia]
-            if epoch >= r.warmup_epochs:
-                sums[2:] += self._arch_step(ba, bw, lr, epoch, gen).cpu()
-            sums[:2] += self._weight_step(bw, epoch, gen).cpu()
-        self._sched.step()
+        model = self._model
+        losses = self._run_steps(epoch)
         arch = model.derived()
         probs, depths = model.probs()
         record = {
             "epoch": epoch, "arch": self.space.to_string(arch), **self._score(arch),
             "expected_ms": float(self.expected_ms().detach()) if self._table is not None else None,
-            "train_loss": float(sums[0]) / (steps * bs), "train_acc": 100.0 * float(sums[1]) / (steps * bs),
-            "arch_loss": float(sums[2]) / (steps * bs) if epoch >= r.warmup_epochs else None,
-            "arch_acc": 100.0 * float(sums[3]) / (steps * bs) if epoch >= r.warmup_epochs else None,
-            "lr": lr, "alpha": [p.detach().cpu().tolist() for p in probs],
+            **losses, "alpha": [p.detach().cpu().tolist() for p in probs],
             "beta": [p.detach().cpu().tolist() for p in depths],
             "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(),
         }
         self.history.append(record)
         record.setdefault("latency_ms", None)
         self._cache.setdefault(record["arch"], _scores(record))
-        log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, r.epochs, record["arch"],
+        log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, self.recipe.epochs, record["arch"],
                  record["acc_ws"], record["seconds"])
         if self.run_dir is not None:
             self._write_checkpoint()
