@@ -267,8 +267,7 @@ class _Differentiable:
             "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(),
         }
         self.history.append(record)
-        self._cache.setdefault(record["arch"], {"acc_ws": record["acc_ws"],
-                                                "param_free_edges": record["param_free_edges"]})
+        self._cache.setdefault(record["arch"], self._record_scores(record))
         log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, self.recipe.epochs,
                  record["arch"], record["acc_ws"], record["seconds"])
         if self.run_dir is not None:
@@ -350,9 +349,12 @@ class _Differentiable:
         self.history = list(ckpt["history"])
         for rec in self.history:
             if "arch" in rec:  # an epoch that derived a cell (SPOS's supernet epochs derive none)
-                self._cache.setdefault(rec["arch"], {"acc_ws": rec["acc_ws"],
-                                                     "param_free_edges": rec["param_free_edges"]})
+                self._cache.setdefault(rec["arch"], self._record_scores(rec))
         self._stored = ckpt
+
+    def _record_scores(self, record: dict[str, Any]) -> dict[str, float]:
+        """The values an epoch's record holds for its derived cell (what ``evaluate`` answers)."""
+        return {"acc_ws": record["acc_ws"], "param_free_edges": record["param_free_edges"]}
 
     def _write_checkpoint(self) -> None:
         assert self.run_dir is not None and self._model is not None

@@ -60,13 +60,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.datasets import normalise
-from nas.errors import ResumeConflict
 from nas.registry import check_options
 from nas.rng import seeded_global_rng
 from nas.strategies import register
 from nas.strategies.oneshot import (
     CHECKPOINT,
-    FORMAT,
     Recipe,
     _atomic,
     _derive,
@@ -371,7 +369,7 @@ class ProxylessNAS(_Differentiable):
         }
         self.history.append(record)
         record.setdefault("latency_ms", None)
-        self._cache.setdefault(record["arch"], _scores(record))
+        self._cache.setdefault(record["arch"], self._record_scores(record))
         log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, self.recipe.epochs, record["arch"],
                  record["acc_ws"], record["seconds"])
         if self.run_dir is not None:
@@ -451,19 +449,9 @@ class ProxylessNAS(_Differentiable):
         return {"strategy": self.name, "seed": self.seed, "method": self.method, "recipe": recipe,
                 "space": space_key(self.space)}
 
-    def _read_checkpoint(self) -> None:
-        assert self.run_dir is not None
-        path = self.run_dir / CHECKPOINT
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != FORMAT:
-            raise ResumeConflict(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {FORMAT}")
-        if ckpt["fingerprint"] != self._fingerprint():
-            raise ResumeConflict(f"{path} was trained with other settings ({ckpt['fingerprint']}) than these "
-                                 f"({self._fingerprint()}); resume with the same ones or start a new run")
-        self.history = list(ckpt["history"])
-        for rec in self.history:
-            self._cache.setdefault(rec["arch"], _scores(rec))
-        self._stored = ckpt
+    def _record_scores(self, record: dict[str, Any]) -> dict[str, float]:
+        """``acc_ws`` and, with a target, ``latency_ms`` of an epoch's derived arch."""
+        return _scores(record)
 
     def _write_reports(self) -> None:
         """alpha.csv (long form: epoch, decision, option, probability) and oneshot.csv."""
