@@ -16,6 +16,9 @@ Runs are independent processes (``--jobs``); on a GPU they share the one device.
 Usage (CPU smoke test, then the full benchmark on a GPU machine):
     python experiments/oneshot_nb201.py --epochs 2 --seeds 0 --train-size 1000 --jobs 2
     python experiments/oneshot_nb201.py --device cuda --jobs 12 --channels 16 --cells 1 --memory
+Proxy pruning before training (DARTS at the collapse rate, with and without; CPU scale):
+    python experiments/oneshot_nb201.py --methods darts-lr1.5e-3,darts-lr1.5e-3-synflow3,darts-lr1.5e-3-synflow2 \
+        --seeds 0,1,2,3,4,5 --epochs 10 --train-size 1000 --channels 8 --cells 1 --out experiments/out/oneshot_prune
 """
 
 from __future__ import annotations
@@ -40,8 +43,13 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "darts-lr1.5e-3": ("darts", {"order": 1, "arch_lr": 1.5e-3}),
     "pcdarts-lr1.5e-3": ("pcdarts", {"K": 4, "arch_lr": 1.5e-3}),
     "gdas": ("gdas", {}),
+    "darts-lr1.5e-3-synflow3": ("darts", {"order": 1, "arch_lr": 1.5e-3, "prune": "synflow", "keep": 3}),
+    "darts-lr1.5e-3-synflow2": ("darts", {"order": 1, "arch_lr": 1.5e-3, "prune": "synflow", "keep": 2}),
 }
-"""Label -> (registered strategy, options): DARTS as published, the collapse setting, PC-DARTS at it, GDAS."""
+"""Label -> (registered strategy, options): DARTS as published, the collapse setting, PC-DARTS at it, GDAS,
+and the collapse setting with each edge pruned to its 3 or 2 best ops by synflow before training (the
+``-synflow`` labels are not in the default ``--methods``)."""
+DEFAULT_METHODS = ("darts", "darts-lr1.5e-3", "pcdarts-lr1.5e-3", "gdas")
 
 PUBLISHED = {"darts": 54.30, "darts-lr1.5e-3": 54.30, "pcdarts-lr1.5e-3": 93.41, "gdas": 93.61}
 """Published NAS-Bench-201 CIFAR-10 test accuracies of the methods' cells (GPU, C=16, N=5)."""
@@ -54,6 +62,7 @@ def run_one(label: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(args["threads"])
     import nas
     import search_spaces
+    from search_spaces.nb201 import OPS
     from search_spaces.nb201_supernet import PARAM_FREE
 
     space = search_spaces.get("nb201", channels=args["channels"], cells_per_stage=args["cells"])
@@ -77,8 +86,11 @@ def run_one(label: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     first_arch = next((i for i, h in enumerate(history) if h["arch_loss"] is not None), 0)
     rss = [h["rss_mb"] for h in history[first_arch:]]
     table = search_spaces.get("nb201", accuracy_table=args["accuracy_table"]) if args["accuracy_table"] else None
+    pruning = strategy.pruning
+    kept = "" if pruning is None else " ".join("/".join(op for op, k in zip(OPS, row, strict=True) if k)
+                                              for row in pruning["mask"])
     return {
-        "method": label, "seed": seed, "arch": space.to_string(cell),
+        "method": label, "seed": seed, "arch": space.to_string(cell), "kept": kept,
         "test_acc": table.accuracy(cell) if table is not None else float("nan"),
         "param_free": sum(op in PARAM_FREE for op in cell), "acc_ws": history[-1]["acc_ws"],
         "wall_s": time.perf_counter() - start, "s_per_epoch": statistics.median(h["seconds"] for h in history),
@@ -129,7 +141,11 @@ def print_tables(rows: list[dict[str, Any]], epochs: int) -> None:
                   f"{r['wall_s']:>7.0f} {r['s_per_epoch']:>6.2f}")
         accs = [r["test_acc"] for r in mine]
         good = sum(r["param_free"] <= 1 and r["test_acc"] >= 92.0 for r in mine)
-        print(f"      mean test {statistics.mean(accs):.2f}% (published {PUBLISHED[label]:.2f}); "
+        for r in mine:
+            if r["kept"]:
+                print(f"      seed {r['seed']} ops kept per edge: {r['kept']}")
+        published = f"published {PUBLISHED[label]:.2f}" if label in PUBLISHED else "no published number"
+        print(f"      mean test {statistics.mean(accs):.2f}% ({published}); "
               f"cells with <= 1 parameter-free edge and >= 92.0%: {good} of {len(mine)}")
     print("\nresident memory over epochs (MB) from the first epoch with architecture steps: first / max / last,"
           " flat within 10%?")
@@ -144,7 +160,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DATA)
     p.add_argument("--accuracy-table", default=TABLE if Path(TABLE).is_file() else None)
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--train-size", type=int, default=10000, help="5k/5k weight/architecture halves")

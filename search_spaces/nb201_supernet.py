@@ -79,6 +79,7 @@ class MixedEdge(nn.Module):
         self.partial_k = partial_k
         self.op_channels = channels // partial_k
         self.ops = nn.ModuleList(search_op(name, self.op_channels) for name in OPS)
+        self.active: tuple[bool, ...] = (True,) * len(OPS)  # ops left in the mixture (see set_op_mask)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None, index: int | None = None) -> torch.Tensor:
         """Weighted sum of all ops (``weights``: 5 values), or op ``index`` alone (scaled by its weight if given)."""
@@ -92,7 +93,10 @@ class MixedEdge(nn.Module):
                 raise ValueError("a mixed edge needs op weights or an op index")
             # `none` outputs zeros whatever its weight, so its term is left out; alpha of `none` still
             # gets its gradient through the softmax that couples it to the other ops.
-            out = sum(w * op(part) for w, op, name in zip(weights, self.ops, OPS, strict=True) if name != "none")
+            # Ops pruned out of the mixture (weight exactly 0) are not computed: they get no gradient.
+            terms = [w * op(part) for w, op, name, on in zip(weights, self.ops, OPS, self.active, strict=True)
+                     if on and name != "none"]
+            out = sum(terms) if terms else torch.zeros_like(part)  # only `none` left: the edge outputs zeros
         if rest is None:
             return out
         return channel_shuffle(torch.cat([out, rest], dim=1), self.partial_k)
@@ -155,9 +159,13 @@ class DifferentiableSupernet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
+    def masked_alpha(self) -> torch.Tensor:
+        """alpha, with the ops pruned out of the mixture (none here) at -inf."""
+        return self.alpha
+
     def op_weights(self) -> torch.Tensor:
-        """``softmax(alpha)`` over each edge's ops (same shape as alpha)."""
-        return F.softmax(self.alpha, dim=-1)
+        """``softmax(alpha)`` over each edge's ops (same shape as alpha; pruned ops weigh 0)."""
+        return F.softmax(self.masked_alpha(), dim=-1)
 
 
 class NB201SuperNet(DifferentiableSupernet):
@@ -199,7 +207,29 @@ class NB201SuperNet(DifferentiableSupernet):
             # Small random alpha (DARTS' 1e-3 * N(0, 1)): near-uniform mixtures that still break ties.
             self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(OPS)))
             self.beta = nn.Parameter(1e-3 * torch.randn(len(EDGES))) if edge_norm else None
+        # Ops left in each edge's mixture (all until set_op_mask); not in the state dict: the strategy that
+        # prunes keeps the mask in its own checkpoint entry, and older checkpoints load unchanged.
+        self.register_buffer("op_mask", torch.ones(len(EDGES), len(OPS), dtype=torch.bool), persistent=False)
 
+    def set_op_mask(self, mask: torch.Tensor) -> None:
+        """Keep only the ops ``mask`` (6 x 5, bool) marks in each edge's mixture; the rest weigh 0 in
+        :meth:`op_weights`, are never computed in the mixture, never drawn by a Gumbel sample of
+        :meth:`masked_alpha` and never derived by :meth:`genotype`. Fixed paths (``arch=``) may still use them."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != self.alpha.shape or not mask.any(dim=-1).all():
+            raise ValueError(f"an op mask is {tuple(self.alpha.shape)} with at least one op per edge, got "
+                             f"{mask.tolist()}")
+        self.op_mask = mask.to(self.alpha.device)
+        for cell in self.cells:
+            if isinstance(cell, SearchCell):
+                for k, edge in enumerate(cell.edges):
+                    edge.active = tuple(bool(v) for v in mask[k])
+
+    def masked_alpha(self) -> torch.Tensor:
+        """alpha with the pruned ops at -inf (their softmax weight is 0 and they get no gradient)."""
+        if bool(self.op_mask.all()):
+            return self.alpha
+        return self.alpha.masked_fill(~self.op_mask, float("-inf"))
 
     def edge_weights(self) -> torch.Tensor | None:
         """Per edge, ``softmax(beta)`` over the edges entering the same node (None without edge normalisation)."""
@@ -286,8 +316,9 @@ class NB201SuperNet(DifferentiableSupernet):
         return sum(op in PARAM_FREE for op in arch)
 
     def genotype(self) -> NB201Arch:
-        """The derived cell: per edge the op of largest alpha, ``none`` included (NAS-Bench-201's DARTS rule)."""
-        best = self.alpha.detach().argmax(dim=-1).tolist()
+        """The derived cell: per edge the op of largest alpha, ``none`` included (NAS-Bench-201's DARTS rule);
+        an op pruned out of the edge's mixture is never derived."""
+        best = self.masked_alpha().detach().argmax(dim=-1).tolist()
         return tuple(OPS[i] for i in best)  # type: ignore[return-value]
 
 

@@ -24,6 +24,12 @@ Each step first updates the architecture on an architecture batch, then the weig
 * ``gdas`` (Dong & Yang 2019): one op per edge drawn by Gumbel-max each step, only that op computed, and
   straight-through gradients; the temperature falls linearly from ``tau_max=10`` to ``tau_min=0.1``.
 
+Proxy pruning (``prune=PROXY keep=K``, darts/pcdarts/gdas on nb201): before the first epoch each (edge, op)
+is scored by a zero-cost proxy as the mean rank of ``prune_cells`` standalone random cells having that op on
+that edge (:func:`prune_scores`), and each edge keeps its ``K`` best ops: the others weigh 0 in the mixture
+(alpha at -inf before the softmax), are not computed, never drawn by GDAS and never derived. The mask and
+scores are part of the checkpoint (and ``prune.csv``); the options are part of its fingerprint.
+
 Run storage: the study hands a strategy that sets ``uses_storage`` a file path inside the run directory;
 the strategy writes beside it ``supernet.pt`` (model, alpha, optimizers, scheduler, epoch, and every
 epoch's genotype and scores: atomic, read with ``weights_only=True``), ``alpha.csv`` (softmax(alpha) per
@@ -85,6 +91,10 @@ class Recipe:
     ``data`` is a folder with ``train/`` class folders or an ``.npz`` (:func:`nas.datasets.load_split`);
     ``train_size`` images of its training split (class-balanced, seeded) are halved into weight and
     architecture halves (10000: 5k/5k). ``device`` "" picks CUDA when available.
+
+    ``prune`` (a proxy name, nb201 only): before the first epoch, keep the ``keep`` best ops of each edge by
+    that zero-cost proxy and mask the others out of the mixture (see :func:`prune_scores`); ``prune_cells``
+    random cells (a multiple of 5) are scored for it. "" trains the full mixture.
     """
 
     data: str = ""
@@ -101,6 +111,9 @@ class Recipe:
     warmup_epochs: int = 0
     eval_batch_size: int = 256
     device: str = ""
+    prune: str = ""
+    keep: int = 5
+    prune_cells: int = 50
 
 
 class _Differentiable:
@@ -113,6 +126,8 @@ class _Differentiable:
     default_epochs = Recipe.epochs  # a study's default budget: at most one new cell per epoch
     default_objectives = ("acc_ws",)
     spaces: tuple[str, ...] = ("nb201",)  # spaces whose supernet this method's forward passes fit
+    prunable = False  # whether the method trains a mixture that ``prune=PROXY`` can mask (DARTS, PC-DARTS, GDAS)
+    pruning: dict[str, Any] | None = None  # proxy scores per edge and op, and the mask kept (with prune=)
 
     def __init__(self, space: SearchSpace, seed: int, storage: str | os.PathLike[str] | None,
                  method: dict[str, Any], options: dict[str, Any]) -> None:
@@ -131,6 +146,20 @@ class _Differentiable:
                              f"{getattr(space, 'name', space)!r}")
         if self.recipe.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.recipe.epochs}")
+        if self.recipe.prune and not self.prunable:
+            raise ValueError(f"strategy {self.name!r} has no op mixture to prune; prune= applies to darts, pcdarts "
+                             "and gdas")
+        if self.recipe.prune:
+            import proxies
+
+            proxies.get(self.recipe.prune)  # an unknown proxy fails here, not after the data is loaded
+            if getattr(space, "name", None) != "nb201":
+                raise ValueError(f"prune={self.recipe.prune!r}: op pruning is implemented for the nb201 supernet only")
+            if not 1 <= self.recipe.keep <= len(OPS) or self.recipe.prune_cells < len(OPS) \
+                    or self.recipe.prune_cells % len(OPS):
+                raise ValueError(f"prune needs 1 <= keep <= {len(OPS)} (got {self.recipe.keep}) and prune_cells a "
+                                 f"positive multiple of {len(OPS)} (got {self.recipe.prune_cells})")
+        self.pruning = None
         self.space, self.seed, self.method = space, int(seed), dict(method)
         self.run_dir = Path(storage).parent if storage is not None else None
         self.device = torch.device(self.recipe.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -200,6 +229,10 @@ class _Differentiable:
         self._w_opt = torch.optim.SGD(self._weights, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
         self._a_opt = self._arch_optimizer()
         self._sched = torch.optim.lr_scheduler.CosineAnnealingLR(self._w_opt, T_max=r.epochs, eta_min=r.lr_min)
+        if self.recipe.prune:
+            stored = self._stored.get("pruning") if self._stored is not None else None
+            self.pruning = stored if stored is not None else self._prune_ops()
+            model.set_op_mask(torch.tensor(self.pruning["mask"], dtype=torch.bool))
         if self._stored is not None:
             model.load_state_dict(self._stored["model"])
             self._w_opt.load_state_dict(self._stored["w_opt"])
@@ -207,6 +240,23 @@ class _Differentiable:
             self._sched.load_state_dict(self._stored["sched"])
             self._stored = None  # its tensors now live in the model and optimizers
         self._model = model
+
+    def _prune_ops(self) -> dict[str, Any]:
+        """Score every (edge, op) by the proxy on standalone cells and keep the best ``keep`` ops per edge."""
+        r = self.recipe
+        xw, yw = self._halves[0]
+        idx = torch.randperm(len(yw), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 4)))[:64]
+        idx = idx.to(yw.device)
+        batch = proxies_batch(normalise(xw[idx]), yw[idx])
+        start = time.perf_counter()
+        scores, cells, values = prune_scores(self.space, batch, r.prune, r.prune_cells, _derive(self.seed, 0, 5),
+                                             self.device)
+        mask = keep_best(scores, r.keep)
+        log.info("%s: pruned to %d ops per edge by %s over %d cells (%.1f s): %s", self.name, r.keep, r.prune,
+                 r.prune_cells, time.perf_counter() - start,
+                 "; ".join(",".join(o for o, m in zip(OPS, row, strict=True) if m) for row in mask))
+        return {"proxy": r.prune, "keep": r.keep, "scores": scores, "mask": mask, "cells": cells, "values": values,
+                "seconds": time.perf_counter() - start}
 
     def _check_data(self, x: torch.Tensor) -> None:
         """Raise when the training images cannot feed the space's networks."""
@@ -335,6 +385,9 @@ class _Differentiable:
             space = [s.num_classes, s.channels, s.cells_per_stage, list(s.input_shape)]
         else:
             space = [s.name, s.num_classes, s.channels, s.layers, list(s.input_shape)]
+        if not self.recipe.prune:  # unpruned runs keep the fingerprint they always had (older runs resume)
+            for k in ("prune", "keep", "prune_cells"):
+                recipe.pop(k)
         return {"strategy": self.name, "seed": self.seed, "method": self.method, "recipe": recipe, "space": space}
 
     def _read_checkpoint(self) -> None:
@@ -361,6 +414,8 @@ class _Differentiable:
         state = {"format": FORMAT, "fingerprint": self._fingerprint(), "epoch": len(self.history),
                  "history": self.history, "model": self._model.state_dict(), "w_opt": self._w_opt.state_dict(),
                  "a_opt": self._a_opt.state_dict(), "sched": self._sched.state_dict(), **self._extra_state()}
+        if self.pruning is not None:
+            state["pruning"] = self.pruning
         # The data order, augmentation and Gumbel noise of an epoch come from generators seeded by
         # (seed, epoch), so no generator state is needed to continue at an epoch boundary.
         _atomic(self.run_dir / CHECKPOINT, lambda p: torch.save(state, p))
@@ -379,6 +434,17 @@ class _Differentiable:
                         w.writerow([rec["epoch"] + 1, edge, *(f"{v:.6f}" for v in row)])
 
         _atomic(self.run_dir / "alpha.csv", alpha_csv)
+        if self.pruning is not None:
+            def prune_csv(path: Path) -> None:
+                assert self.pruning is not None
+                with open(path, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["edge", "op", f"{self.pruning['proxy']}_mean_rank", "kept"])
+                    for edge, row, keep in zip(edges, self.pruning["scores"], self.pruning["mask"], strict=True):
+                        for op, v, k in zip(ops, row, keep, strict=True):
+                            w.writerow([edge, op, f"{v:.4f}", int(k)])
+
+            _atomic(self.run_dir / "prune.csv", prune_csv)
         write_history(self.run_dir, self.history, ["epoch", "arch", "acc_ws", "param_free_edges", "train_loss",
                                                    "train_acc", "arch_loss", "arch_acc", "lr", "tau", "seconds",
                                                    "rss_mb"])
@@ -393,6 +459,7 @@ class DARTS(_Differentiable):
 
     name = "darts"
     spaces = ("nb201", "darts")
+    prunable = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, order: int = 1, **options: Any) -> None:
@@ -463,6 +530,7 @@ class GDAS(_Differentiable):
 
     name = "gdas"
     spaces = ("nb201", "darts")
+    prunable = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, tau_max: float = 10.0, tau_min: float = 0.1,
@@ -478,7 +546,57 @@ class GDAS(_Differentiable):
 
     def _sample(self, epoch: int, generator: torch.Generator) -> Sample:
         assert self._model is not None
-        return gumbel_sample(self._model.alpha, self._tau(epoch), generator)
+        return gumbel_sample(self._model.masked_alpha(), self._tau(epoch), generator)
+
+
+# -- op pruning by a zero-cost proxy ----------------------------------------------------------------------
+def proxies_batch(x: torch.Tensor, y: torch.Tensor) -> Any:
+    """A proxy batch of normalised images and their labels (on the CPU, where the proxies' cells are built)."""
+    from proxies import Batch
+
+    return Batch(x.detach().cpu(), y.detach().cpu(), "train")
+
+
+def prune_scores(space: SearchSpace, batch: Any, proxy: str, n_cells: int, seed: int,
+                 device: torch.device | str = "cpu") -> tuple[list[list[float]], list[str], list[float]]:
+    """Per edge and op, the mean rank (0 worst .. 1 best) of the proxy over random cells with that op there.
+
+    The scheme is a balanced marginal: ``n_cells`` cells (a multiple of 5) are drawn so that each edge holds
+    each op in exactly ``n_cells / 5`` of them (per edge an independent shuffle of ops repeated), each cell
+    is built standalone (``search_spaces.build_seeded``, as the proxies were validated) and scored once,
+    the scores become ranks over the cells (proxies such as synflow span orders of magnitude; a NaN, e.g. a
+    cell whose output is cut off by ``none``, ranks last), and an (edge, op) scores the mean rank of its
+    cells. This estimates how good the cells using that op on that edge are by the proxy, averaged over the
+    other edges, which is what the mixture has to decide. (The alternative, the drop of a proxy of the
+    supernet when an op is removed, scores the mixture, on which no proxy was validated.)
+    Returns the 6 x 5 mean ranks, the cells (strings) and their proxy values.
+    """
+    import proxies
+    from search_spaces import build_seeded
+
+    reps, seed = n_cells // len(OPS), seed % 2**31
+    rng = np.random.default_rng(seed)
+    columns = [rng.permutation(np.repeat(np.arange(len(OPS)), reps)) for _ in EDGES]
+    cells = [tuple(OPS[int(col[i])] for col in columns) for i in range(n_cells)]
+    values = []
+    for i, cell in enumerate(cells):
+        net = build_seeded(space, cell, seed=seed + i)
+        values.append(proxies.score(net, batch, [proxy], seed=seed, device=device, errors={})[proxy])
+    v = np.array(values, dtype=float)
+    v = np.where(np.isfinite(v), v, -np.inf)
+    ranks = np.empty(n_cells)
+    ranks[np.argsort(v, kind="stable")] = np.arange(n_cells) / max(1, n_cells - 1)
+    scores = [[float(ranks[columns[e] == o].mean()) for o in range(len(OPS))] for e in range(len(EDGES))]
+    return scores, [space.to_string(c) for c in cells], [float(x) for x in values]
+
+
+def keep_best(scores: Sequence[Sequence[float]], keep: int) -> list[list[bool]]:
+    """Per edge, True for the ``keep`` highest scores (ties: the earlier op)."""
+    out = []
+    for row in scores:
+        best = sorted(range(len(row)), key=lambda j: (-row[j], j))[:keep]
+        out.append([j in best for j in range(len(row))])
+    return out
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

@@ -265,6 +265,9 @@ class ProxylessNAS(_Differentiable):
             raise ValueError(f"strategy 'proxylessnas' has no option {', '.join(map(repr, unknown))}; valid: {valid}")
         check_options("strategy 'proxylessnas'", Recipe, options)
         self.recipe = Recipe(**options)
+        if self.recipe.prune:
+            raise ValueError("strategy 'proxylessnas' has no op mixture to prune; prune= applies to darts, pcdarts "
+                             "and gdas")
         if not self.recipe.data:
             raise ValueError("strategy 'proxylessnas' trains a supernet and needs data=DIR (a folder with train/ "
                              "class folders, e.g. ../shared/data/cifar10_jpeg) or data=FILE.npz")
