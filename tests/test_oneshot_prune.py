@@ -109,6 +109,8 @@ def test_pruned_run_resumes_with_its_mask_and_matches(data, tmp_path, monkeypatc
     again.ask(3)
     assert [again.pruning[k] for k in ("mask", "scores", "cells")] == [full.pruning[k] for k in ("mask", "scores", "cells")]
     assert [r["alpha"] for r in again.history] == [r["alpha"] for r in full.history]
+    done = DARTS(SPACE, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **TINY)
+    assert done._model is None and done.pruning["mask"] == full.pruning["mask"]  # read with the checkpoint
     with pytest.raises(ResumeConflict, match="other settings"):
         DARTS(SPACE, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **{**TINY, "keep": 3})
     with pytest.raises(ResumeConflict, match="other settings"):

@@ -404,6 +404,7 @@ class _Differentiable:
             if "arch" in rec:  # an epoch that derived a cell (SPOS's supernet epochs derive none)
                 self._cache.setdefault(rec["arch"], self._record_scores(rec))
         self._stored = ckpt
+        self.pruning = ckpt.get("pruning")  # known before the model is built (a run answered from its checkpoint)
 
     def _record_scores(self, record: dict[str, Any]) -> dict[str, float]:
         """The values an epoch's record holds for its derived cell (what ``evaluate`` answers)."""
