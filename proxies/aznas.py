@@ -76,10 +76,11 @@ def _kaiming_fan_in(model: nn.Module) -> dict[str, torch.Tensor]:
 
     visit(model)
     state = {}
+    # No parameter requires grad: the Jacobians are taken w.r.t. block features, so the graph is rooted at
+    # the input instead (see ``_az``), which spares the forward saving tensors for weight gradients.
     for name, p in model.named_parameters(remove_duplicate=False):
         q = fresh.get(id(p))
         state[name] = p.detach().clone() if q is None else q
-        state[name].requires_grad_(p.requires_grad)
     for name, b in model.named_buffers(remove_duplicate=False):
         state[name] = b.clone()  # the train-mode forward updates running statistics: not the caller's
     return state
@@ -123,6 +124,8 @@ def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator
         g_out = torch.randint(0, 2, f_out.shape, generator=gen, dtype=f_out.dtype).mul_(2).sub_(1)
     else:
         g_out = torch.randint(0, 2, f_out.shape, device=f_out.device, generator=gen).to(f_out.dtype) * 2 - 1
+    if not (f_out.requires_grad and f_in.requires_grad):
+        return 0.0  # the output does not depend on the input: no gradient flows at all
     (g_in,) = torch.autograd.grad(f_out, f_in, g_out, retain_graph=True, allow_unused=True)
     if g_in is None:
         return 0.0  # the output does not depend on the input: no gradient flows at all
@@ -141,6 +144,16 @@ def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator
 @artefact("az")
 def az_components(ctx: Context) -> dict[str, float]:
     """Expressivity, progressivity and trainability from one pass over the re-initialised net."""
+    return _az(ctx, entropy=True)
+
+
+@artefact("az_trainability")
+def az_trainability_only(ctx: Context) -> dict[str, float]:
+    """Trainability alone (no entropy spectra), or all three where ``az`` is built anyway."""
+    return ctx.get("az") if "az" in ctx.needs else _az(ctx, entropy=False)
+
+
+def _az(ctx: Context, entropy: bool) -> dict[str, float]:
     net = ctx.model
     cuda = [ctx.device] if ctx.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the same init whatever other proxies drew before
@@ -149,21 +162,23 @@ def az_components(ctx: Context) -> dict[str, float]:
     net.train()
     gen = ctx.generator(salt=201)
     with torch.enable_grad():
-        feats = _block_features(net, state, ctx.batch.inputs)
+        # The graph is rooted at the input (no parameter requires grad): every feature that depends on it
+        # carries a graph, the same block Jacobians as with weights requiring grad.
+        feats = _block_features(net, state, ctx.batch.inputs.detach().requires_grad_(True))
         if len(feats) < 2:
             raise ValueError("AZ-NAS needs at least two feature blocks")
-        ent = [_entropy(f) for f in feats]
+        ent = [_entropy(f) for f in feats] if entropy else []
         scores = []
         for i in reversed(range(1, len(feats))):
             s = _jacobian_norm(feats[i - 1], feats[i], gen)
             if s is None:
                 continue
             scores.append(2.0 - s - 1.0 / (s + 1e-6) if math.isfinite(s) else -math.inf)
-    return {
-        "az_expressivity": float(sum(ent)),
-        "az_progressivity": float(min(b - a for a, b in zip(ent, ent[1:], strict=False))),
-        "az_trainability": float(sum(scores) / len(scores)) if scores else -math.inf,
-    }
+    out = {"az_trainability": float(sum(scores) / len(scores)) if scores else -math.inf}
+    if entropy:
+        out["az_expressivity"] = float(sum(ent))
+        out["az_progressivity"] = float(min(b - a for a, b in zip(ent, ent[1:], strict=False)))
+    return out
 
 
 @proxy("az_expressivity", "AZ-NAS expressivity: summed eigen-spectrum entropy of block features",
@@ -181,7 +196,7 @@ def az_progressivity(ctx: Context) -> float:
 
 
 @proxy("az_trainability", "AZ-NAS trainability: mean 2-s-1/s of block Jacobian spectral norms s",
-       needs={"az"})
+       needs={"az_trainability"})
 def az_trainability(ctx: Context) -> float:
     """AZ-NAS trainability (see the module docstring)."""
-    return ctx.get("az")["az_trainability"]
+    return ctx.get("az_trainability")["az_trainability"]
