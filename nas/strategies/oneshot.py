@@ -303,19 +303,9 @@ class _Differentiable:
     def _train_epoch(self, epoch: int) -> None:
         """Train one epoch, derive the cell, score it, then checkpoint and write the run's files."""
         self._setup()
-        assert self._model is not None
         start = time.perf_counter()
-        model = self._model
-        losses = self._run_steps(epoch)
-        genotype = model.genotype()
-        record = {
-            "epoch": epoch, "genotype": _plain(genotype), "arch": self.space.to_string(genotype),
-            **self._score(genotype), **losses, "tau": self._tau(epoch),
-            # One row of op weights per edge, cell types one after the other (darts: normal, then reduce).
-            "alpha": model.op_weights().detach().cpu().reshape(-1, len(model.op_names)).tolist(),
-            "beta": [] if model.edge_weights() is None else model.edge_weights().detach().cpu().flatten().tolist(),
-            "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(),
-        }
+        record = {"epoch": epoch, **self._epoch_record(epoch, self._run_steps(epoch)),
+                  "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()}
         self.history.append(record)
         self._cache.setdefault(record["arch"], self._record_scores(record))
         log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, self.recipe.epochs,
@@ -323,6 +313,20 @@ class _Differentiable:
         if self.run_dir is not None:
             self._write_checkpoint()
             self._write_reports()
+
+    def _epoch_record(self, epoch: int, losses: dict[str, float | None]) -> dict[str, Any]:
+        """What an epoch's record holds besides its number, time and memory: the derived cell, its scores,
+        the epoch's ``losses`` and the architecture state."""
+        model = self._model
+        assert model is not None
+        genotype = model.genotype()
+        return {
+            "genotype": _plain(genotype), "arch": self.space.to_string(genotype),
+            **self._score(genotype), **losses, "tau": self._tau(epoch),
+            # One row of op weights per edge, cell types one after the other (darts: normal, then reduce).
+            "alpha": model.op_weights().detach().cpu().reshape(-1, len(model.op_names)).tolist(),
+            "beta": [] if model.edge_weights() is None else model.edge_weights().detach().cpu().flatten().tolist(),
+        }
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], sample: Sample | None
               ) -> tuple[torch.Tensor, torch.Tensor]:

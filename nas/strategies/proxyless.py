@@ -50,7 +50,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,6 @@ from nas.strategies.oneshot import (
     _atomic,
     _derive,
     _Differentiable,
-    _rss_mb,
     write_history,
 )
 from search_spaces import Arch, SearchSpace
@@ -354,30 +352,19 @@ class ProxylessNAS(_Differentiable):
             return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
         return x
 
-    def _train_epoch(self, epoch: int) -> None:
-        """One epoch of architecture and weight steps, then the argmax arch, its scores, checkpoint, files."""
-        self._setup()
-        assert self._model is not None
-        start = time.perf_counter()
+    def _epoch_record(self, epoch: int, losses: dict[str, float | None]) -> dict[str, Any]:
+        """The argmax arch, its scores (``latency_ms`` None without a target), its expected latency, the
+        epoch's ``losses`` and the choice probabilities."""
         model = self._model
-        losses = self._run_steps(epoch)
+        assert model is not None
         arch = model.derived()
         probs, depths = model.probs()
-        record = {
-            "epoch": epoch, "arch": self.space.to_string(arch), **self._score(arch),
+        return {
+            "arch": self.space.to_string(arch), "latency_ms": None, **self._score(arch),
             "expected_ms": float(self.expected_ms().detach()) if self._table is not None else None,
             **losses, "alpha": [p.detach().cpu().tolist() for p in probs],
             "beta": [p.detach().cpu().tolist() for p in depths],
-            "seconds": time.perf_counter() - start, "rss_mb": _rss_mb(),
         }
-        self.history.append(record)
-        record.setdefault("latency_ms", None)
-        self._cache.setdefault(record["arch"], self._record_scores(record))
-        log.info("%s epoch %d/%d: %s acc_ws %.2f%% (%.1f s)", self.name, epoch + 1, self.recipe.epochs, record["arch"],
-                 record["acc_ws"], record["seconds"])
-        if self.run_dir is not None:
-            self._write_checkpoint()
-            self._write_reports()
 
     def _weight_step(self, batch: Batch, epoch: int, gen: torch.Generator) -> torch.Tensor:
         """One SGD step on one path drawn from the multinomial; only that path runs and moves."""

@@ -355,8 +355,7 @@ class ENAS(_SinglePath):
             "arch_acc": 100.0 * reward, "lr": lr, "tau": None, "alpha": probs.tolist(), "beta": [],
             "baseline": self._baseline, "entropy": entropy,
         }
-        self._cache.setdefault(record["arch"], {"acc_ws": record["acc_ws"],
-                                                "param_free_edges": record["param_free_edges"]})
+        self._cache.setdefault(record["arch"], self._record_scores(record))
         if epoch == self.recipe.epochs - 1:
             self._final = self._derive_final()
         record.update(seconds=time.perf_counter() - start, rss_mb=_rss_mb())
