@@ -36,6 +36,22 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def images_npz(tmp_path_factory: pytest.TempPathFactory):
+    """A factory of tiny image datasets in ``nas.datasets``' ``.npz`` layout: random uint8 images (seed 0,
+    train drawn before test) of ``side`` pixels with the given labels; it returns the file's path."""
+    def make(y_train: np.ndarray, side: int = 16, y_test: np.ndarray | None = None) -> str:
+        rng = np.random.default_rng(0)
+        arrays = {"x_train": rng.integers(0, 256, (len(y_train), 3, side, side), dtype=np.uint8), "y_train": y_train}
+        if y_test is not None:
+            arrays.update(x_test=rng.integers(0, 256, (len(y_test), 3, side, side), dtype=np.uint8), y_test=y_test)
+        path = tmp_path_factory.mktemp("images") / "tiny.npz"
+        np.savez(path, **arrays)
+        return str(path)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance (2 CPUs) shared by every Ray test of the session; start-up takes seconds."""
     ray = pytest.importorskip("ray")

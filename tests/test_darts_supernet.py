@@ -24,13 +24,8 @@ TINY = {"train_size": 100, "batch_size": 25, "epochs": 1, "warmup_epochs": 0}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("darts_oneshot") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (100, 3, 16, 16), dtype=np.uint8),
-             y_train=np.repeat(np.arange(10), 10), x_test=rng.integers(0, 256, (20, 3, 16, 16), dtype=np.uint8),
-             y_test=np.repeat(np.arange(10), 2))
-    return str(path)
+def data(images_npz) -> str:
+    return images_npz(np.repeat(np.arange(10), 10), y_test=np.repeat(np.arange(10), 2))
 
 
 def _loss(net: DartsSuperNet, **kw) -> torch.Tensor:

@@ -32,12 +32,8 @@ TINY = {"train_size": 200, "batch_size": 32, "epochs": 3}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("oneshot") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (200, 3, 16, 16), dtype=np.uint8),
-             y_train=np.repeat(np.arange(10), 20))
-    return str(path)
+def data(images_npz) -> str:
+    return images_npz(np.repeat(np.arange(10), 20))
 
 
 def _x(n: int = 8) -> torch.Tensor:

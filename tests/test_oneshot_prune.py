@@ -25,12 +25,8 @@ MASK = torch.tensor([[False, False, True, True, False]] * 3 + [[True, True, Fals
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("prune") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (200, 3, 16, 16), dtype=np.uint8),
-             y_train=np.repeat(np.arange(10), 20))
-    return str(path)
+def data(images_npz) -> str:
+    return images_npz(np.repeat(np.arange(10), 20))
 
 
 def test_masked_ops_weigh_nothing_get_no_gradient_and_are_never_derived_or_drawn():

@@ -24,11 +24,8 @@ TINY = {"train_size": 64, "batch_size": 16, "epochs": 2}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("proxyless") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8), y_train=np.arange(64) % 10)
-    return str(path)
+def data(images_npz) -> str:
+    return images_npz(np.arange(64) % 10)
 
 
 @pytest.mark.parametrize("space", [FBNET, OFA], ids=["fbnet", "ofa"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -23,13 +25,9 @@ TINY = {"nb201": {"channels": 4, "cells_per_stage": 1}, "fbnet": {},
 
 
 @pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
+def tiny_npz(images_npz):
     """48 training and 8 test images of 8x8 pixels, two classes."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (48, 3, 8, 8), dtype=np.uint8), y_train=np.arange(48) % 2,
-             x_test=rng.integers(0, 256, (8, 3, 8, 8), dtype=np.uint8), y_test=np.arange(8) % 2)
-    return path
+    return Path(images_npz(np.arange(48) % 2, side=8, y_test=np.arange(8) % 2))
 
 
 @pytest.fixture(scope="module")

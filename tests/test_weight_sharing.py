@@ -29,13 +29,8 @@ ENAS_OPTS = {**TINY, "epochs": 3, "final_samples": 4}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("ws") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (200, 3, 16, 16), dtype=np.uint8),
-             y_train=np.repeat(np.arange(10), 20), x_test=rng.integers(0, 256, (20, 3, 16, 16), dtype=np.uint8),
-             y_test=np.repeat(np.arange(10), 2))
-    return str(path)
+def data(images_npz) -> str:
+    return images_npz(np.repeat(np.arange(10), 20), y_test=np.repeat(np.arange(10), 2))
 
 
 def _op_params(model) -> dict[tuple[int, int, int], list[torch.Tensor]]:
