@@ -35,6 +35,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: tiny networks run fastest so (a busy machine makes more threads
+    much slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def images_npz(tmp_path_factory: pytest.TempPathFactory):
     """A factory of tiny image datasets in ``nas.datasets``' ``.npz`` layout: random uint8 images (seed 0,

@@ -24,13 +24,7 @@ POOLED = {  # small options so that each network builds and runs in well under a
 NO_POOL = {"vit": "a class-token head: nothing is pooled"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:

@@ -15,13 +15,7 @@ SUITE = ["params", "flops", "synflow", "logsynflow", "snip", "grasp", "fisher", 
 DEGENERATE = ("none", "none", "skip_connect", "none", "nor_conv_3x3", "none")  # node 3 unreachable
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and a busy machine makes more threads much slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
