@@ -71,6 +71,7 @@ from nas.training import (
     make_optimizer,
     plot_history,
     resolve_device,
+    restore_training,
     seeded_global,
     stream_seed,
     write_csv,
@@ -334,16 +335,9 @@ class _SupernetTrainer:
 
     def _restore(self) -> None:
         """Load the last checkpoint, if there is one."""
-        path = self.out / "checkpoint.pt"
-        if not path.is_file():
-            return
-        state = torch.load(path, map_location=self.dev, weights_only=True)
-        self.supernet.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch = int(state["epoch"])
-        self.history = [dict(r) for r in state["history"]]
-        log.info("resuming %s after epoch %d", self.out, self.start_epoch)
+        restored = restore_training(self.out, self.dev, self.supernet, self.optimizer, self.scheduler, "state_dict")
+        if restored is not None:
+            self.start_epoch, self.history = restored
 
     def _epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: EpochBar) -> dict[str, Any]:
         """Train one epoch of sandwich steps and validate; returns its row of ``train.csv``."""

@@ -376,6 +376,21 @@ def hold_out(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData]:
     return data.take(np.sort(order[n:])), data.take(np.sort(order[:n]))
 
 
+def restore_training(out: Path, dev: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, model_key: str = "model") -> tuple[int, list[dict[str, Any]]] | None:
+    """Load ``out/checkpoint.pt`` into ``model`` (its ``model_key`` entry), ``optimizer`` and ``scheduler``;
+    returns (epochs done, history), or None when there is no checkpoint yet."""
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location=dev, weights_only=True)
+    model.load_state_dict(state[model_key])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log.info("resuming %s after epoch %d", out, int(state["epoch"]))
+    return int(state["epoch"]), [dict(r) for r in state["history"]]
+
+
 def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """The recipe's optimiser over every parameter (no weight decay on norms and biases if it says so)."""
     decay, no_decay = [], []
@@ -476,16 +491,9 @@ class _Trainer:
 
     def _restore(self) -> None:
         """Load the last checkpoint, if there is one."""
-        path = self.out / "checkpoint.pt"
-        if not path.is_file():
-            return
-        state = torch.load(path, map_location=self.dev, weights_only=True)
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch = int(state["epoch"])
-        self.history = [dict(r) for r in state["history"]]
-        log.info("resuming %s after epoch %d", self.out, self.start_epoch)
+        restored = restore_training(self.out, self.dev, self.net, self.optimizer, self.scheduler)
+        if restored is not None:
+            self.start_epoch, self.history = restored
 
     def _checkpoint(self, epoch: int) -> None:
         """Write the whole training state after ``epoch`` epochs, atomically."""
