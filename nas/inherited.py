@@ -57,11 +57,6 @@ give statistics that move accuracy by well under a point at CIFAR scale and cost
 BN_BATCH_SIZE = 64
 EVAL_BATCH_SIZE = 100
 
-# Space options that change how a subnet is fed or scored, never the supernet's weights: a checkpoint
-# trained without them still fits (the ofa search default proxy_scale=0.5 is one).
-_INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "min_resolution", "max_resolution", "input_shape"})
-
-
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
                    forward: Callable[[torch.Tensor], Any] | None = None) -> nn.Module:
@@ -300,22 +295,10 @@ class SupernetScorer:
                                   self.dev)
 
 
-def weight_space(space: SearchSpace, path: str | os.PathLike[str]) -> SearchSpace:
-    """``space`` with the options that only change its inputs set as checkpoint ``path`` has them: the space
-    the checkpoint's weights fit (a search may score other resolutions than the supernet trained on)."""
-    import search_spaces
-    from nas.settings import space_options_of
-
-    stored = checkpoint_space_options(path, space.name)
-    options = {k: v for k, v in space_options_of(space).items() if k not in _INPUT_ONLY_OPTIONS}
-    options.update({k: v for k, v in stored.items() if k in _INPUT_ONLY_OPTIONS})
-    return search_spaces.get(space.name, **options)
-
-
 def _load(path: str, space: SearchSpace) -> nn.Module:
     from nas.supernets import load_supernet
 
-    return load_supernet(path, weight_space(space, path))
+    return load_supernet(path, space)
 
 
 def _classes(module: nn.Module) -> int | None:

@@ -31,6 +31,10 @@ from torch import nn
 FORMAT = "zcnas-supernet"
 VERSION = 1
 
+INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "min_resolution", "max_resolution", "input_shape"})
+"""Space options that change how a subnet is fed or scored, never the supernet's weights: a checkpoint
+trained without them still fits (the ofa search default proxy_scale=0.5 is one)."""
+
 
 def _builders() -> dict[str, Any]:
     """Space name -> function(space) returning a fresh supernet (imported lazily: torch modules)."""
@@ -97,22 +101,32 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_supernet(path: str | os.PathLike[str], space: Any) -> nn.Module:
-    """The supernet of ``space`` with the weights of checkpoint ``path`` (zcnas, or an official OFA file)."""
+    """The supernet of ``space`` with the weights of checkpoint ``path`` (zcnas, or an official OFA file).
+
+    A zcnas checkpoint must have been trained with ``space``'s options, except those in
+    :data:`INPUT_ONLY_OPTIONS`: they change how subnets are fed (a search may score other resolutions than the
+    supernet trained on), so the supernet is built with the checkpoint's values of them.
+    """
     data = read_checkpoint(path)
-    sup = supernet_of(space)
     if data.get("format") != FORMAT:
         if space.name == "ofa":
-            return sup.load_official(data)  # type: ignore[operator]
+            return supernet_of(space).load_official(data)  # type: ignore[operator]
         raise ValueError(f"{path}: not a zcnas supernet checkpoint (no format {FORMAT!r}); write one with "
                          "`nas supernet train`")
     if data.get("space") != space.name:
         raise ValueError(f"{path}: a supernet of space {data.get('space')!r}, not {space.name!r}")
+    import search_spaces
     from nas.settings import space_options_of
 
     stored, ours = data.get("space_options", {}), space_options_of(space)
-    if stored != ours:
+    weights = {k: v for k, v in ours.items() if k not in INPUT_ONLY_OPTIONS}
+    if {k: v for k, v in stored.items() if k not in INPUT_ONLY_OPTIONS} != weights:
         raise ValueError(f"{path}: trained with space options {stored}, but the search uses {ours}; pass the "
                          "same --space-option values")
+    if stored != ours:
+        space = search_spaces.get(space.name, **weights,
+                                  **{k: v for k, v in stored.items() if k in INPUT_ONLY_OPTIONS})
+    sup = supernet_of(space)
     state = data["state_dict"]
     own = sup.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
