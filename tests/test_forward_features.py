@@ -20,6 +20,7 @@ POOLED = {  # small options so that each network builds and runs in well under a
     "darts": dict(channels=8, layers=5, input_shape=(3, 16, 16)),
     "ofa": dict(resolutions=(64,), num_classes=10),
     "fbnet": dict(num_classes=10),
+    "mcunet": dict(resolutions=(64,), num_classes=10),
 }
 NO_POOL = {"vit": "a class-token head: nothing is pooled"}
 

@@ -1,0 +1,134 @@
+"""The microcontroller spaces: mcunet (MCUNet/TinyNAS MobileNetV2) and mcuvit (MCUFormer-style ViT)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import search_spaces
+from proxies import Batch, score
+from search_spaces import ArchError
+from search_spaces.base import PooledImageNetwork
+from search_spaces.mcunet import REFERENCES, MCUArch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL_MCUNET = "w0.2-r48:k3e3,k5e4/k3e3,k3e3/k7e6,k3e3/k3e5,k3e3/k3e3,k3e3/k3e3"
+
+
+def _macs(net: torch.nn.Module, side: int) -> float:
+    """The ``flops`` proxy: multiply-accumulates of conv and linear layers for one image (not 2x FLOPs)."""
+    # two distinct images: the engine returns NaN for a batch whose outputs cannot differ
+    batch = Batch(torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0)), torch.zeros(2, dtype=torch.long))
+    return score(net, batch, ["flops"], device="cpu")["flops"] * 1e6
+
+
+# -- mcunet ---------------------------------------------------------------------------------------------
+
+def test_mcunet_strings_round_trip_and_mutate_changes_one_decision():
+    space = search_spaces.get("mcunet")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = space.sample(rng)
+        assert space.from_string(space.to_string(arch)) == arch
+        assert space.from_choices(space.to_choices(arch)) == arch
+        child = space.mutate(arch, rng)
+        assert child != arch
+        a, b = space.to_choices(arch), space.to_choices(child)
+        changed = [name for (name, _), x, y in zip(space.decisions(), a, b, strict=True) if x != y]
+        # A depth change may also bring in new blocks' k and e; any other mutation moves exactly one choice.
+        if not any(n.startswith("d_") for n in changed):
+            assert len(changed) == 1, changed
+        other = space.crossover(arch, child, rng)
+        assert space.from_string(space.to_string(other)) == other
+        assert space.encode(arch).shape == space.encode(child).shape
+
+
+@pytest.mark.parametrize("text, message", [
+    ("w0.33-r144:k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6", "width multiplier 0.33"),
+    ("w0.35-r150:k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6", "resolution 150"),
+    ("w0.35-r144:k4e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6", "stage 1 block 1: kernel 4"),
+    ("w0.35-r144:k3e6,k3e2/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6", "stage 1 block 2: expand ratio 2"),
+    ("w0.35-r144:k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6", "stage 1 has 1 blocks"),
+    ("w0.35-r144:k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6", "stage 6 has 2 blocks"),
+    ("w0.35-r144:k3e6,k3e6/k3e6,k3e6", "got 2 stages"),
+    ("w0.35-r144:k3e6,k3x6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6,k3e6/k3e6", "stage 1 block 2: 'k3x6'"),
+    ("0.35-144:k3e6", "header '0.35-144'"),
+    ("mobilenet", "model-zoo name"),
+])
+def test_mcunet_from_string_names_the_bad_part(text, message):
+    with pytest.raises(ArchError, match=message):
+        search_spaces.get("mcunet").from_string(text)
+
+
+def test_mcunet_reference_on_the_wrong_backbone_says_which_to_use():
+    with pytest.raises(ArchError, match="backbone='tinynas'"):
+        search_spaces.get("mcunet").from_string("mcunet-320kB")
+
+
+def test_mcunet_builds_pooled_network_at_its_resolution():
+    space = search_spaces.get("mcunet", num_classes=10)
+    arch = space.from_string(SMALL_MCUNET)
+    assert space.arch_input_shape(arch) == (3, 48, 48)
+    net = space.build(arch).eval()
+    assert isinstance(net, PooledImageNetwork)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        features = net.forward_features(x)
+        assert features.shape == (2, 256, 2, 2)  # 1280 x 0.2 head conv, 48 / 32 rounded up
+        assert net(x).shape == (2, 10)
+        torch.testing.assert_close(net(x), net.forward_head(features), rtol=0, atol=0)
+
+
+def test_mcunet_onnx_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    space = search_spaces.get("mcunet", num_classes=10)
+    arch = space.from_string(SMALL_MCUNET)
+    torch.manual_seed(0)
+    path = space.to_onnx(arch, tmp_path / "m.onnx")
+    torch.manual_seed(0)  # to_onnx built its own network: draw the same weights again
+    net = space.build(arch).eval()
+    x = torch.randn(3, 3, 48, 48)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, net(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_mbv2_w035_r144_matches_published_params_and_macs():
+    """MCUNet's model zoo: 0.75 M parameters, 23.5 M MACs (counted as the ``flops`` proxy does)."""
+    space = search_spaces.get("mcunet")
+    arch = space.from_string("mbv2-w0.35-r144")
+    assert arch == MCUArch(0.35, 144, ((((3, 6),) * 2), ((3, 6),) * 3, ((3, 6),) * 4, ((3, 6),) * 3,
+                                       ((3, 6),) * 3, ((3, 6),)))
+    net = space.build(arch)
+    params = sum(p.numel() for p in net.parameters())
+    assert abs(params / 0.75e6 - 1) < 0.05
+    assert abs(_macs(net, 144) / 23.5e6 - 1) < 0.10
+
+
+def test_mcunet_320kb_matches_published_params_and_macs():
+    """mcunet-320kB on the TinyNAS backbone: 0.74 M parameters, 81.8 M MACs."""
+    space = search_spaces.get("mcunet", backbone="tinynas")
+    arch = space.reference("mcunet-320kB")
+    net = space.build(arch)
+    assert abs(sum(p.numel() for p in net.parameters()) / 0.74e6 - 1) < 0.05
+    assert abs(_macs(net, arch.r) / 81.8e6 - 1) < 0.10
+
+
+def test_every_reference_parses_on_its_backbone():
+    for name, (backbone, w, r, _) in REFERENCES.items():
+        arch = search_spaces.get("mcunet", backbone=backbone).from_string(name)
+        assert (arch.w, arch.r) == (w, r)
+
+
+def test_mcunet_suggest_draws_valid_architectures():
+    optuna = pytest.importorskip("optuna")
+    space = search_spaces.get("mcunet")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        arch = space.suggest(trial)
+        assert space.check(arch) == arch
+        study.tell(trial, 0.0)
