@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 FLAGS = {"space": "--space", "space_options": "--space-option", "arch": "--arch", "data": "--data",
          "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "train_size": "--train-size",
-         "val_size": "--val-size", "seed": "--seed", "amp": "--amp", "recipe": "recipe",
+         "val_size": "--val-size", "seed": "--seed", "amp": "--amp", "recipe": "recipe", "teacher": "--teacher",
+         "kd": "--kd-temperature/--kd-alpha",
          "world_size": "the number of processes (torchrun --nproc_per_node)"}
 """The flag that sets each stored setting, named when ``--resume`` is given a different value."""
 
@@ -87,6 +88,8 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
           out: str | os.PathLike[str] | None = None, space_options: dict[str, Any] | None = None,
           resume: bool = False, device: str | None = None, progress: bool = True,
           recipe: Recipe | None = None, amp: bool | None = None,
+          teacher: str | os.PathLike[str] | None = None, kd_temperature: float | None = None,
+          kd_alpha: float | None = None,
           callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``arch`` of ``space`` on ``data`` from scratch and write the outputs to ``out``.
 
@@ -103,6 +106,10 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
             stored ones and any other must agree (:class:`nas.errors.ResumeConflict` names the flag).
         device: ``cpu``, ``cuda``, ``cuda:1`` (default: CUDA when present).
         amp: bfloat16 autocast (fast on recent GPUs; default off).
+        teacher: a ``nas train`` output folder: distil from that trained network with Hinton et al.'s
+            loss ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL(teacher_T || student_T)`` at temperature
+            ``T = kd_temperature`` (defaults 0.9 and 4, the settings of CRD's KD baseline, Tian et al.
+            ICLR 2020); the teacher sees the same augmented images in eval mode.
         callback: called with each epoch's row after its checkpoint is written.
 
     Example:
@@ -119,8 +126,9 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
             dev = torch.device("cuda", local)
         if dev.type == "cuda" and dist.world > 1:
             torch.cuda.set_device(dev)  # NCCL's collectives run on the current device
+        kd = _kd_settings(teacher, kd_temperature, kd_alpha)
         settings, out_dir = _settings(space, arch, data, epochs, batch_size, lr, train_size, val_size, seed,
-                                      out, space_options, resume, recipe, amp, dist.world)
+                                      out, space_options, resume, recipe, amp, dist.world, kd)
         # Loading the data and building the network check the rest of the input before anything is written
         trainer = _Trainer(settings, out_dir, dev, dist, progress and dist.rank == 0, callback)
         dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
@@ -135,7 +143,7 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
 def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch_size: int | None,
               lr: float | None, train_size: int | None, val_size: int | None, seed: int | None, out: Any,
               space_options: dict[str, Any] | None, resume: bool, recipe: Recipe | None, amp: bool | None,
-              world: int) -> tuple[dict[str, Any], Path]:
+              world: int, kd: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     """The run's settings (fresh, or the stored ones checked against those given) and its folder."""
     if resume:
         if out is None:
@@ -152,9 +160,10 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
         given = {"space": space, "space_options": options, "arch": arch_text,
                  "data": None if data is None else data_path(data),
                  "recipe": recipe_for(space, epochs, batch_size, lr, base=base).to_dict(),
-                 "train_size": train_size, "val_size": val_size, "seed": seed, "amp": amp, "world_size": world}
+                 "train_size": train_size, "val_size": val_size, "seed": seed, "amp": amp, "world_size": world,
+                 "teacher": None if kd is None else kd["teacher"], "kd": None if kd is None else kd}
         for key, value in given.items():
-            if value is not None and value != stored[key]:
+            if value is not None and value != stored.get(key):
                 raise ResumeConflict(_conflict(key, value, stored[key], out_dir))
         return stored, out_dir
     if space is None or arch is None or data is None:
@@ -167,7 +176,7 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
     settings = {"space": space, "space_options": options, "arch": arch_text, "data": data_path(data),
                 "recipe": recipe_for(space, epochs, batch_size, lr, base=recipe).to_dict(),
                 "train_size": train_size, "val_size": val_size, "seed": seed, "amp": bool(amp),
-                "world_size": world}
+                "world_size": world, "teacher": None if kd is None else kd["teacher"], "kd": kd}
     if out is None:
         out = Path("runs") / f"train-{space}-{hashlib.sha1(arch_text.encode()).hexdigest()[:8]}-s{seed}"
     out_dir = Path(out)
@@ -175,6 +184,46 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
         raise FileExistsError(f"{out_dir} already holds a training run: continue it with --resume {out_dir} "
                               "or choose another --out")
     return settings, out_dir
+
+
+def _kd_settings(teacher: Any, temperature: float | None, alpha: float | None) -> dict[str, Any] | None:
+    """The distillation settings (teacher folder, temperature, alpha), checked; None without a teacher."""
+    if teacher is None:
+        if temperature is not None or alpha is not None:
+            raise ValueError("--kd-temperature and --kd-alpha distil from a teacher: give --teacher DIR too")
+        return None
+    folder = Path(teacher).expanduser().resolve()
+    for name in ("metrics.json", "model.pt"):
+        if not (folder / name).is_file():
+            raise ValueError(f"--teacher {teacher}: no {name} there; give the folder of a finished `nas train`")
+    temperature = 4.0 if temperature is None else float(temperature)
+    alpha = 0.9 if alpha is None else float(alpha)
+    if temperature <= 0 or not 0 <= alpha <= 1:
+        raise ValueError(f"--kd-temperature must be > 0 and --kd-alpha in [0, 1], got {temperature}, {alpha}")
+    return {"teacher": str(folder), "temperature": temperature, "alpha": alpha}
+
+
+def load_trained(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The trained network of a ``nas train`` output folder (eval mode) and its ``metrics.json``."""
+    folder = Path(folder)
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file() or not (folder / "model.pt").is_file():
+        raise ValueError(f"{folder}: not a finished `nas train` output (metrics.json and model.pt are missing)")
+    metrics = json.loads(metrics_file.read_text())
+    space = search_spaces.get(metrics["space"], **metrics.get("space_options", {}))
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    # Older outputs lack num_classes: their classifier is the last weight of the state dict
+    classes = int(metrics.get("num_classes") or state[[k for k in state if k.endswith(".weight")][-1]].shape[0])
+    shape = _input_shape_of(metrics, space)
+    net = space.build(space.from_string(metrics["arch"]), num_classes=classes, input_shape=shape)
+    net.load_state_dict(state)
+    return net.to(device).eval(), metrics
+
+
+def _input_shape_of(metrics: dict[str, Any], space: Any) -> tuple[int, int, int]:
+    """The input shape a trained network was built for (stored since the teacher option; else the space's)."""
+    stored = metrics.get("input_shape")
+    return tuple(int(d) for d in stored) if stored else tuple(space.input_shape)
 
 
 def _conflict(key: str, value: Any, stored: Any, out_dir: Path) -> str:
@@ -453,6 +502,15 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.recipe.epochs * self.steps, eta_min=0.0)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.recipe.label_smoothing)
+        self.kd = settings.get("kd")
+        self.teacher = None
+        if self.kd is not None:
+            self.teacher, info = load_trained(self.kd["teacher"], dev)
+            if _input_shape_of(info, self.space) != self.input_shape:
+                raise ValueError(f"--teacher {self.kd['teacher']} was trained on {_input_shape_of(info, self.space)} "
+                                 f"inputs, the data here are {self.input_shape}")
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self._rng_states: dict[str, torch.Tensor] = {}
@@ -530,6 +588,8 @@ class _Trainer:
                 with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bool(self.s["amp"])):
                     logits, aux_logits = self.model(images)
                     loss = self.criterion(logits.float(), labels)
+                    if self.teacher is not None:
+                        loss = self._distilled(loss, logits.float(), images)
                     if aux_logits is not None:
                         loss = loss + r.aux_weight * self.criterion(aux_logits.float(), labels)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -548,6 +608,17 @@ class _Trainer:
         val_acc = self._accuracy(self.val_set) if len(self.val_set) else math.nan
         return {"epoch": epoch + 1, "loss": total_loss / total_seen, "train_acc": 100 * total_correct / total_seen,
                 "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - start}
+
+    def _distilled(self, hard: torch.Tensor, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Hinton et al.'s loss: the hard-label loss mixed with the KL to the teacher's softened output."""
+        t, alpha = self.kd["temperature"], self.kd["alpha"]
+        with torch.no_grad():
+            target = nn.functional.log_softmax(self.teacher(images).float() / t, dim=1)
+        if target.shape != logits.shape:
+            raise ValueError(f"--teacher outputs {target.shape[1]} classes, the student {logits.shape[1]}")
+        soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), target, log_target=True,
+                                    reduction="batchmean")
+        return (1 - alpha) * hard + alpha * t * t * soft
 
     @torch.no_grad()
     def _accuracy(self, data: ImageData) -> float:
@@ -584,7 +655,8 @@ class _Trainer:
             "params": params, "seconds_per_epoch": seconds, "seed": self.seed,
             "train_images": len(self.train_set), "val_images": len(self.val_set),
             "test_images": len(self.test_set), "data": self.s["data"], "device": str(self.dev),
-            "world_size": self.dist.world, "amp": self.s["amp"],
+            "world_size": self.dist.world, "amp": self.s["amp"], "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes, "kd": self.kd,
         }
         write_json(self.out / "metrics.json", metrics)
 

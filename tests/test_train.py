@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,37 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(tra
         nas.train("nb201", TOP, tiny, epochs=2, space_options=TINY, out=trained.out, progress=False)
     with pytest.raises(ValueError, match="not a `nas train` output"):
         nas.train(out=trained.out.parent / "nothing", resume=True)
+
+
+def test_distillation_from_a_trained_teacher(trained, tiny, tmp_path):
+    teacher, info = nas.training.load_trained(trained.out)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), trained.model.eval()(x))
+    assert info["input_shape"] == [3, 16, 16] and info["num_classes"] == 10
+    kw = {"epochs": 2, "batch_size": 32, "space_options": TINY, "progress": False, "seed": 2}
+    plain = nas.train("nb201", TOP, tiny, out=tmp_path / "plain", **kw)
+    # alpha 0 weighs only the labels: the run must follow plain training to the same weights
+    zero = nas.train("nb201", TOP, tiny, out=tmp_path / "zero", teacher=trained.out, kd_alpha=0.0, **kw)
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(zero.model.state_dict()[key], value, rtol=0, atol=0)
+    distilled = nas.train("nb201", TOP, tiny, out=tmp_path / "kd", teacher=trained.out, kd_alpha=1.0, **kw)
+    assert distilled.history[-1]["loss"] != plain.history[-1]["loss"]
+    metrics = json.loads((distilled.out / "metrics.json").read_text())
+    assert metrics["kd"] == {"teacher": str(trained.out.resolve()), "temperature": 4.0, "alpha": 1.0}
+    with pytest.raises(ResumeConflict, match="--teacher"):
+        nas.train(out=distilled.out, resume=True, teacher=tmp_path / "plain", progress=False)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"teacher": "missing-folder"}, "no metrics.json"),
+    ({"kd_alpha": 0.5}, "give --teacher"),
+    ({"teacher": "TEACHER", "kd_alpha": 2.0}, "--kd-alpha in [0, 1]"),
+])
+def test_distillation_rejects_bad_settings(trained, tiny, tmp_path, kwargs, message):
+    kwargs = {k: trained.out if v == "TEACHER" else v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nas.train("nb201", TOP, tiny, epochs=1, space_options=TINY, out=tmp_path / "x", progress=False, **kwargs)
 
 
 def test_recipes():

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast (recent GPUs)")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the killed or finished run in DIR from its last epoch with its settings")
+    p.add_argument("--teacher", metavar="DIR",
+                   help="distil from the network trained in DIR (a `nas train` output) with the KD loss")
+    p.add_argument("--kd-temperature", type=float, metavar="T", help="with --teacher: softmax temperature (default 4)")
+    p.add_argument("--kd-alpha", type=float, metavar="A",
+                   help="with --teacher: weight of the distillation term, 1 - A on the labels (default 0.9)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     result = nas.train(space, arch, args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        train_size=args.train_size, val_size=args.val_size, seed=args.seed, out=out,
                        space_options=options, resume=args.resume is not None, device=args.device,
-                       progress=not args.no_progress, amp=args.amp)
+                       progress=not args.no_progress, amp=args.amp, teacher=args.teacher,
+                       kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank runs this; one summary
         _print_summary(result)
     return 0
