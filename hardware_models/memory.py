@@ -175,7 +175,11 @@ def memory_of(space: Any, arch: Any, weight_bits: int = 8, activation_bits: int 
     """Export ``arch`` (an architecture or its string) of ``space`` at batch 1 and read its memory."""
     if isinstance(arch, str):
         arch = space.from_string(arch)  # an ArchError names the bad part
-    with tempfile.TemporaryDirectory(prefix="zcnas-mem-") as tmp:
+    from nas.rng import seeded_global_rng
+
+    # The sizes do not depend on the weights; the lock keeps the build from drawing on (and racing for) the
+    # caller's global torch generator, as every build in a search does.
+    with tempfile.TemporaryDirectory(prefix="zcnas-mem-") as tmp, seeded_global_rng(0):
         path = space.to_onnx(arch, Path(tmp) / "net.onnx")
         return onnx_memory(path, weight_bits, activation_bits, patches=patches, patch_stride=patch_stride,
                            inplace_depthwise=inplace_depthwise)

@@ -59,6 +59,8 @@ class Evaluator:
     a failed candidate is never feasible, never a score. With ``supernet`` (a
     :class:`nas.inherited.SupernetScorer`) every candidate also gets ``acc_ws``, its inherited-weight
     accuracy; that value is never cached (it depends on the checkpoint and the data, not on the proxy key).
+    With ``memory`` every candidate also gets the metrics ``sram_kb`` and ``flash_kb`` of
+    :func:`hardware_models.memory.memory_of` at its defaults (int8 weights and activations, no patches).
     """
 
     space: SearchSpace
@@ -71,6 +73,7 @@ class Evaluator:
     labels: Any = None  # (arch, accuracy) pairs or an arch,accuracy CSV, for the few-label ``ensemble_fit``
     ensembles: dict[str, Any] = field(default_factory=dict)  # prepared proxy ensembles (proxies.ensemble)
     supernet: Any = None  # a nas.inherited.SupernetScorer: acc_ws from a trained supernet
+    memory: bool = False  # record sram_kb and flash_kb (hardware_models.memory, int8) for every candidate
     _batches: dict[tuple[int, ...], proxy_lib.Batch] = field(default_factory=dict, repr=False)
     _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
 
@@ -125,6 +128,11 @@ class Evaluator:
             metrics: dict[str, float] = {"params": params}
             if self.target is not None:
                 metrics["latency_ms"] = float(self.target.predict(self.space, [arch])[0])
+            if self.memory:
+                from hardware_models.memory import memory_of
+
+                report = memory_of(self.space, arch)
+                metrics.update(sram_kb=report.sram_kb, flash_kb=report.flash_kb)
             return Candidate(arch_string, scores, metrics, status="failed" if failure else "ok", error=failure,
                              wall_s=time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - a failed candidate must never stop a search

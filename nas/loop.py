@@ -45,6 +45,8 @@ def search(
     latency_ms: float | None = None,
     max_params: float | None = None,
     max_flops: float | None = None,
+    max_sram_kb: float | None = None,
+    max_flash_kb: float | None = None,
     proxies: Sequence[Any] | None = None,
     batch_size: int | None = None,
     data: str | None = None,
@@ -83,6 +85,9 @@ def search(
     ``nas supernet train`` or an official OFA state dict) with ``data`` (a train/test folder or ``.npz``)
     makes ``acc_ws``, the inherited-weight accuracy on ``val_size`` held-out training images after BN
     recalibration on ``bn_batches`` batches, an objective; the checkpoint's digest is checked on resume.
+    ``max_sram_kb`` and ``max_flash_kb`` limit the peak activation memory and the parameter memory (kB = 1024
+    bytes, int8; :mod:`hardware_models.memory`); with them, or with an objective ``sram_kb`` or ``flash_kb``,
+    every candidate records both.
     The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
     Example:
@@ -98,7 +103,8 @@ def search(
                  "objectives": objectives if objectives is None or isinstance(objectives, str)
                  or all(isinstance(o, str) for o in objectives) else None,
                  "seed": seed, "target": target, "latency_ms": latency_ms, "max_params": max_params,
-                 "max_flops": max_flops, "proxies": proxies if proxies is None
+                 "max_flops": max_flops, "max_sram_kb": max_sram_kb, "max_flash_kb": max_flash_kb,
+                 "proxies": proxies if proxies is None
                  or all(isinstance(p, str) for p in proxies) else None,
                  "batch_size": batch_size, "data": data, "labels": labels, "label_queries": label_queries,
                  "strategy_options": strategy_options, "space_options": space_options,
@@ -142,7 +148,8 @@ def search(
     try:
         study = create_study(
             "nb201" if space is None else space, objectives, strategy, out, seed=0 if seed is None else seed,
-            budget=budget, constraints={"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops},
+            budget=budget, constraints={"latency_ms": latency_ms, "max_params": max_params, "max_flops": max_flops,
+                                        "max_sram_kb": max_sram_kb, "max_flash_kb": max_flash_kb},
             target=target, proxies=proxies, data=data, batch_size=batch_size, labels=labels,
             label_queries=label_queries, oracle_queries=oracle_queries, space_options=space_options,
             strategy_options=strategy_options, device=device, cache=cache,

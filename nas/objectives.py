@@ -11,7 +11,7 @@ SENTINEL_ABS = 1e29
 """Values this large are the failure sentinel (-1e30) that older versions stored in runs and caches, never
 real scores; today a failed or missing proxy value is NaN."""
 
-MINIMISED = frozenset({"latency", "latency_ms", "params", "flops"})
+MINIMISED = frozenset({"latency", "latency_ms", "params", "flops", "sram_kb", "flash_kb", "model_kb"})
 """Cost-like names minimised by default; every other name (a proxy score) is maximised."""
 
 
@@ -60,15 +60,20 @@ class Constraints:
     latency_ms: float | None = None
     max_params: float | None = None  # millions
     max_flops: float | None = None  # MFLOPs
+    max_sram_kb: float | None = None  # peak activation memory, kB = 1024 bytes (hardware_models.memory)
+    max_flash_kb: float | None = None  # parameter memory, kB = 1024 bytes
+
+    def limits(self) -> list[tuple[str, float]]:
+        """(metric name, limit) of every limit that is set."""
+        pairs = (("latency_ms", self.latency_ms), ("params", self.max_params), ("flops", self.max_flops),
+                 ("sram_kb", self.max_sram_kb), ("flash_kb", self.max_flash_kb))
+        return [(key, limit) for key, limit in pairs if limit is not None]
 
     def feasible(self, cand: Candidate) -> bool:
         """Whether ``cand`` evaluated fine and meets every limit."""
         if cand.status != "ok":
             return False
-        limits = (("latency_ms", self.latency_ms), ("params", self.max_params), ("flops", self.max_flops))
-        for key, limit in limits:
-            if limit is None:
-                continue
+        for key, limit in self.limits():
             value = cand.metrics.get(key, cand.scores.get(key))
             if value is None or not math.isfinite(value) or abs(value) >= SENTINEL_ABS or value > limit:
                 return False
@@ -77,4 +82,4 @@ class Constraints:
     @property
     def active(self) -> bool:
         """Whether any limit is set."""
-        return any(v is not None for v in (self.latency_ms, self.max_params, self.max_flops))
+        return bool(self.limits())

@@ -177,10 +177,7 @@ class OptunaMirror:
     def _violations(self, cand: Candidate) -> list[float]:
         """Value minus limit of each active limit (positive: broken; a missing value breaks it)."""
         out = []
-        c = self.constraints
-        for key, limit in (("latency_ms", c.latency_ms), ("params", c.max_params), ("flops", c.max_flops)):
-            if limit is None:
-                continue
+        for key, limit in self.constraints.limits():
             value = cand.metrics.get(key, cand.scores.get(key))
             ok = value is not None and math.isfinite(value) and abs(value) < SENTINEL_ABS
             out.append(float(value) - float(limit) if ok else math.inf)

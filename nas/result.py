@@ -15,7 +15,7 @@ import numpy as np
 from nas.objectives import Constraints, Objective, parse_objectives
 from nas.run import Candidate, RunStore
 
-METRIC_COLUMNS = ("latency_ms", "params", "flops")
+METRIC_COLUMNS = ("latency_ms", "params", "flops", "sram_kb", "flash_kb")
 """Metrics written beside the objectives in ``pareto.csv`` when candidates have them."""
 
 

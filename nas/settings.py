@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,8 +24,17 @@ from nas.exploit import check_oracle, resolve_labels
 from nas.objectives import Objective, parse_objectives
 from search_spaces import SearchSpace
 
-METRIC_OBJECTIVES = frozenset({"latency", "latency_ms"})
-"""Objectives measured by the target's latency model rather than computed as proxies."""
+LATENCY_OBJECTIVES = frozenset({"latency", "latency_ms"})
+"""Objectives measured by the target's latency model (they need ``--target``)."""
+
+MEMORY_METRICS = frozenset({"sram_kb", "flash_kb"})
+"""Objectives read from the exported graph by :mod:`hardware_models.memory` (int8 weights and activations)."""
+
+METRIC_OBJECTIVES = LATENCY_OBJECTIVES | MEMORY_METRICS
+"""Objectives measured by a hardware model (latency, memory) rather than computed as proxies."""
+
+MEMORY_LIMITS = ("max_sram_kb", "max_flash_kb")
+"""Constraints on the memory metrics."""
 
 
 DEFAULTS: dict[str, Any] = {
@@ -53,7 +63,7 @@ def resolve_settings(space: Any, given: dict[str, Any], target: str | None = Non
             out[key] = space_defaults[key]
             if key == "objectives" and target is None:
                 names = [n for n in parse_objectives(value_list(out[key]))
-                         if n.name not in METRIC_OBJECTIVES]
+                         if n.name not in LATENCY_OBJECTIVES]
                 out[key] = [str(o) for o in names] or DEFAULTS["objectives"]
         else:
             out[key] = DEFAULTS[key]
@@ -98,12 +108,13 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
     if not str(config["strategy"]).startswith("custom:"):
         strategies.registry.get(config["strategy"])
     target_name = config.get("target")
-    if target_name is None and any(o.name in METRIC_OBJECTIVES for o in objs):
+    if target_name is None and any(o.name in LATENCY_OBJECTIVES for o in objs):
         raise ValueError("a latency objective needs a target (--target); see `nas targets`")
     if config.get("constraints", {}).get("latency_ms") is not None and target_name is None:
         raise ValueError("a latency limit (--latency-ms) needs a target (--target); see `nas targets`")
     if target_name is not None:
         hardware_models.get(target_name)
+    check_memory_settings(config)
     check_oracle(space, int(config.get("oracle_queries", 0)))
     if config.get("labels") and "ensemble_fit" not in config["proxies"]:
         raise ValueError("labels (--labels or --label-queries) only fit the few-label ensemble: add "
@@ -112,11 +123,24 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
     if config.get("evaluator") == "proxies":
         for name in config["proxies"]:
             if name not in proxy_lib.registry:
-                valid = ", ".join([*proxy_lib.list(), "latency"])
+                valid = ", ".join([*proxy_lib.list(), "latency", *sorted(MEMORY_METRICS)])
                 raise ValueError(f"unknown objective or proxy {name!r}; valid: {valid}, acc_ws (with --supernet)")
         check = getattr(proxy_lib, "check_available", None)
         if check is not None:
             check(space, config["proxies"])
+
+
+def check_memory_settings(config: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for a memory limit that is not a positive number, or memory asked of a strategy
+    that scores its own proposals (a one-shot method records no memory)."""
+    limits = config.get("constraints", {})
+    for key in MEMORY_LIMITS:
+        value = limits.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{FLAGS[key]} must be a positive number of kB (1 kB = 1024 bytes), got {value!r}")
+    if needs_memory(config) and config.get("evaluator") == "strategy":
+        raise ValueError(f"{config['strategy']!r} scores its own proposals and records no memory: sram_kb, flash_kb, "
+                         "--max-sram-kb and --max-flash-kb go with a proxy search (random, evolution, nsga2, ...)")
 
 
 def check_supernet_settings(config: dict[str, Any], space: SearchSpace, objs: Sequence[Objective]) -> None:
@@ -157,6 +181,13 @@ def supernet_scorer(config: dict[str, Any], space: SearchSpace) -> Any:
                           config.get("supernet_digest"))
 
 
+def needs_memory(config: dict[str, Any]) -> bool:
+    """Whether a run records ``sram_kb`` and ``flash_kb`` for every candidate: a memory objective or limit."""
+    limits = config.get("constraints", {})
+    return any(limits.get(k) is not None for k in MEMORY_LIMITS) or \
+        any(o.name in MEMORY_METRICS for o in parse_objectives(config["objectives"]))
+
+
 def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib.Batch | None = None) -> Evaluate:
     """The proxy :class:`~nas.evaluate.Evaluator` of a run's settings; checks that its data fit the space."""
     from nas.evaluate import Evaluator
@@ -170,7 +201,8 @@ def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib
     cache_dir = config.get("cache")
     cache = ProxyCache(None if cache_dir is True else cache_dir) if cache_dir else None
     return Evaluator(space, tuple(config["proxies"]), batch, target, int(config["seed"]), config.get("device"),
-                     cache, labels=config.get("labels"), supernet=supernet_scorer(config, space))
+                     cache, labels=config.get("labels"), supernet=supernet_scorer(config, space),
+                     memory=needs_memory(config))
 
 
 def load_data(config: dict[str, Any], space: SearchSpace) -> proxy_lib.Batch:
@@ -219,7 +251,8 @@ RESUMABLE = frozenset({"budget", "oracle_queries", "device", "cache"})
 
 FLAGS = {"space": "--space", "strategy": "--strategy", "objectives": "--objectives", "seed": "--seed",
          "target": "--target", "latency_ms": "--latency-ms", "max_params": "--max-params",
-         "max_flops": "--max-flops", "proxies": "--proxies", "batch_size": "--batch-size", "data": "--data",
+         "max_flops": "--max-flops", "max_sram_kb": "--max-sram-kb", "max_flash_kb": "--max-flash-kb",
+         "proxies": "--proxies", "batch_size": "--batch-size", "data": "--data",
          "labels": "--labels", "label_queries": "--label-queries", "strategy_options": "--option",
          "space_options": "--space-option", "supernet": "--supernet", "val_size": "--val-size",
          "bn_batches": "--bn-batches"}
@@ -278,7 +311,7 @@ def check_supernet_unchanged(run_dir: Path, config: dict[str, Any], space: Searc
 
 
 def _stored_setting(config: dict[str, Any], key: str) -> Any:
-    if key in ("latency_ms", "max_params", "max_flops"):
+    if key in ("latency_ms", "max_params", "max_flops", *MEMORY_LIMITS):
         return config.get("constraints", {}).get(key)
     if key == "proxies":  # the extra proxies: what was computed beyond the objectives
         objs = {o.name for o in parse_objectives(config["objectives"])}
@@ -303,7 +336,7 @@ def _normalise_setting(key: str, value: Any, config: dict[str, Any]) -> Any:
         return {**stored, **value}
     if key == "strategy_options":
         return dict(value)
-    if key in ("latency_ms", "max_params", "max_flops"):
+    if key in ("latency_ms", "max_params", "max_flops", *MEMORY_LIMITS):
         return float(value)
     if key in ("seed", "batch_size", "label_queries", "val_size", "bn_batches"):
         return int(value)

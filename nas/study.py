@@ -451,7 +451,8 @@ def create_study(
         "proxies": proxy_names(objs, settings["proxies"], cons.max_flops),
         "batch_size": int(settings["batch_size"]), "data": settings["data"],
         "constraints": {"latency_ms": cons.latency_ms, "max_params": cons.max_params,
-                        "max_flops": cons.max_flops},
+                        "max_flops": cons.max_flops, "max_sram_kb": cons.max_sram_kb,
+                        "max_flash_kb": cons.max_flash_kb},
         "oracle_queries": int(oracle_queries or 0),
         "labels": resolve_labels(space_obj, labels, label_queries, int(seed)),
         "label_queries": int(label_queries or 0),
@@ -595,8 +596,8 @@ def as_candidate(arch: str, out: Any, objectives: Sequence[Objective]) -> Candid
             raise ValueError(f"got {len(values)} values for {len(objectives)} objectives "
                              f"({', '.join(o.name for o in objectives)})")
         scores = {o.name: float(v) for o, v in zip(objectives, values, strict=True)}
-    metrics = {k: scores.pop(k) for k in ("latency_ms", "params", "flops") if k in scores and k not in
-               {o.name for o in objectives}}
+    metrics = {k: scores.pop(k) for k in ("latency_ms", "params", "flops", "sram_kb", "flash_kb")
+               if k in scores and k not in {o.name for o in objectives}}
     return Candidate(arch, scores, metrics)
 
 

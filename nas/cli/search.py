@@ -22,6 +22,7 @@ from nas.cli.common import (
     split_names,
 )
 from nas.inherited import BN_BATCH_SIZE, DEFAULT_BN_BATCHES, DEFAULT_VAL_SIZE
+from nas.result import METRIC_COLUMNS
 
 TABLE_ROWS = 15
 """Pareto candidates shown in the final table (all of them are in ``pareto.csv``)."""
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "(default: the space's choice, else evolution)")
     p.add_argument("--objectives",
                    help="comma-separated: proxies and acc_ws (with --supernet) are maximised; latency, params, "
-                        "flops minimised; "
+                        "flops, sram_kb, flash_kb minimised; "
                         "prefix max:/min: to choose; two or more give a Pareto front (default synflow)")
     p.add_argument("--proxies", help="extra proxies to record for every candidate")
     p.add_argument("--budget", type=int, help="distinct candidates to evaluate (default 100)")
@@ -45,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-ms", type=float, help="keep only candidates predicted faster than this")
     p.add_argument("--max-params", type=float, help="limit on parameters (millions)")
     p.add_argument("--max-flops", type=float, help="limit on FLOPs (millions)")
+    p.add_argument("--max-sram-kb", type=float, metavar="KB",
+                   help="limit on peak activation memory (int8, kB = 1024 bytes; see `nas memory`)")
+    p.add_argument("--max-flash-kb", type=float, metavar="KB",
+                   help="limit on parameter memory (int8 weights, int32 biases, kB = 1024 bytes)")
     p.add_argument("--oracle-queries", type=int, metavar="K",
                    help="RoBoT exploitation: query the true accuracy of the top K candidates and pick the "
                         "best (needs an oracle, e.g. nb201 with --accuracy-table)")
@@ -104,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         space=args.space, strategy=args.strategy,
         objectives=split_names(args.objectives) if args.objectives else None,
         budget=args.budget, seed=args.seed, out=out, target=args.target, latency_ms=args.latency_ms,
-        max_params=args.max_params, max_flops=args.max_flops,
+        max_params=args.max_params, max_flops=args.max_flops, max_sram_kb=args.max_sram_kb,
+        max_flash_kb=args.max_flash_kb,
         proxies=split_names(args.proxies) if args.proxies else None, batch_size=args.batch_size,
         data=args.data, oracle_queries=args.oracle_queries, labels=args.labels,
         label_queries=args.label_queries,
@@ -180,7 +186,7 @@ def print_result(result: nas.SearchResult, rows: int = TABLE_ROWS) -> None:
     if best is not None and best.arch not in {c.arch for c in front}:
         front = [best, *front]  # the oracle's pick may lie off the proxy front
     names = [o.name for o in result.objectives]
-    extra = [m for m in ("latency_ms", "params", "flops")
+    extra = [m for m in METRIC_COLUMNS
              if m not in names and not (m == "latency_ms" and "latency" in names)
              and any(m in c.metrics or m in c.scores for c in front)]
     title = "Pareto front" if len(names) > 1 else "best candidate"
