@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from nas.errors import RunInUse, RunStoreError, SearchFailed
 
-COMMANDS = ("spaces", "proxies", "targets", "score", "search", "runs", "export", "latency", "benchmark",
-            "sweep", "train", "supernet", "dashboard")
+COMMANDS = ("spaces", "proxies", "targets", "score", "search", "runs", "export", "latency", "memory",
+            "benchmark", "sweep", "train", "supernet", "dashboard")
 """Sub-command modules in ``nas.cli``, in help order; a module that does not exist yet is skipped."""
 
 
