@@ -33,6 +33,7 @@ from proxies import (  # noqa: E402,F401  (registration; sequence: bert, rnn, gp
     activation,
     aznas,
     basic,
+    distill,
     ensemble,
     flow,
     gradient,

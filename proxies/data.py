@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,11 +19,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 @dataclass(frozen=True)
 class Batch:
-    """Inputs and integer class targets for one proxy evaluation."""
+    """Inputs and integer class targets for one proxy evaluation; ``teacher`` (a
+    :class:`proxies.distill.TeacherReference`) serves the distillation-aware proxies."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     name: str = "cifar10"
+    teacher: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -31,14 +34,15 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch on ``device``."""
-        return Batch(self.inputs.to(device), self.targets.to(device), self.name)
+        teacher = None if self.teacher is None else self.teacher.to(device)
+        return Batch(self.inputs.to(device), self.targets.to(device), self.name, teacher)
 
     def resized(self, size: tuple[int, int]) -> Batch:
         """The batch bilinearly resized to ``size`` (H, W); unchanged when it already has that size."""
         if tuple(self.inputs.shape[-2:]) == tuple(size) or not self.inputs.is_floating_point():
             return self  # token ids (sequence models) are never resized
         x = F.interpolate(self.inputs, size=size, mode="bilinear", align_corners=False)
-        return Batch(x, self.targets, self.name)
+        return Batch(x, self.targets, self.name, self.teacher)
 
 
 def _normalise(x_uint8: np.ndarray) -> torch.Tensor:

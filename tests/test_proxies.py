@@ -161,7 +161,8 @@ def test_nas_score_all_proxies(tmp_path):
     assert main(["score", "--arch-file", str(path), "--proxies", "all", "--batch-size", "4",
                  "--out", str(out), "--no-progress"]) == 0
     rows = [line.split(",") for line in out.read_text().splitlines()]
-    assert rows[0][1:] == [n for n in proxies.list() if not n.startswith("ensemble")] and len(rows) == 3
+    expected = [n for n in proxies.list() if not n.startswith("ensemble") and n not in proxies.distill.TEACHER_PROXIES]
+    assert rows[0][1:] == expected and len(rows) == 3
     sequence_only = {"hidden_cov", "head_confidence", "head_importance", "synaptic_diversity",
                      "activation_distance", "embedding_jacov"}  # they need tagged layers: no value on cells
     for row in rows[1:]:

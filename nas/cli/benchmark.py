@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--space-option {key}=: use --{key.replace('_', '-')} with `nas benchmark proxies`")
     options.update(given)
     space = search_spaces.get(args.space, accuracy_table=args.accuracy_table, dataset=args.dataset, **options)
-    singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]  # ensembles: scorer rows
+    # ensembles are scorer rows; the teacher-aware proxies need a teacher, which a benchmark has not
+    singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES
+               and n not in proxy_lib.distill.TEACHER_PROXIES]
     names = {"all": singles, "suite": list(proxy_lib.SUITE)}.get(args.proxies) or split_names(args.proxies)
     for name in names:
         proxy_lib.get(name)

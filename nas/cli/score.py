@@ -9,6 +9,7 @@ import sys
 
 import proxies as proxy_lib
 import search_spaces
+from nas.cli import UsageError
 from nas.cli.common import (
     add_cache_args,
     add_data_args,
@@ -19,11 +20,13 @@ from nas.cli.common import (
     read_arch_file,
     space_options,
     split_names,
+    teacher_batch,
 )
 from nas.errors import SearchFailed
 from nas.evaluate import Evaluator
 from nas.exploit import resolve_labels
 from proxies.cache import resolve_cache
+from proxies.distill import TEACHER_PROXIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-queries", type=int, metavar="N",
                    help="fit ensemble_fit on the true accuracies of N random architectures (drawn with "
                         "--seed) queried from the oracle (needs --accuracy-table) instead of --labels")
+    p.add_argument("--teacher", metavar="DIR", help="a `nas train` output: the trained teacher that the "
+                   "distillation-aware proxies (diswot, diswot_relation) compare each student with")
     add_data_args(p)
     add_device_arg(p)
     add_cache_args(p)
@@ -54,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     cache = resolve_cache(cache_option(args))
     space = search_spaces.get(args.space, **space_options(args))
     singles = [n for n in proxy_lib.list() if n not in proxy_lib.ensemble.ENSEMBLE_NAMES]
-    if args.proxies == "all":  # every single proxy the space offers
-        names = [n for n in singles if n not in proxy_lib.unavailable(space, singles)]
+    if args.proxies == "all":  # every single proxy the space offers (the teacher's only with a teacher)
+        names = [n for n in singles if n not in proxy_lib.unavailable(space, singles)
+                 and (args.teacher or n not in TEACHER_PROXIES)]
     else:
         names = split_names(args.proxies)
     for name in names:
@@ -63,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     proxy_lib.check_available(space, names)
     archs = read_arch_file(space, args.arch_file)
     batch = proxy_lib.load_batch(args.data, args.batch_size, args.seed, tuple(space.input_shape))
+    if args.teacher:
+        batch = teacher_batch(batch, args.teacher, device)
+    elif TEACHER_PROXIES.intersection(names):
+        raise UsageError(f"{', '.join(sorted(TEACHER_PROXIES.intersection(names)))} compare each student with a "
+                         "trained teacher: give --teacher DIR (a `nas train` output)")
     labels = resolve_labels(space, args.labels, args.label_queries, args.seed)
     evaluate = Evaluator(space, tuple(names), batch, seed=args.seed, labels=labels, device=device, cache=cache)
     failed: list[str] = []
