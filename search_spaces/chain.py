@@ -6,6 +6,8 @@ A chain is a sequence of units, written comma-separated:
 - ``p`` / ``a``: 2 x 2 max / average pooling;
 - ``d{k}-{g1}.{g2}...``: a DenseNet block of pre-activation layers (BN, ReLU, k x k convolution with
   ``g_i`` filters), each layer reading the concatenation of the block's input and every earlier layer;
+- ``r{k}-{w}``: a residual basic block (two k x k conv-BN, the second without ReLU, plus the input, or
+  its 1x1 conv-BN projection when the width changes, then ReLU; He et al. 2016), for ResNet-like chains;
 - ``f-{u}``: after global average pooling, a fully connected layer of ``u`` units with ReLU.
 
 The classifier is a linear layer after the last unit. ``c3-16,c3-16,p,c3-32,c3-32,p,f-64`` is a plain
@@ -52,7 +54,7 @@ from search_spaces.base import ArchError, default_to_onnx, suggest_choices
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit of a chain: ``kind`` is ``conv``, ``maxpool``, ``avgpool``, ``dense`` or ``fc``."""
+    """One unit of a chain: ``kind`` is ``conv``, ``res``, ``maxpool``, ``avgpool``, ``dense`` or ``fc``."""
 
     kind: str
     kernel: int = 0
@@ -61,6 +63,8 @@ class Unit:
     def __str__(self) -> str:
         if self.kind == "conv":
             return f"c{self.kernel}-{self.widths[0]}"
+        if self.kind == "res":
+            return f"r{self.kernel}-{self.widths[0]}"
         if self.kind == "dense":
             return f"d{self.kernel}-" + ".".join(str(g) for g in self.widths)
         if self.kind == "fc":
@@ -70,8 +74,7 @@ class Unit:
 
 ChainArch = tuple[Unit, ...]
 
-_UNIT = re.compile(r"^(?:c(\d+)-(\d+)|d(\d+)-(\d+(?:\.\d+)*)|f-(\d+)|(p)|(a))$")
-SPATIAL = ("conv", "maxpool", "avgpool", "dense")
+_UNIT = re.compile(r"^(?:([cr])(\d+)-(\d+)|d(\d+)-(\d+(?:\.\d+)*)|f-(\d+)|(p)|(a))$")
 MAX_UNITS = 32
 """Longest chain :meth:`ChainSpace.encode` represents (EAS grows nets to about 20 layers)."""
 
@@ -80,11 +83,11 @@ def parse_unit(token: str, position: int) -> Unit:
     """One unit from its token; the error names the position and the accepted forms."""
     m = _UNIT.match(token.strip())
     if not m:
-        raise ArchError(f"unit {position} {token!r}: expected c<kernel>-<width>, d<kernel>-<g1>.<g2>..., "
-                        "f-<units>, p (max pool) or a (average pool)")
-    conv_k, conv_w, dense_k, growths, fc, maxpool, _ = m.groups()
-    if conv_k is not None:
-        unit = Unit("conv", int(conv_k), (int(conv_w),))
+        raise ArchError(f"unit {position} {token!r}: expected c<kernel>-<width>, r<kernel>-<width>, "
+                        "d<kernel>-<g1>.<g2>..., f-<units>, p (max pool) or a (average pool)")
+    conv, conv_k, conv_w, dense_k, growths, fc, maxpool, _ = m.groups()
+    if conv is not None:
+        unit = Unit("conv" if conv == "c" else "res", int(conv_k), (int(conv_w),))
     elif dense_k is not None:
         unit = Unit("dense", int(dense_k), tuple(int(g) for g in growths.split(".")))
     elif fc is not None:
@@ -101,8 +104,8 @@ def parse_unit(token: str, position: int) -> Unit:
 def check_chain(units: Sequence[Unit]) -> ChainArch:
     """Validate the order of units: a conv or dense unit first, fully connected units only at the end."""
     units = tuple(units)
-    if not units or units[0].kind not in ("conv", "dense"):
-        raise ArchError("a chain starts with a conv (c<k>-<w>) or dense (d<k>-<g>...) unit")
+    if not units or units[0].kind not in ("conv", "res", "dense"):
+        raise ArchError("a chain starts with a conv (c<k>-<w>), residual (r<k>-<w>) or dense (d<k>-<g>...) unit")
     if len(units) > MAX_UNITS:
         raise ArchError(f"a chain has at most {MAX_UNITS} units, got {len(units)}")
     first_fc = next((i for i, u in enumerate(units) if u.kind == "fc"), len(units))
@@ -123,6 +126,23 @@ class ConvUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.bn(self.conv(x)))
+
+
+class ResidualUnit(nn.Module):
+    """ResNet's basic block: conv-BN-ReLU, conv-BN, plus the input (or its 1x1 projection), ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel, padding=kernel // 2, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity() if c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
 
 class DenseLayer(nn.Module):
@@ -155,7 +175,7 @@ def unit_channels(arch: ChainArch, in_channels: int) -> list[int]:
     """Channels (or units) each unit of ``arch`` outputs, given the input's channels."""
     out, c = [], in_channels
     for u in arch:
-        c = u.widths[0] if u.kind in ("conv", "fc") else c + sum(u.widths) if u.kind == "dense" else c
+        c = u.widths[0] if u.kind in ("conv", "res", "fc") else c + sum(u.widths) if u.kind == "dense" else c
         out.append(c)
     return out
 
@@ -175,6 +195,8 @@ class ChainNet(nn.Module):
         for u in arch:
             if u.kind == "conv":
                 units.append(ConvUnit(c, u.widths[0], u.kernel))
+            elif u.kind == "res":
+                units.append(ResidualUnit(c, u.widths[0], u.kernel))
             elif u.kind == "dense":
                 units.append(DenseBlock(c, u.widths, u.kernel))
             elif u.kind in ("maxpool", "avgpool"):
@@ -373,7 +395,7 @@ class ChainSpace:
 
     def encode(self, arch: ChainArch) -> np.ndarray:
         """Per unit slot (32): one-hot kind, kernel / 7, log2 of the width (sum of growths) / 8, layers / 8."""
-        kinds = ("conv", "maxpool", "avgpool", "dense", "fc")
+        kinds = ("conv", "maxpool", "avgpool", "dense", "fc", "res")
         out = np.zeros((MAX_UNITS, len(kinds) + 3), dtype=np.float32)
         for i, u in enumerate(arch):
             out[i, kinds.index(u.kind)] = 1.0
@@ -444,6 +466,9 @@ def _propagate(state: State, arch: ChainArch, start: int, mapping: Mapping) -> N
         if u.kind == "conv":
             state[f"units.{i}.conv.weight"] = _take_columns(state[f"units.{i}.conv.weight"], mapping)
             return
+        if u.kind == "res":
+            raise ValueError(f"unit {i} ({u}) is a residual block: widening what feeds it is not supported "
+                             "(its shortcut would carry the copies on); widen a unit that feeds a conv or dense unit")
         if u.kind == "dense":
             old_in = len(state[f"units.{i}.layers.0.bn.weight"])
             mapping = _through_dense(state, f"units.{i}", u.widths, mapping, old_in)
@@ -531,9 +556,10 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
            kernel: int = 3, growth: int | None = None) -> tuple[ChainArch, ChainNet]:
     """Net2DeeperNet: insert an identity layer after unit ``after``, or grow a dense block by one layer.
 
-    ``kind="conv"`` (the default after a conv or pooling unit) inserts ``c<kernel>-<channels>`` with a
-    centred identity kernel and a BatchNorm that passes its input through in eval mode; the input is a
-    ReLU output, so the new ReLU keeps it. ``kind="fc"`` (the default after an fc unit; also allowed after
+    ``kind="conv"`` (the default after a conv, residual or pooling unit) inserts ``c<kernel>-<channels>``
+    with a centred identity kernel and a BatchNorm that passes its input through in eval mode; the input
+    is a ReLU output, so the new ReLU keeps it. ``kind="res"`` inserts a residual block whose branch ends
+    in a zero BatchNorm scale, so that it adds nothing to its identity shortcut. ``kind="fc"`` (the default after an fc unit; also allowed after
     the last spatial unit) inserts an fc unit with the identity matrix. ``kind="dense"`` (the default after
     a dense block) gives the block one more layer (``growth`` filters, its last layer's by default) whose outputs its consumers weigh
     zero. The function is unchanged; ``net`` is not modified.
@@ -556,16 +582,16 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
         _propagate(state, arch, s + 1, list(range(channels)) + [None] * g)
         return new_arch, _finish(space, new_arch, state, net)
     last_spatial = after + 1 == len(arch) or arch[after + 1].kind == "fc"
-    if kind not in ("conv", "fc") or (kind == "conv" and u.kind == "fc") or (
+    if kind not in ("conv", "res", "fc") or (kind in ("conv", "res") and u.kind == "fc") or (
             kind == "fc" and u.kind != "fc" and not last_spatial):
-        raise ValueError(f"cannot insert a {kind!r} unit after unit {after} ({u}): conv units go after conv or "
-                         "pooling units, fc units after fc units or the last spatial unit")
+        raise ValueError(f"cannot insert a {kind!r} unit after unit {after} ({u}): conv and res units go after "
+                         "conv, res or pooling units, fc units after fc units or the last spatial unit")
     if not _relu_output(arch, after):
         raise ValueError(f"unit {after} ({u}) may output negative values (a dense block's concatenation), so "
                          "an inserted ReLU layer would change the function; grow the dense block instead")
-    if kind == "conv" and kernel % 2 == 0:
+    if kind in ("conv", "res") and kernel % 2 == 0:
         raise ValueError(f"kernel {kernel}: an inserted conv needs an odd kernel")
-    new_unit = Unit("fc", 0, (channels,)) if kind == "fc" else Unit("conv", kernel, (channels,))
+    new_unit = Unit("fc", 0, (channels,)) if kind == "fc" else Unit(kind, kernel, (channels,))
     new_arch = arch[:after + 1] + (new_unit,) + arch[after + 1:]
     group = "fcs" if kind == "fc" else "units"
     index = _count(arch, after + 1, fc=kind == "fc")
@@ -579,6 +605,11 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
     eye = torch.eye(channels)
     if kind == "fc":
         shifted.update({f"fcs.{index}.weight": eye, f"fcs.{index}.bias": torch.zeros(channels)})
+    elif kind == "res":
+        # a fresh block whose residual branch ends in a zero BatchNorm scale: ReLU(0 + x) = x for x >= 0
+        fresh = space.build(new_arch).state_dict()
+        shifted.update({k: v for k, v in fresh.items() if k.startswith(f"units.{index}.")})
+        shifted[f"units.{index}.bn2.weight"] = torch.zeros(channels)
     else:
         weight = torch.zeros(channels, channels, kernel, kernel)
         weight[:, :, kernel // 2, kernel // 2] = eye
@@ -595,7 +626,7 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
 def _relu_output(arch: ChainArch, unit: int) -> bool:
     """Whether unit ``unit``'s output is a ReLU output (pooling keeps the sign of its input)."""
     for u in reversed(arch[:unit + 1]):
-        if u.kind in ("conv", "fc"):
+        if u.kind in ("conv", "res", "fc"):
             return True
         if u.kind == "dense":
             return False

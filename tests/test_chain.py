@@ -15,6 +15,7 @@ from search_spaces.chain import ChainSpace, deeper, wider
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PLAIN = "c3-8,c5-8,p,c3-16,f-32,f-16"
+RESIDUAL = "c3-8,r3-8,p,c3-16,r3-16,r3-24"
 DENSE = "c3-8,d3-4.4.6,c1-10,a,d3-4.4,f-8"
 
 
@@ -43,7 +44,7 @@ def every_transformation(arch: tuple) -> list[tuple[str, dict]]:
     """Each widening (every conv, fc and dense layer) and each deepening the chain allows."""
     out: list[tuple[str, dict]] = []
     for i, u in enumerate(arch):
-        if u.kind in ("conv", "fc"):
+        if u.kind == "fc" or u.kind == "conv" and (i + 1 == len(arch) or arch[i + 1].kind != "res"):
             out.append(("wider", {"unit": i, "width": u.widths[0] + 5}))
         for j, g in enumerate(u.widths if u.kind == "dense" else ()):
             out.append(("wider", {"unit": i, "width": g + 3, "layer": j}))
@@ -53,10 +54,12 @@ def every_transformation(arch: tuple) -> list[tuple[str, dict]]:
             out += [("deeper", {"after": i, "kind": "conv"}), ("deeper", {"after": i, "kind": "fc"})]
         elif not (u.kind in ("maxpool", "avgpool") and arch[i - 1].kind == "dense"):
             out.append(("deeper", {"after": i}))
+            if u.kind != "fc":
+                out.append(("deeper", {"after": i, "kind": "res"}))
     return out
 
 
-@pytest.mark.parametrize("style,text", [("plain", PLAIN), ("dense", DENSE)])
+@pytest.mark.parametrize("style,text", [("plain", PLAIN), ("dense", DENSE), ("plain", RESIDUAL)])
 def test_every_transformation_keeps_the_output(style: str, text: str, images: torch.Tensor) -> None:
     space = ChainSpace(style=style)
     arch, net = trained_like(space, text, images)
@@ -126,11 +129,14 @@ def test_transformations_reject_what_would_change_the_function(images: torch.Ten
         wider(space, arch, net, unit=0, width=8)
     with pytest.raises(ValueError, match="fc units after fc units or the last"):
         deeper(space, arch, net, after=0, kind="fc")
+    arch, net = trained_like(space, RESIDUAL, images)
+    with pytest.raises(ValueError, match="residual block"):
+        wider(space, arch, net, unit=0, width=12)
 
 
 def test_strings_round_trip_and_errors_name_the_unit() -> None:
     space = ChainSpace()
-    for text in (PLAIN, DENSE, "d3-12,f-10"):
+    for text in (PLAIN, DENSE, RESIDUAL, "d3-12,f-10"):
         assert space.to_string(space.from_string(text)) == text
     with pytest.raises(ArchError, match="unit 1 'x3'"):
         space.from_string("c3-8,x3")
