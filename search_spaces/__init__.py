@@ -23,6 +23,7 @@ from search_spaces.base import (
     export_onnx,
     to_onnx_seeded,
 )
+from search_spaces.precision import with_precision
 
 __all__ = [
     "Arch", "ArchError", "SearchSpace", "UnknownNameError", "arch_input_shape", "build_seeded", "export_onnx",
@@ -40,9 +41,14 @@ def register(name: str) -> Callable[[Callable[..., SearchSpace]], Callable[..., 
 
 
 def get(name: str, **options: Any) -> SearchSpace:
-    """Instantiate the space registered as ``name`` with ``options``; an unknown option raises ValueError."""
+    """Instantiate the space registered as ``name`` with ``options``; an unknown option raises ValueError.
+
+    ``precision="mixed"`` (any space that names its layer groups) adds per-layer weight bit-widths to
+    the architecture (:mod:`search_spaces.precision`); the default ``"fp32"`` returns the space as is.
+    """
+    precision = options.pop("precision", "fp32")
     registry.check_options(name, options)
-    return registry.get(name)(**options)
+    return with_precision(registry.get(name)(**options), precision)
 
 
 def list(pattern: str = "*") -> list[str]:  # noqa: A001 - the registry verb, as in timm

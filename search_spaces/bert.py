@@ -36,6 +36,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError
+from search_spaces.precision import quantised_weight
 from search_spaces.seq_common import (
     Field,
     LayeredArch,
@@ -225,7 +226,7 @@ class FlexiBert(nn.Module):
         """Summed word, position and token-type embeddings, normalised ([B, T, 128])."""
         tokens = as_tokens(tokens, self.word_embeddings.num_embeddings)
         pos = torch.arange(tokens.shape[1], device=tokens.device)
-        e = self.word_embeddings(tokens) + self.position_embeddings(pos) + self.token_type_embeddings.weight[0]
+        e = self.word_embeddings(tokens) + self.position_embeddings(pos) + quantised_weight(self.token_type_embeddings)[0]
         return self.embed_norm(e)
 
     def from_embeddings(self, e: torch.Tensor) -> torch.Tensor:
@@ -233,9 +234,10 @@ class FlexiBert(nn.Module):
         h = self.embeddings_project(e) if self.embeddings_project is not None else e
         for layer in self.layers:
             h = layer(h)
+        # The tied decoder reads the weights as the layers compute with them (quantised under precision=mixed).
         if self.embeddings_project is not None:
-            h = h @ self.embeddings_project.weight  # tied back to the embedding width
-        return (h @ self.word_embeddings.weight.T).reshape(-1, self.word_embeddings.num_embeddings)
+            h = h @ quantised_weight(self.embeddings_project)  # tied back to the embedding width
+        return (h @ quantised_weight(self.word_embeddings).T).reshape(-1, self.word_embeddings.num_embeddings)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.from_embeddings(self.embed(tokens))
@@ -341,6 +343,21 @@ class BertSpace(LayeredSpace):
         if self.reference_code_dims:
             return FlexiBert(arch, hidden=256, ffn=1024, vocab_size=num_classes or self.vocab_size)
         return FlexiBert(arch, vocab_size=num_classes or self.vocab_size)
+
+    def precision_groups(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Layer groups for ``precision=mixed``: the embeddings (word, position, token type and the
+        projection, which the tied decoder reuses), then each encoder layer, as SimQ-NAS's BERT policy."""
+        from search_spaces.precision import BITS, EDGE_BITS
+
+        return [("embed", EDGE_BITS), *((f"l{i}", BITS) for i in range(SPEC.max_depth))]
+
+    def precision_layers(self, arch: LayeredArch) -> dict[str, tuple[str, ...]]:
+        """Module paths in ``build(arch)`` of each layer group the arch uses."""
+        hidden = 256 if self.reference_code_dims else arch.globals[0]
+        embed = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+        if hidden != EMBEDDING_SIZE:
+            embed += ("embeddings_project",)
+        return {"embed": embed, **{f"l{i}": (f"layers.{i}",) for i in range(len(arch.layers))}}
 
     def to_onnx(self, arch: LayeredArch, path: str | os.PathLike[str]) -> str:
         """Export with an int64 token input [batch, seq_len]."""

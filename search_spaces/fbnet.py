@@ -247,6 +247,26 @@ class FBNetSpace:
         in_channels = (input_shape or self.input_shape)[0]
         return FBNetNetwork(arch, num_classes or self.num_classes, self.setting, in_channels)
 
+    def precision_groups(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Layer groups for ``precision=mixed``: the stem, each of the 22 layers, the head (header and
+        classifier)."""
+        from search_spaces.precision import BITS, EDGE_BITS
+
+        return [("stem", EDGE_BITS), *((f"l{i}", BITS) for i in range(N_LAYERS)), ("head", EDGE_BITS)]
+
+    def precision_layers(self, arch: FBNetArch) -> dict[str, tuple[str, ...]]:
+        """Module paths in ``build(arch)`` of each layer group with weights (an identity ``skip`` has none)."""
+        out: dict[str, tuple[str, ...]] = {"stem": ("stem",)}
+        strides, c, i = SETTINGS[self.setting]["strides"], STEM_WIDTH, 0
+        for stage, n in enumerate(LAYERS_PER_STAGE):
+            for j in range(n):
+                identity = arch[i] == "skip" and (strides[stage] if j == 0 else 1) == 1 and c == STAGE_WIDTHS[stage]
+                if not identity:
+                    out[f"l{i}"] = (f"layers.{i}",)
+                c, i = STAGE_WIDTHS[stage], i + 1
+        out["head"] = ("header", "classifier")
+        return out
+
     def to_onnx(self, arch: FBNetArch, path: str | os.PathLike[str]) -> str:
         """Export the network for ``arch`` to ONNX."""
         return export_onnx(self.build(arch), torch.zeros(1, *self.input_shape), path)

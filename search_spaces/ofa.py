@@ -324,6 +324,21 @@ class OFASpace:
         """Export the subnet to ONNX with a ``(1, 3, r, r)`` input."""
         return export_onnx(self.build(arch), torch.zeros(1, *self.arch_input_shape(arch)), path)
 
+    def precision_groups(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Layer groups for ``precision=mixed``: the stem (with the fixed first block), each of the 20
+        MBConv blocks, the head (final expand, feature mix, classifier)."""
+        from search_spaces.precision import BITS, EDGE_BITS
+
+        return [("stem", EDGE_BITS), *((f"b{i}", BITS) for i in range(N_BLOCKS)), ("head", EDGE_BITS)]
+
+    def precision_layers(self, arch: OFAArch) -> dict[str, tuple[str, ...]]:
+        """Module paths in ``build(arch)`` of each layer group the subnet uses (unused blocks have none)."""
+        out: dict[str, tuple[str, ...]] = {"stem": ("stem", "blocks.0")}
+        for k, i in enumerate(arch.active_blocks()):
+            out[f"b{i}"] = (f"blocks.{k + 1}",)
+        out["head"] = ("final_expand", "feature_mix", "classifier")
+        return out
+
     def largest(self, r: int | None = None) -> OFAArch:
         """The largest subnet (d 4, k 7, e 6) at resolution ``r`` (default: the largest)."""
         return OFAArch((7,) * N_BLOCKS, (6,) * N_BLOCKS, (4,) * N_STAGES, r or max(self.resolutions))

@@ -119,6 +119,18 @@ class ViTSpace(HeadsRatioJSON, LayeredSpace):
         return ViT(self.spec.check(arch), num_classes or self.num_classes, tuple(input_shape or self.input_shape),
                    self.patch_size)
 
+    def precision_groups(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Layer groups for ``precision=mixed``: the patch embedding, each block (up to the deepest), the
+        head; as SimQ-NAS's ViT policy (per encoder layer, plus the head)."""
+        from search_spaces.precision import BITS, EDGE_BITS
+
+        return [("embed", EDGE_BITS), *((f"l{i}", BITS) for i in range(self.spec.max_depth)), ("head", EDGE_BITS)]
+
+    def precision_layers(self, arch: LayeredArch) -> dict[str, tuple[str, ...]]:
+        """Module paths in ``build(arch)`` of each layer group the arch uses."""
+        return {"embed": ("patch_embed",), **{f"l{i}": (f"blocks.{i}",) for i in range(len(arch.layers))},
+                "head": ("head",)}
+
     def to_onnx(self, arch: LayeredArch, path: str | os.PathLike[str]) -> str:
         """Export with a float image input [batch, C, H, W]."""
         return export_onnx(self.build(arch), torch.zeros(1, *self.input_shape), path)
