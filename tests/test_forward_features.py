@@ -22,7 +22,7 @@ POOLED = {  # small options so that each network builds and runs in well under a
     "fbnet": dict(num_classes=10),
     "mcunet": dict(resolutions=(64,), num_classes=10),
 }
-NO_POOL = {"vit": "a class-token head: nothing is pooled"}
+NO_POOL = {"vit": "a class-token head: nothing is pooled", "mcuvit": "a class-token head: nothing is pooled"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

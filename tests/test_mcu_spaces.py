@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,94 @@ def test_mcunet_suggest_draws_valid_architectures():
         arch = space.suggest(trial)
         assert space.check(arch) == arch
         study.tell(trial, 0.0)
+
+
+# -- mcuvit ---------------------------------------------------------------------------------------------
+
+TINY_VIT = dict(num_classes=10, input_shape=(3, 32, 32), embed_dims=(32, 48), depths=(1, 2), heads=(1, 2),
+                mlp_ratios=(2.0, 4.0), rank_ratios=(0.25, 0.5, 1.0), patch_sizes=(8, 16))
+TINY_ARCH = '{"embed_dim":32,"patch_size":8,"rank_ratio":0.5,"layers":[{"num_heads":1,"mlp_ratio":2.0}]}'
+
+
+def test_mcuvit_strings_round_trip_and_mutate_changes_one_decision():
+    space = search_spaces.get("mcuvit")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = space.sample(rng)
+        assert space.from_string(space.to_string(arch)) == arch
+        assert space.from_choices(space.to_choices(arch)) == arch
+        child = space.mutate(arch, rng)
+        assert child != arch
+        changed = [n for (n, _), x, y in zip(space.decisions(), space.to_choices(arch), space.to_choices(child),
+                                             strict=True) if x != y]
+        if "depth" not in changed:
+            assert len(changed) == 1, changed
+
+
+def _vit_json(dim: object = 192, patch: object = 16, ratio: object = 0.5, heads: object = 3) -> str:
+    layers = [{"num_heads": heads, "mlp_ratio": 4.0}] + [{"num_heads": 3, "mlp_ratio": 4.0}] * 11
+    return json.dumps({"embed_dim": dim, "patch_size": patch, "rank_ratio": ratio, "layers": layers})
+
+
+@pytest.mark.parametrize("text, message", [
+    (_vit_json(dim=100), "embed_dim = 100"),
+    (_vit_json(patch=28), "patch_size = 28"),
+    (_vit_json(ratio=0.42), "rank_ratio = 0.42"),
+    (_vit_json(heads=5), "layer 0: num_heads = 5"),
+    ('{"embed_dim":192,"patch_size":16,"layers":[]}', "missing field 'rank_ratio'"),
+    ('{"embed_dim":192,"patch_size":16,"rank_ratio":0.5,"layers":[{"num_heads":3,"mlp_ratio":4}]}', "1 layers"),
+    ('{"embed_dim":192,"patch_size":16,"rank_ratio":0.5,"depth":12,"layers":[]}', "unknown field"),
+    ("[192, 16]", "must be an object"),
+])
+def test_mcuvit_from_string_names_the_bad_part(text, message):
+    with pytest.raises(ArchError, match=message):
+        search_spaces.get("mcuvit").from_string(text)
+
+
+def test_mcuvit_patch_sizes_must_tile_the_input():
+    with pytest.raises(ValueError, match=r"patch sizes \[28\] do not tile a 240x240 input"):
+        search_spaces.get("mcuvit", patch_sizes=(16, 28))
+    assert search_spaces.get("mcuvit", input_shape=(3, 224, 224)).spec.global_fields[1].options == (16, 28, 32)
+
+
+def test_mcuvit_low_rank_layers_have_the_expected_parameter_count():
+    space = search_spaces.get("mcuvit", **TINY_VIT)
+    dense = space.build(space.from_string(TINY_ARCH.replace('"rank_ratio":0.5', '"rank_ratio":1.0')))
+    net = space.build(space.from_string(TINY_ARCH))
+    block = net.blocks[0]
+    # dim 32, one 64-wide head, MLP 64: rank int(0.5 * min(in, out)) = 16 everywhere.
+    for layer, (d_in, d_out) in [(block.attn.query, (32, 64)), (block.attn.proj, (64, 32)),
+                                 (block.fc, (32, 64)), (block.fc_out, (64, 32))]:
+        assert layer.rank == 16
+        assert sum(p.numel() for p in layer.parameters()) == 16 * (d_in + d_out) + d_out
+    assert block.attn.query.zc_role == "head_proj"  # the proxies still find the attention projections
+    # Six linears of the block: 4 of 32x64 or 64x32 (q, k, v, proj) and the MLP pair, each dense 2048 weights.
+    saved = 6 * (32 * 64 - 16 * (32 + 64))
+    count = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in net.parameters())
+    assert count == saved
+
+
+def test_mcuvit_builds_and_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    space = search_spaces.get("mcuvit", **TINY_VIT)
+    arch = space.from_string(TINY_ARCH)
+    torch.manual_seed(0)
+    path = space.to_onnx(arch, tmp_path / "v.onnx")
+    torch.manual_seed(0)
+    net = space.build(arch).eval()
+    x = torch.randn(3, 3, 32, 32)
+    (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert net(x).shape == (3, 10)
+        np.testing.assert_allclose(out, net(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_mcuvit_is_scored_by_the_vit_proxies():
+    space = search_spaces.get("mcuvit", **TINY_VIT)
+    net = space.build(space.from_string(TINY_ARCH))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    values = score(net, Batch(x, torch.arange(4) % 10), ["params", "synflow", "snip", "synaptic_diversity"],
+                   device="cpu")
+    assert all(np.isfinite(v) for v in values.values()), values
+    # As on vit: zen reads a pooled feature map a class-token ViT does not have.
+    assert "zen" in space.unavailable_proxies
