@@ -66,6 +66,7 @@ def search(
     supernet: str | os.PathLike[str] | None = None,
     val_size: int | None = None,
     bn_batches: int | None = None,
+    teacher: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
     """Search ``space`` with ``strategy`` for ``budget`` distinct candidates and return the result.
 
@@ -87,7 +88,8 @@ def search(
     recalibration on ``bn_batches`` batches, an objective; the checkpoint's digest is checked on resume.
     ``max_sram_kb`` and ``max_flash_kb`` limit the peak activation memory and the parameter memory (kB = 1024
     bytes, int8; :mod:`hardware_models.memory`); with them, or with an objective ``sram_kb`` or ``flash_kb``,
-    every candidate records both.
+    every candidate records both. ``teacher`` (a ``nas train`` output) serves the proxies ``diswot`` and
+    ``diswot_relation``, DisWOT's similarity of each untrained candidate to that trained teacher.
     The run directory gets ``best.json``, ``pareto.csv`` and (with ``plot``) ``pareto.png``.
 
     Example:
@@ -109,7 +111,7 @@ def search(
                  "batch_size": batch_size, "data": data, "labels": labels, "label_queries": label_queries,
                  "strategy_options": strategy_options, "space_options": space_options,
                  "supernet": None if supernet is None else os.fspath(supernet), "val_size": val_size,
-                 "bn_batches": bn_batches}
+                 "bn_batches": bn_batches, "teacher": None if teacher is None else os.fspath(teacher)}
         ex = executors.get(executor, **(executor_options or {})) if isinstance(executor, str) else executor
         try:
             study = load_study(run_dir, space=space if space is not None and not isinstance(space, str) else None,
@@ -154,7 +156,7 @@ def search(
             label_queries=label_queries, oracle_queries=oracle_queries, space_options=space_options,
             strategy_options=strategy_options, device=device, cache=cache,
             evaluator="custom" if evaluate is not None else "proxies", supernet=supernet, val_size=val_size,
-            bn_batches=bn_batches)
+            bn_batches=bn_batches, teacher=teacher)
     except BaseException:
         _close(ex, executor)
         raise

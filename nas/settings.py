@@ -120,6 +120,7 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
         raise ValueError("labels (--labels or --label-queries) only fit the few-label ensemble: add "
                          "ensemble_fit to --objectives or --proxies")
     check_supernet_settings(config, space, objs)
+    check_teacher_settings(config)
     if config.get("evaluator") == "proxies":
         for name in config["proxies"]:
             if name not in proxy_lib.registry:
@@ -128,6 +129,31 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
         check = getattr(proxy_lib, "check_available", None)
         if check is not None:
             check(space, config["proxies"])
+
+
+def check_teacher_settings(config: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when the teacher-aware proxies and ``--teacher`` do not go together."""
+    from proxies.distill import TEACHER_PROXIES
+
+    asked = sorted(TEACHER_PROXIES.intersection(config["proxies"]))
+    if asked and not config.get("teacher"):
+        raise ValueError(f"{', '.join(asked)} compare each candidate with a trained teacher: give --teacher DIR "
+                         "(a `nas train` output)")
+    if config.get("teacher") and not asked:
+        raise ValueError("--teacher serves the proxies diswot and diswot_relation: add one to --objectives or "
+                         "--proxies")
+    if config.get("teacher") and config.get("evaluator") != "proxies":
+        raise ValueError("--teacher goes with a proxy search, not with a strategy that scores its own proposals")
+
+
+def teacher_batch(batch: proxy_lib.Batch, folder: str | os.PathLike[str],
+                  device: str | None = None) -> proxy_lib.Batch:
+    """``batch`` carrying the matrices of the teacher trained in ``folder`` (for diswot, diswot_relation)."""
+    from nas.training import load_trained
+    from proxies.distill import with_teacher
+
+    teacher, metrics = load_trained(folder, device or "cpu")
+    return with_teacher(batch, teacher, tuple(metrics.get("input_shape") or ()) or None)
 
 
 def check_memory_settings(config: dict[str, Any]) -> None:
@@ -210,6 +236,8 @@ def load_data(config: dict[str, Any], space: SearchSpace) -> proxy_lib.Batch:
     batch = proxy_lib.load_batch(config.get("data"), config.get("batch_size", 64), int(config["seed"]),
                                  tuple(space.input_shape))
     check_batch(space, batch, config.get("data"))
+    if config.get("teacher"):
+        batch = teacher_batch(batch, config["teacher"], config.get("device"))
     return batch
 
 
@@ -254,7 +282,7 @@ FLAGS = {"space": "--space", "strategy": "--strategy", "objectives": "--objectiv
          "max_flops": "--max-flops", "max_sram_kb": "--max-sram-kb", "max_flash_kb": "--max-flash-kb",
          "proxies": "--proxies", "batch_size": "--batch-size", "data": "--data",
          "labels": "--labels", "label_queries": "--label-queries", "strategy_options": "--option",
-         "space_options": "--space-option", "supernet": "--supernet", "val_size": "--val-size",
+         "space_options": "--space-option", "supernet": "--supernet", "val_size": "--val-size", "teacher": "--teacher",
          "bn_batches": "--bn-batches"}
 """The command-line flag of each setting, for messages."""
 
@@ -285,6 +313,11 @@ def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchS
                                  f"(digest {config['data_digest']} then, {now} now); restore it or start a new run")
     if config.get("supernet") is not None:
         check_supernet_unchanged(run_dir, config, space)
+    if config.get("teacher") is not None:
+        now = file_digest(Path(config["teacher"]) / "model.pt")
+        if now != config.get("teacher_digest"):
+            raise ResumeConflict(f"--resume {run_dir}: the --teacher {config['teacher']} weights changed since the "
+                                 f"run started (digest {config.get('teacher_digest')} then, {now} now)")
     table = config.get("space_options", {}).get("accuracy_table")
     if config.get("accuracy_table_digest") is not None:
         now = file_digest(table)
@@ -340,7 +373,7 @@ def _normalise_setting(key: str, value: Any, config: dict[str, Any]) -> Any:
         return float(value)
     if key in ("seed", "batch_size", "label_queries", "val_size", "bn_batches"):
         return int(value)
-    if key == "supernet":
+    if key in ("supernet", "teacher"):
         return str(Path(value).resolve())
     if key == "data":
         return str(value)

@@ -392,6 +392,7 @@ def create_study(
     supernet: str | os.PathLike[str] | None = None,
     val_size: int | None = None,
     bn_batches: int | None = None,
+    teacher: str | os.PathLike[str] | None = None,
 ) -> Study:
     """A new study in ``storage`` (a run directory; default: a fresh temporary one).
 
@@ -404,7 +405,9 @@ def create_study(
     ``supernet`` (a checkpoint of ``nas supernet train``, or an official OFA state dict for ``ofa``) adds
     the objective ``acc_ws``: inherited-weight accuracy on ``val_size`` held-out images of ``data``'s train
     split after BN recalibration on ``bn_batches`` batches (:mod:`nas.inherited`); the checkpoint's space
-    options fill those not given.
+    options fill those not given. ``teacher`` (a ``nas train`` output folder) serves the distillation-aware
+    proxies ``diswot`` and ``diswot_relation`` (:mod:`proxies.distill`); its weights' digest is checked on
+    resume.
     """
     import tempfile
 
@@ -467,6 +470,9 @@ def create_study(
                       bn_batches=int(bn_batches or DEFAULT_BN_BATCHES))
     elif val_size is not None or bn_batches is not None:
         raise ValueError("--val-size and --bn-batches set how acc_ws is measured: they need --supernet PATH")
+    if teacher is not None:
+        config["teacher"] = str(Path(teacher).resolve())
+        config["teacher_digest"] = file_digest(Path(teacher) / "model.pt")
     validate(config, space_obj)
     if supernet is not None:  # load the checkpoint and the images now: a bad file fails before the run exists
         from nas.inherited import file_sha1

@@ -79,3 +79,21 @@ def test_nas_score_with_a_teacher(teacher_dir, tmp_path, capsys) -> None:
     assert "--teacher DIR" in capsys.readouterr().err
     assert main([*argv, "--proxies", "all"]) == 0  # without a teacher, 'all' leaves the teacher's proxies out
     assert "diswot" not in out.read_text().splitlines()[0]
+
+
+def test_search_with_a_teacher_resumes_and_refuses_a_changed_one(teacher_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    kw = {"space": "nb201", "strategy": "random", "objectives": ["diswot", "params"], "seed": 0,
+          "space_options": TINY, "batch_size": 8, "cache": False, "progress": False, "plot": False}
+    result = nas.search(budget=3, out=out, teacher=teacher_dir, **kw)
+    assert len(result.candidates) == 3 and all(c.status == "ok" for c in result.candidates)
+    assert all(c.scores["diswot"] < 0 for c in result.candidates)
+    again = nas.search(budget=5, out=out, resume=True, progress=False, plot=False)
+    assert len(again.candidates) == 5
+    with pytest.raises(ValueError, match="--teacher"):
+        nas.search(budget=6, out=out, resume=True, teacher=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="give --teacher DIR"):
+        nas.search(budget=2, out=tmp_path / "none", **kw)
+    assert main(["search", "--space", "nb201", "--objectives", "synflow", "--teacher", str(teacher_dir),
+                 "--budget", "2", "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    assert "add one to --objectives" in capsys.readouterr().err

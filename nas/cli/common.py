@@ -121,12 +121,3 @@ def read_arch_file(space: SearchSpace, path: str) -> list[tuple[str, object]]:
 def split_names(text: str) -> list[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]``."""
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def teacher_batch(batch: Any, folder: str, device: str | None = None) -> Any:
-    """``batch`` carrying the matrices of the teacher trained in ``folder`` (for diswot, diswot_relation)."""
-    from nas.training import load_trained
-    from proxies.distill import with_teacher
-
-    teacher, metrics = load_trained(folder, device or "cpu")
-    return with_teacher(batch, teacher, tuple(metrics.get("input_shape") or ()) or None)

@@ -20,11 +20,11 @@ from nas.cli.common import (
     read_arch_file,
     space_options,
     split_names,
-    teacher_batch,
 )
 from nas.errors import SearchFailed
 from nas.evaluate import Evaluator
 from nas.exploit import resolve_labels
+from nas.settings import teacher_batch
 from proxies.cache import resolve_cache
 from proxies.distill import TEACHER_PROXIES
 

@@ -75,6 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-batches", type=int, metavar="N",
                    help=f"--supernet: batches of {BN_BATCH_SIZE} training images that recalibrate each subnet's "
                         f"BN statistics (default {DEFAULT_BN_BATCHES})")
+    p.add_argument("--teacher", metavar="DIR",
+                   help="a `nas train` output: the trained teacher that the proxies diswot and diswot_relation "
+                        "compare each untrained candidate with (DisWOT: pick the student that distils best)")
     add_data_args(p)
     # None: "not given", so that --resume can tell a flag the user gave (and contradicts) from a default;
     # a new run then takes nb201 and seed 0
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         executor_options=executor_options(args), strategy_options=_with_oneshot_flags(strategy_options(args.option), args) or None,
         space_options=space_options(args), resume=bool(args.resume), progress=not args.no_progress,
         device=device, cache=cache, supernet=args.supernet, val_size=args.val_size, bn_batches=args.bn_batches,
+        teacher=args.teacher,
     )
     onnx = None
     if not args.no_onnx and result.best is not None:
