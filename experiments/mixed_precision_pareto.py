@@ -1,0 +1,154 @@
+"""Does searching per-layer bit-widths buy a better (synflow, model_kb) front on OFA? (issue 24, must-show 4)
+
+For each seed, three searches with the same budget and seed on ``ofa`` (proxies at half resolution, the
+space's CPU default), objectives ``synflow`` (maximised) and ``model_kb`` (minimised):
+
+* ``mixed-nsga2``: NSGA-II over architecture and per-block weight bits (``precision=mixed``),
+* ``fp32-nsga2``: NSGA-II over the architecture alone (every weight in fp32),
+* ``mixed-random``: random search over the mixed space.
+
+Printed per seed: front sizes; for each point of the fp32 front, the smallest ``model_kb`` on the mixed
+front with at least its synflow (the mixed front dominates on size at equal synflow when that is below the
+fp32 point's ``model_kb``); the hypervolume of each front in (synflow, model_kb) normalised to [0, 1] by
+the range of every candidate of the seed's three runs, reference point (1.1, 1.1) in the minimised
+coordinates (1 - synflow', model_kb'). Each run directory gets ``nas search``'s ``pareto.png``; the out
+folder gets ``fronts-seed<S>.png`` with the three fronts together, and ``summary.json``.
+
+Usage:
+    python experiments/mixed_precision_pareto.py --budget 200 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import nas
+
+RUNS = {  # label -> (strategy, space options)
+    "mixed-nsga2": ("nsga2", {"precision": "mixed"}),
+    "fp32-nsga2": ("nsga2", {}),
+    "mixed-random": ("random", {"precision": "mixed"}),
+}
+REFERENCE = (1.1, 1.1)
+
+
+def points(cands: list) -> np.ndarray:
+    """(synflow, model_kb) rows of candidates with finite values."""
+    rows = [(c.value("synflow"), c.value("model_kb")) for c in cands]
+    pts = np.array(rows, dtype=float).reshape(-1, 2)
+    return pts[np.isfinite(pts).all(axis=1)]
+
+
+def hypervolume_2d(minimised: np.ndarray, ref: tuple[float, float] = REFERENCE) -> float:
+    """Area dominated by a set of 2-D points (both coordinates minimised) and bounded by ``ref``."""
+    pts = minimised[(minimised[:, 0] < ref[0]) & (minimised[:, 1] < ref[1])]
+    area, best_y = 0.0, ref[1]
+    for x, y in sorted(map(tuple, pts)):  # sweep by the first coordinate; keep the lowest second so far
+        if y < best_y:
+            area += (ref[0] - x) * (best_y - y)
+            best_y = y
+    return area
+
+
+def normalise(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(1 - synflow', model_kb') with both scaled to [0, 1] by ``lo``..``hi``: both minimised."""
+    span = np.where(hi > lo, hi - lo, 1.0)
+    z = (pts - lo) / span
+    return np.column_stack([1.0 - z[:, 0], z[:, 1]])
+
+
+def cover(fp32_front: np.ndarray, mixed_front: np.ndarray) -> list[dict[str, float]]:
+    """Per fp32 front point: the smallest model_kb on the mixed front with synflow >= the point's."""
+    rows = []
+    for s, kb in sorted(map(tuple, fp32_front)):
+        ok = mixed_front[mixed_front[:, 0] >= s]
+        best = float(ok[:, 1].min()) if len(ok) else float("nan")
+        rows.append({"synflow": s, "fp32_kb": kb, "mixed_kb": best, "ratio": best / kb})
+    return rows
+
+
+def plot(fronts: dict[str, np.ndarray], clouds: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """All candidates (faint) and the three fronts as steps, model_kb on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"mixed-nsga2": "tab:blue", "fp32-nsga2": "tab:red", "mixed-random": "tab:green"}
+    for label, pts in clouds.items():
+        ax.scatter(pts[:, 1], pts[:, 0], s=6, alpha=0.2, color=colours[label])
+    for label, pts in fronts.items():
+        order = np.argsort(pts[:, 1])
+        ax.step(pts[order, 1], pts[order, 0], where="post", color=colours[label], label=f"{label} ({len(pts)})")
+        ax.scatter(pts[:, 1], pts[:, 0], s=18, color=colours[label])
+    ax.set_xscale("log")
+    ax.set_xlabel("model_kb (weights at their bit-widths, kB)")
+    ax.set_ylabel("synflow (log)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Run the searches of every seed, print the comparison and write the plots and summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--population", type=int, default=20, help="NSGA-II generation size (default 20)")
+    parser.add_argument("--out", default="experiments/out/mixed_precision_pareto")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        results, seconds = {}, {}
+        for label, (strategy, options) in RUNS.items():
+            t = time.perf_counter()
+            strategy_options = {"population_size": args.population} if strategy == "nsga2" else None
+            results[label] = nas.search("ofa", strategy, "synflow,model_kb", args.budget, seed,
+                                        out / f"{label}-s{seed}", space_options=options,
+                                        strategy_options=strategy_options, progress=False)
+            seconds[label] = time.perf_counter() - t
+        clouds = {k: points(r.candidates) for k, r in results.items()}
+        fronts = {k: points(r.pareto) for k, r in results.items()}
+        every = np.vstack(list(clouds.values()))
+        lo, hi = every.min(axis=0), every.max(axis=0)
+        volumes = {k: hypervolume_2d(normalise(f, lo, hi)) for k, f in fronts.items()}
+        rows = cover(fronts["fp32-nsga2"], fronts["mixed-nsga2"])
+        dominated = int(sum(r["mixed_kb"] <= r["fp32_kb"] for r in rows))
+        print(f"\nseed {seed}, budget {args.budget} per run ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
+        print(f"{'run':<14}{'front':>6}{'hypervolume':>13}{'best synflow':>14}{'min model_kb':>14}")
+        for k in RUNS:
+            print(f"{k:<14}{len(fronts[k]):>6}{volumes[k]:>13.4f}{fronts[k][:, 0].max():>14.2f}"
+                  f"{fronts[k][:, 1].min():>14.1f}")
+        print("fp32 front point -> smallest model_kb on the mixed front with synflow >= it:")
+        print(f"{'synflow':>10}{'fp32 kB':>10}{'mixed kB':>10}{'ratio':>8}")
+        for r in rows:
+            print(f"{r['synflow']:>10.2f}{r['fp32_kb']:>10.1f}{r['mixed_kb']:>10.1f}{r['ratio']:>8.3f}")
+        print(f"mixed front at or below the fp32 front's model_kb at equal synflow: {dominated}/{len(rows)} points")
+        plot(fronts, clouds, out / f"fronts-seed{seed}.png",
+             f"ofa, (synflow, model_kb), budget {args.budget}, seed {seed}")
+        summary.append({"seed": seed, "budget": args.budget, "seconds": seconds,
+                        "front_sizes": {k: len(f) for k, f in fronts.items()}, "hypervolume": volumes,
+                        "cover": rows, "dominated": dominated, "bounds": {"lo": lo.tolist(), "hi": hi.tolist()}})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if len(summary) > 1:
+        print("\nhypervolume over seeds (mean, min..max):")
+        for k in RUNS:
+            v = np.array([s["hypervolume"][k] for s in summary])
+            print(f"  {k:<14}{v.mean():.4f}  {v.min():.4f}..{v.max():.4f}")
+        print(f"  mixed-nsga2 dominates fp32-nsga2 on model_kb at equal synflow: "
+              f"{sum(s['dominated'] for s in summary)}/{sum(len(s['cover']) for s in summary)} fp32 front points")
+    print(f"\nwrote {out}/summary.json and fronts-seed*.png; each run folder has pareto.png")
+
+
+if __name__ == "__main__":
+    main()
