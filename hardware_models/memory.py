@@ -199,7 +199,7 @@ class _Graph:
 
         from hardware_models.graph_features import _static_batch
 
-        model = onnx.shape_inference.infer_shapes(_static_batch(model), data_prop=True)
+        model = _infer_shapes(_static_batch(model))
         g = model.graph
         self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         for n in g.node:
@@ -225,6 +225,11 @@ class _Graph:
         self.inputs = [i.name for i in g.input if i.name in self.numel]
         self.outputs = {o.name for o in g.output}
         self.nodes = [n for n in g.node if n.op_type != "Constant" and n.output[0] not in self.consts]
+        typed = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)}
+        untyped = [o for n in self.nodes for o in n.output if o and o not in typed]
+        if untyped:
+            raise ValueError(f"the type of {untyped[0]!r} could not be inferred (ONNX and onnxruntime shape "
+                             "inference); export the model with static input shapes")
         self.ops: list[_Op] = []
         for n in self.nodes:
             outs = tuple(o for o in n.output if o in self.numel)
@@ -265,6 +270,31 @@ class _Graph:
             bits = weight_bits if value.ndim >= 2 else 32
             total += value.size * bits / 8
         return total, int(sum(v.size for v in counted.values()))
+
+
+def _infer_shapes(model: Any) -> Any:
+    """``model`` with every tensor's type and shape: ONNX's inference, else onnxruntime's symbolic one, which
+    also follows shapes computed in the graph (a ViT's ``Expand`` of the class token, a channel shuffle)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    if not _unknown(inferred):
+        return inferred
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+
+
+def _unknown(model: Any) -> list[str]:
+    """Node outputs whose type or shape inference left open."""
+    g = model.graph
+    known = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        known[vi.name] = vi.type.tensor_type.elem_type != 0 and all(d.HasField("dim_value") for d in dims)
+    consts = {t.name for t in g.initializer}
+    return [o for n in g.node if n.op_type != "Constant" for o in n.output
+            if o and o not in consts and not known.get(o, False)]
 
 
 @dataclass
