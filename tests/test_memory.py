@@ -126,6 +126,16 @@ def test_patches_cut_the_first_stage_peak_by_hand(tmp_path: Path) -> None:
     assert onnx_memory(path, patches=4, activation_bits=16).patch_stage_kb == 2 * r.patch_stage_kb
 
 
+def test_mcunet_mbv2_baseline_is_near_the_published_sram_and_patches_cut_its_stage() -> None:
+    if "mcunet" not in search_spaces.list():
+        pytest.skip("the mcunet space is not registered")
+    r = memory_of(search_spaces.get("mcunet"), "mbv2-w0.35-r144", patches=4)
+    # MCUNet's model zoo (TinyEngine on STM32F746): 308 kB SRAM, 862 kB flash (that one with the code).
+    assert abs(r.layer_sram_kb - 308) / 308 <= 0.15
+    assert r.params == pytest.approx(0.75e6, rel=0.05) and r.flash_kb < 862
+    assert r.patch_reduction >= 4 and r.sram_kb < r.layer_sram_kb / 4
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
     path = _onnx(tmp_path, nn.Conv2d(3, 4, 3), (3, 8, 8))
     with pytest.raises(ValueError, match="weight_bits must be a whole number"):
