@@ -21,6 +21,7 @@ POOLED = {  # small options so that each network builds and runs in well under a
     "ofa": dict(resolutions=(64,), num_classes=10),
     "fbnet": dict(num_classes=10),
     "mcunet": dict(resolutions=(64,), num_classes=10),
+    "chain": dict(input_shape=(3, 16, 16)),
 }
 NO_POOL = {"vit": "a class-token head: nothing is pooled", "mcuvit": "a class-token head: nothing is pooled"}
 
