@@ -173,7 +173,8 @@ class MCUViTSpace(LayeredSpace):
     def build(self, arch: LayeredArch, num_classes: int | None = None,
               input_shape: tuple[int, int, int] | None = None) -> nn.Module:
         """The ViT of ``arch`` with its block linears factorised at the arch's rank ratio."""
-        dim, patch, ratio = self.spec.check(arch).globals
+        arch = self.spec.check(arch)
+        dim, patch, ratio = arch.globals
         net = ViT(LayeredArch((dim,), arch.layers), num_classes or self.num_classes,
                   tuple(input_shape or self.input_shape), patch)
         if ratio < 1:
