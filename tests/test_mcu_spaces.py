@@ -225,3 +225,27 @@ def test_mcuvit_is_scored_by_the_vit_proxies():
     assert all(np.isfinite(v) for v in values.values()), values
     # As on vit: zen reads a pooled feature map a class-token ViT does not have.
     assert "zen" in space.unavailable_proxies
+
+
+# -- both spaces in the search loop -----------------------------------------------------------------------
+
+SEARCH_OPTIONS = {
+    "mcunet": dict(resolutions=[48], num_classes=10),
+    "mcuvit": dict(input_shape=[3, 32, 32], patch_sizes=[8, 16], embed_dims=[32, 48], depths=[1, 2], heads=[1, 2],
+                   mlp_ratios=[2.0], rank_ratios=[0.4, 0.7], num_classes=10),
+}
+
+
+@pytest.mark.parametrize("space", sorted(SEARCH_OPTIONS))
+@pytest.mark.parametrize("strategy", ["random", "evolution", "bayesian", "reinforce", "nsga2"])
+def test_every_strategy_searches_the_mcu_spaces(space, strategy, tmp_path):
+    import nas
+
+    objectives = ["synflow", "params"] if strategy == "nsga2" else ["synflow"]
+    result = nas.search(space, strategy, objectives, budget=3, seed=0, out=tmp_path / "run", batch_size=4,
+                        space_options=SEARCH_OPTIONS[space], progress=False, plot=False, cache=False, device="cpu")
+    assert len(result.candidates) == 3
+    parsed = search_spaces.get(space, **SEARCH_OPTIONS[space])
+    for c in result.candidates:
+        assert np.isfinite(c.scores["synflow"])
+        assert parsed.to_string(parsed.from_string(c.arch)) == c.arch
