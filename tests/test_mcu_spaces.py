@@ -249,3 +249,10 @@ def test_every_strategy_searches_the_mcu_spaces(space, strategy, tmp_path):
     for c in result.candidates:
         assert np.isfinite(c.scores["synflow"])
         assert parsed.to_string(parsed.from_string(c.arch)) == c.arch
+
+
+def test_mcunet_backbone_is_part_of_the_proxy_cache_key():
+    """One string builds different networks on the two backbones: their cached proxy values must not mix."""
+    from nas.evaluate import space_key
+
+    assert space_key(search_spaces.get("mcunet")) != space_key(search_spaces.get("mcunet", backbone="tinynas"))
