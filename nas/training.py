@@ -60,7 +60,8 @@ FLAGS = {"space": "--space", "space_options": "--space-option", "arch": "--arch"
          "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "train_size": "--train-size",
          "val_size": "--val-size", "seed": "--seed", "amp": "--amp", "recipe": "recipe", "teacher": "--teacher",
          "kd": "--kd-temperature/--kd-alpha",
-         "world_size": "the number of processes (torchrun --nproc_per_node)"}
+         "world_size": "the number of processes (torchrun --nproc_per_node)",
+         "init": "init (the starting weights)"}
 """The flag that sets each stored setting, named when ``--resume`` is given a different value."""
 
 _ORDER, _AUGMENT, _DROP_PATH, _GLOBAL = range(4)  # independent random streams of an epoch
@@ -89,7 +90,7 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
           resume: bool = False, device: str | None = None, progress: bool = True,
           recipe: Recipe | None = None, amp: bool | None = None,
           teacher: str | os.PathLike[str] | None = None, kd_temperature: float | None = None,
-          kd_alpha: float | None = None,
+          kd_alpha: float | None = None, init: str | os.PathLike[str] | None = None,
           callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``arch`` of ``space`` on ``data`` from scratch and write the outputs to ``out``.
 
@@ -110,6 +111,9 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
             loss ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL(teacher_T || student_T)`` at temperature
             ``T = kd_temperature`` (defaults 0.9 and 4, the settings of CRD's KD baseline, Tian et al.
             ICLR 2020); the teacher sees the same augmented images in eval mode.
+        init: a state dict file (``torch.save``, read with ``weights_only=True``) of this architecture's
+            network to start from instead of fresh weights: fine-tuning, e.g. a network grown by
+            function-preserving transformations (:mod:`nas.eas`); its digest is part of the settings.
         callback: called with each epoch's row after its checkpoint is written.
 
     Example:
@@ -128,7 +132,7 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
             torch.cuda.set_device(dev)  # NCCL's collectives run on the current device
         kd = _kd_settings(teacher, kd_temperature, kd_alpha)
         settings, out_dir = _settings(space, arch, data, epochs, batch_size, lr, train_size, val_size, seed,
-                                      out, space_options, resume, recipe, amp, dist.world, kd)
+                                      out, space_options, resume, recipe, amp, dist.world, kd, _init_settings(init))
         # Loading the data and building the network check the rest of the input before anything is written
         trainer = _Trainer(settings, out_dir, dev, dist, progress and dist.rank == 0, callback)
         dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
@@ -143,7 +147,8 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
 def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch_size: int | None,
               lr: float | None, train_size: int | None, val_size: int | None, seed: int | None, out: Any,
               space_options: dict[str, Any] | None, resume: bool, recipe: Recipe | None, amp: bool | None,
-              world: int, kd: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+              world: int, kd: dict[str, Any] | None = None,
+              init: dict[str, str] | None = None) -> tuple[dict[str, Any], Path]:
     """The run's settings (fresh, or the stored ones checked against those given) and its folder."""
     if resume:
         if out is None:
@@ -161,7 +166,8 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
                  "data": None if data is None else data_path(data),
                  "recipe": recipe_for(space, epochs, batch_size, lr, base=base).to_dict(),
                  "train_size": train_size, "val_size": val_size, "seed": seed, "amp": amp, "world_size": world,
-                 "teacher": None if kd is None else kd["teacher"], "kd": None if kd is None else kd}
+                 "teacher": None if kd is None else kd["teacher"], "kd": None if kd is None else kd,
+                 "init": init}
         for key, value in given.items():
             if value is not None and value != stored.get(key):
                 raise ResumeConflict(_conflict(key, value, stored[key], out_dir))
@@ -176,7 +182,7 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
     settings = {"space": space, "space_options": options, "arch": arch_text, "data": data_path(data),
                 "recipe": recipe_for(space, epochs, batch_size, lr, base=recipe).to_dict(),
                 "train_size": train_size, "val_size": val_size, "seed": seed, "amp": bool(amp),
-                "world_size": world, "teacher": None if kd is None else kd["teacher"], "kd": kd}
+                "world_size": world, "teacher": None if kd is None else kd["teacher"], "kd": kd, "init": init}
     if out is None:
         out = Path("runs") / f"train-{space}-{hashlib.sha1(arch_text.encode()).hexdigest()[:8]}-s{seed}"
     out_dir = Path(out)
@@ -201,6 +207,16 @@ def _kd_settings(teacher: Any, temperature: float | None, alpha: float | None) -
     if temperature <= 0 or not 0 <= alpha <= 1:
         raise ValueError(f"--kd-temperature must be > 0 and --kd-alpha in [0, 1], got {temperature}, {alpha}")
     return {"teacher": str(folder), "temperature": temperature, "alpha": alpha}
+
+
+def _init_settings(init: str | os.PathLike[str] | None) -> dict[str, str] | None:
+    """The starting-weights file and its digest (a changed file is caught on resume), checked to exist."""
+    if init is None:
+        return None
+    path = Path(init).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"init {init}: no such file (a state dict saved with torch.save)")
+    return {"path": str(path), "digest": hashlib.sha1(path.read_bytes()).hexdigest()[:16]}
 
 
 def load_trained(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -478,6 +494,16 @@ class _Trainer:
         aux = (self.recipe.aux_weight > 0 and "auxiliary" in _parameters(self.space.build)
                and min(self.input_shape[1:]) >= 32)
         self.net = _build(self.space, self.arch, self.seed, self.num_classes, self.input_shape, aux).to(dev)
+        if settings.get("init"):
+            state = torch.load(settings["init"]["path"], map_location=dev, weights_only=True)
+            try:
+                missing, unexpected = self.net.load_state_dict(state, strict=False)
+            except RuntimeError as err:  # shapes that differ: say which file and network, not torch's dump
+                raise ValueError(f"init {settings['init']['path']} does not fit {settings['arch']}: "
+                                 f"{str(err).splitlines()[1].strip()}") from None
+            if unexpected or [k for k in missing if not k.startswith("auxiliary")]:
+                raise ValueError(f"init {settings['init']['path']} does not fit {settings['arch']}: missing "
+                                 f"{missing[:3]}, unexpected {unexpected[:3]}")
         aux_cell = None
         if aux:
             cells = list(self.net.cells)

@@ -185,6 +185,7 @@ class ChainNet(nn.Module):
 
     def __init__(self, arch: ChainArch, num_classes: int, input_shape: tuple[int, int, int]) -> None:
         super().__init__()
+        self.num_classes, self.input_shape = num_classes, tuple(input_shape)  # what a transformation rebuilds
         c, h, w = input_shape
         pools = sum(u.kind in ("maxpool", "avgpool") for u in arch)
         if min(h, w) >> pools == 0:
@@ -476,9 +477,14 @@ def _propagate(state: State, arch: ChainArch, start: int, mapping: Mapping) -> N
     state[f"{head}.weight"] = _take_columns(state[f"{head}.weight"], mapping)
 
 
+def _like(space: ChainSpace, arch: ChainArch, like: ChainNet) -> ChainNet:
+    """A fresh network of ``arch`` with ``like``'s classes and input shape."""
+    return space.build(arch, num_classes=like.num_classes, input_shape=like.input_shape)
+
+
 def _finish(space: ChainSpace, arch: ChainArch, state: State, like: ChainNet) -> ChainNet:
     """The network of ``arch`` holding ``state``, in ``like``'s mode and on its device."""
-    net = space.build(arch)
+    net = _like(space, arch, like)
     net.load_state_dict(state)
     net.train(like.training)
     return net.to(next(like.parameters()).device)
@@ -569,7 +575,7 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
         raise ValueError(f"after={after}: the chain has units 0..{len(arch) - 1}")
     u = arch[after]
     state = _state(net)
-    channels = unit_channels(arch, space.input_shape[0])[after]
+    channels = unit_channels(arch, net.input_shape[0])[after]
     kind = kind or {"dense": "dense", "fc": "fc"}.get(u.kind, "conv")
     if (kind == "dense") != (u.kind == "dense"):
         raise ValueError(f"unit {after} is {u}: a dense block grows by a layer (kind='dense'), and only it")
@@ -578,7 +584,7 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
         new_arch = arch[:after] + (Unit("dense", u.kernel, u.widths + (g,)),) + arch[after + 1:]
         s = _count(arch, after, fc=False)
         new_layer = f"units.{s}.layers.{len(u.widths)}."
-        state.update({k: v for k, v in space.build(new_arch).state_dict().items() if k.startswith(new_layer)})
+        state.update({k: v for k, v in _like(space, new_arch, net).state_dict().items() if k.startswith(new_layer)})
         _propagate(state, arch, s + 1, list(range(channels)) + [None] * g)
         return new_arch, _finish(space, new_arch, state, net)
     last_spatial = after + 1 == len(arch) or arch[after + 1].kind == "fc"
@@ -607,7 +613,7 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
         shifted.update({f"fcs.{index}.weight": eye, f"fcs.{index}.bias": torch.zeros(channels)})
     elif kind == "res":
         # a fresh block whose residual branch ends in a zero BatchNorm scale: ReLU(0 + x) = x for x >= 0
-        fresh = space.build(new_arch).state_dict()
+        fresh = _like(space, new_arch, net).state_dict()
         shifted.update({k: v for k, v in fresh.items() if k.startswith(f"units.{index}.")})
         shifted[f"units.{index}.bn2.weight"] = torch.zeros(channels)
     else:

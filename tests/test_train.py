@@ -148,6 +148,19 @@ def test_distillation_from_a_trained_teacher(trained, tiny, tmp_path):
         nas.train(out=distilled.out, resume=True, teacher=tmp_path / "plain", progress=False)
 
 
+def test_init_starts_from_given_weights(trained, tiny, tmp_path):
+    kw = {"epochs": 1, "batch_size": 32, "space_options": TINY, "progress": False, "lr": 1e-9}
+    tuned = nas.train("nb201", TOP, tiny, out=tmp_path / "ft", init=trained.out / "model.pt", **kw)
+    start = torch.load(trained.out / "model.pt", weights_only=True)
+    weight = [k for k in start if k.endswith("conv.weight") or k.endswith("op.1.weight")][0]
+    torch.testing.assert_close(tuned.model.state_dict()[weight], start[weight], rtol=0, atol=1e-6)
+    other = search_spaces.get("nb201", channels=8, cells_per_stage=1).build(
+        search_spaces.get("nb201").from_string(TOP), num_classes=10)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        nas.train("nb201", TOP, tiny, out=tmp_path / "bad", init=tmp_path / "other.pt", **kw)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"teacher": "missing-folder"}, "no metrics.json"),
     ({"kd_alpha": 0.5}, "give --teacher"),
