@@ -251,3 +251,19 @@ def test_nas_search_mixed_ofa_end_to_end(tmp_path):
     # the run rebuilds its mixed space: export the best network
     assert main(["export", str(out), "--out", str(tmp_path / "best.onnx")]) == 0
     assert json.loads((out / "best.json").read_text())["arch"].count(" q=") == 1
+
+
+def test_quantisation_aware_training_keeps_bits_and_exports_what_it_trained(images_npz, tmp_path):
+    space = mixed("vit")
+    arch = space.from_string(f"{VIT_ONE_LAYER} q=8,4,32,8")
+    data = images_npz(np.arange(32) % 10, side=32, y_test=np.arange(16) % 10)
+    result = nas.train("vit", space.to_string(arch), data, epochs=1, batch_size=16, val_size=0,
+                       space_options={**SMALL["vit"], "precision": "mixed"}, out=tmp_path / "t", progress=False)
+    model = space.build(arch)
+    model.load_state_dict(torch.load(result.out / "model.pt"))  # the same keys as an fp32 network's
+    assert sorted(m.q_bits for m in quantised_layers(model)) == [4] * 6 + [8, 8]
+    x = torch.randn(2, 3, 32, 32)
+    sess = ort.InferenceSession(str(result.out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], ref, rtol=1e-3, atol=1e-4)
