@@ -27,6 +27,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError, export_onnx, suggest_choices
+from search_spaces.mbv3_blocks import init_mobile_weights
 
 OPS: tuple[str, ...] = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 N_LAYERS = 22
@@ -112,19 +113,8 @@ class FBNetNetwork(nn.Module):
         self.header = nn.Sequential(nn.Conv2d(c, cfg["header"], 1, bias=False), nn.BatchNorm2d(cfg["header"]),
                                     nn.ReLU())
         self.classifier = nn.Linear(cfg["header"], num_classes)
-        self._init_weights()
+        init_mobile_weights(self, linear_std=0.001)  # HW-NAS-Bench's
 
-    def _init_weights(self) -> None:
-        """HW-NAS-Bench's initialisation: Kaiming-normal (fan-out) convs, BN 1/0, linear N(0, 0.001)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.001)
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The (N, C, H, W) output of the 1x1 header, right before global pooling."""

@@ -170,3 +170,16 @@ def mobilenetv3_large_specs() -> list[BlockSpec]:
         specs.append(BlockSpec(c, out, k, s, mid, act, se))
         c = out
     return specs
+
+
+def init_mobile_weights(net: nn.Module, linear_std: float) -> None:
+    """MobileNet-family initialisation: Kaiming-normal (fan-out) convs, BN 1/0, linear N(0, linear_std^2)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, linear_std)
+            nn.init.zeros_(m.bias)

@@ -42,7 +42,7 @@ from torch import nn
 
 from search_spaces import register
 from search_spaces.base import ArchError, export_onnx
-from search_spaces.mbv3_blocks import make_divisible
+from search_spaces.mbv3_blocks import init_mobile_weights, make_divisible
 
 WIDTH_MULTS: tuple[float, ...] = (0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 RESOLUTIONS: tuple[int, ...] = tuple(range(48, 225, 16))
@@ -163,19 +163,8 @@ class MCUNet(nn.Module):
             self.head_conv = nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(c, num_classes)
-        self._init_weights()
+        init_mobile_weights(self, linear_std=0.01)  # MobileNetV2's
 
-    def _init_weights(self) -> None:
-        """MobileNetV2's initialisation: Kaiming-normal (fan-out) convs, BN 1/0, linear N(0, 0.01)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The (N, C, H, W) map right before global pooling (after the 1x1 head conv, where there is one)."""
