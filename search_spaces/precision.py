@@ -25,6 +25,10 @@ with the bits in group order, e.g. ``["k3_e1",...] q=8,4,4,32,...,8``. A plain b
 the all-32 architecture. The default ``precision="fp32"`` returns the base space itself: its strings,
 cache keys and networks are unchanged.
 
+Only weights are quantised (activations stay in fp32, as in weight-only QAT), so proxies that read
+weights see the bits and ``model_kb`` counts them, while the latency models, which read the graph's
+shapes, predict the same time for every bit-width. The wrapper offers no weight-sharing supernet.
+
 Example:
     >>> import numpy as np, search_spaces
     >>> space = search_spaces.get("fbnet", num_classes=10, precision="mixed")
