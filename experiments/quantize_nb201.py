@@ -102,13 +102,13 @@ def main() -> None:
 
     table = Table(title=f"INT8 vs fp32, onnxruntime CPU, {args.threads} intra-op thread(s), "
                         f"{rows[0]['test_images']} test images")
-    for col in ("network", "format", "fp32 %", "int8 %", "drop (pt)", "b1 fp32 ms", "b1 int8 ms", "b1 ratio",
+    for col in ("network", "format", "fp32 %", "int8 %", "drop (pt)", "same top-1 %", "b1 fp32 ms", "b1 int8 ms", "b1 ratio",
                 "b64 fp32 ms", "b64 int8 ms", "b64 ratio", "load (1/5/15 min)"):
         table.add_column(col)
     for row in rows:
         table.add_row(f"C={row['channels']} N={row['cells_per_stage']} {row['epochs']} ep "
                       f"{row['train_images']} img", row["format"], f"{row['fp32_accuracy']:.2f}",
-                      f"{row['int8_accuracy']:.2f}", f"{row['drop']:+.2f}",
+                      f"{row['int8_accuracy']:.2f}", f"{row['drop']:+.2f}", f"{row['agreement']:.1f}",
                       f"{row['fp32_latency_ms']['1']:.3f}", f"{row['int8_latency_ms']['1']:.3f}",
                       f"{row['latency_ratio']['1']:.2f}", f"{row['fp32_latency_ms']['64']:.2f}",
                       f"{row['int8_latency_ms']['64']:.2f}", f"{row['latency_ratio']['64']:.2f}",
