@@ -87,7 +87,8 @@ def main() -> None:
         metrics = json.loads((d / "metrics.json").read_text())
         for fmt in args.formats:
             before = load()
-            r = quantize(d, args.data, out=Path(args.out) / "int8" / f"{d.parent.name}-{d.name}" / fmt,
+            name = d.name if d.parent.resolve() == Path(args.out).resolve() else f"{d.parent.name}-{d.name}"
+            r = quantize(d, args.data, out=Path(args.out) / "int8" / name / fmt,
                          calibration_size=args.calibration_size, seed=args.seed, fmt=fmt, threads=args.threads,
                          batch_sizes=(1, 64), latency_seconds=args.latency_seconds)
             rows.append({"train_dir": str(d), "channels": metrics["space_options"].get("channels"),
