@@ -36,9 +36,13 @@ def default_cache_dir() -> Path:
 
 
 def space_key(space: Any) -> str:
-    """Name of ``space`` plus a digest of its public scalar settings (width, classes, resolution...)."""
+    """Name of ``space`` plus a digest of its public scalar settings (width, classes, resolution...); a
+    mixed-precision wrapper adds its base's settings (the wrapper holds the base, not its values)."""
     settings = sorted((k, repr(v)) for k, v in vars(space).items()
                       if not k.startswith("_") and isinstance(v, (int, float, str, tuple, bool)))
+    base = getattr(space, "base", None)
+    if base is not None and getattr(space, "precision", None) not in (None, "fp32"):
+        settings.append(("base", space_key(base)))
     digest = hashlib.sha1(repr(settings).encode()).hexdigest()[:10]
     return f"{getattr(space, 'name', type(space).__name__)}-{digest}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ from nas.run import Candidate
 from proxies.cache import ProxyCache, data_key
 from proxies.engine import ENGINE_VERSION
 from search_spaces import SearchSpace, arch_input_shape, build_seeded
+from search_spaces.base import changed_options
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,8 @@ def space_key(space: SearchSpace) -> str:
     constructor option set to a non-default value (e.g. NAS-Bench-201 ``channels=8``)."""
     shape = "x".join(str(s) for s in space.input_shape)
     key = f"{space.name}/{getattr(space, 'num_classes', '-')}/{shape}"
-    try:
-        params = inspect.signature(type(space).__init__).parameters
-    except (TypeError, ValueError):
-        return key
-    changed = {n: getattr(space, n) for n, p in params.items()
-               if n not in ("self", "num_classes", "input_shape", "dataset", "accuracy_table")
-               and p.default is not inspect.Parameter.empty and hasattr(space, n)
-               and isinstance(getattr(space, n), (int, float, str, bool, tuple))
-               and getattr(space, n) != p.default}
+    changed = {n: v for n, v in changed_options(space).items()
+               if n not in ("num_classes", "input_shape", "dataset", "accuracy_table")}
     if changed:
         key += "/" + hashlib.sha1(repr(sorted(changed.items())).encode()).hexdigest()[:12]
     return key

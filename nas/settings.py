@@ -414,18 +414,9 @@ def resolve_space(space: str | SearchSpace, options: Mapping[str, Any] | None
 
 def space_options_of(space: SearchSpace) -> dict[str, Any]:
     """Constructor options of a space object that differ from their defaults (JSON-able ones)."""
-    try:
-        params = inspect.signature(type(space).__init__).parameters
-    except (TypeError, ValueError):
-        return {}
-    out = {}
-    for n, p in params.items():
-        if n == "self" or p.default is inspect.Parameter.empty or not hasattr(space, n):
-            continue
-        value = getattr(space, n)
-        if isinstance(value, (int, float, str, bool)) and value != p.default:
-            out[n] = value
-    return out
+    from search_spaces.base import changed_options
+
+    return changed_options(space, (int, float, str, bool))
 
 
 def stored_space(config: dict[str, Any]) -> SearchSpace:

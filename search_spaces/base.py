@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import warnings
@@ -103,6 +104,24 @@ class PooledImageNetwork(Protocol):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from the pre-pool feature map: global average pooling, then the classifier head."""
         ...
+
+
+def changed_options(space: Any, types: tuple[type, ...] = (int, float, str, bool, tuple)) -> dict[str, Any]:
+    """Constructor options of ``space`` whose value (of one of ``types``) differs from the default.
+
+    A wrapper that adds a dimension to a base space (``precision="mixed"``, :mod:`search_spaces.precision`)
+    reports its base's options plus its own, so that a run stores, and a cache keys, both.
+    """
+    base = getattr(space, "base", None)
+    if base is not None and getattr(space, "precision", None) not in (None, "fp32"):
+        return {**changed_options(base, types), "precision": space.precision}
+    try:
+        params = inspect.signature(type(space).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: getattr(space, n) for n, p in params.items()
+            if n != "self" and p.default is not inspect.Parameter.empty and hasattr(space, n)
+            and isinstance(getattr(space, n), types) and getattr(space, n) != p.default}
 
 
 def arch_input_shape(space: SearchSpace, arch: Arch) -> tuple[int, int, int]:

@@ -267,3 +267,16 @@ def test_quantisation_aware_training_keeps_bits_and_exports_what_it_trained(imag
     with torch.no_grad():
         ref = model.eval()(x).numpy()
     np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], ref, rtol=1e-3, atol=1e-4)
+
+
+def test_cache_keys_and_stored_options_include_the_base_options() -> None:
+    from hardware_models.feature_cache import space_key as feature_key
+    from nas.evaluate import space_key
+    from nas.settings import space_options_of
+
+    plain = search_spaces.get("ofa", width_mult=1.2)
+    wide, narrow = (search_spaces.get("ofa", width_mult=w, precision="mixed") for w in (1.2, 1.0))
+    assert space_options_of(wide) == {"width_mult": 1.2, "precision": "mixed"}
+    assert search_spaces.get("ofa", **space_options_of(wide)).to_string(wide.sample(np.random.default_rng(0)))
+    for key in (space_key, feature_key):
+        assert len({key(plain), key(wide), key(narrow)}) == 3
