@@ -32,6 +32,7 @@ from search_spaces.fbnet import (
     FBNetNetwork,
     make_layer,
 )
+from search_spaces.mbv3_blocks import init_mobile_weights
 
 
 class FBNetSupernet(nn.Module):
@@ -52,7 +53,7 @@ class FBNetSupernet(nn.Module):
                 layers.append(nn.ModuleList(make_layer(op, c, STAGE_WIDTHS[stage], stride) for op in OPS))
                 c = STAGE_WIDTHS[stage]
         self.layers = nn.ModuleList(layers)
-        FBNetNetwork._init_weights(self)  # type: ignore[arg-type]  # same initialisation as the networks
+        init_mobile_weights(self, linear_std=0.001)  # the networks' (HW-NAS-Bench's) initialisation
 
     @staticmethod
     def op_indices(arch: Sequence[str]) -> list[int]:
