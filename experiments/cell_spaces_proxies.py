@@ -41,6 +41,7 @@ import torch
 import proxies
 import search_spaces
 from nas.evaluate import Evaluator, init_seed
+from proxies.cache import ProxyCache
 from proxies.ensemble import (
     LABEL_FREE_COMPONENTS,
     REFERENCE_SIZE,
@@ -74,7 +75,7 @@ def score_archs(space: search_spaces.SearchSpace, archs: Sequence[object], names
     a cached value costs no CPU); without, every value is computed (the cost table).
     """
     batch = proxies.calibration_batch(batch_size, seed, tuple(space.input_shape))
-    evaluate = Evaluator(space, tuple(names), batch, seed=seed, device="cpu") if evaluator else None
+    evaluate = Evaluator(space, tuple(names), batch, seed=seed, device="cpu", cache=ProxyCache()) if evaluator else None
     values = {n: np.full(len(archs), np.nan) for n in names}
     cpu = np.zeros(len(archs))
     for i, arch in enumerate(archs):

@@ -53,7 +53,6 @@ import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -64,8 +63,7 @@ from torch import nn
 import proxies
 import search_spaces
 import search_spaces.darts_ops as darts_ops
-from nas.evaluate import Evaluator, init_seed
-from proxies.cache import ProxyCache
+from nas.evaluate import init_seed
 from proxies.ensemble import (
     LABEL_FREE_COMPONENTS,
     REFERENCE_SIZE,
@@ -76,6 +74,7 @@ from proxies.ensemble import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling experiment it shares readers with
 from cell_spaces_proxies import NASLIB_FILES, _fmt, _spearman, read_naslib  # noqa: E402
+from cell_spaces_proxies import score_archs as cell_score_archs  # noqa: E402
 
 COMPONENTS = ("meco", "az_trainability", "synflow", "flops", "params")
 RULE = """Space-aware label-free component selection. On the space's own unlabelled reference sample (the
@@ -95,20 +94,8 @@ REFERENCE_BATCH = {"nb201": 64, "nb101": 16, "darts": 16}
 
 def score_archs(space: search_spaces.SearchSpace, archs: Sequence[object], names: Sequence[str],
                 batch_size: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Proxy values through ``nas.evaluate.Evaluator`` with the default proxy cache, and CPU s per arch.
-
-    (``cell_spaces_proxies.score_archs`` builds its Evaluator without a cache, so it recomputes everything.)
-    """
-    batch = proxies.calibration_batch(batch_size, seed, tuple(space.input_shape))
-    evaluate = Evaluator(space, tuple(names), batch, seed=seed, device="cpu", cache=ProxyCache())
-    values = {n: np.full(len(archs), np.nan) for n in names}
-    cpu = np.zeros(len(archs))
-    for i, arch in enumerate(archs):
-        c0 = time.process_time()
-        for name, value in evaluate(space.to_string(arch)).scores.items():
-            values[name][i] = value
-        cpu[i] = time.process_time() - c0
-    return values, cpu
+    """Proxy values through ``nas.evaluate.Evaluator`` with the default proxy cache, and CPU s per arch."""
+    return cell_score_archs(space, archs, names, batch_size, seed, evaluator=True)
 
 
 def rule_keep(ref: dict[str, np.ndarray], comps: Sequence[str] = LABEL_FREE_COMPONENTS) -> tuple[list[str],
