@@ -92,3 +92,24 @@ def onnx_parity(tmp_path: Path):
     """``check(space, arch, x, atol=1e-4)``: asserts the arch's ONNX export matches torch (rtol 1e-3) on
     ``x`` and returns the torch output, both networks built from the same seed."""
     return lambda space, arch, x, atol=1e-4: _check_onnx_parity(space, arch, x, tmp_path / "m.onnx", atol)
+
+
+@pytest.fixture(scope="session")
+def learnable_npz(tmp_path_factory: pytest.TempPathFactory):
+    """A factory of learnable tiny datasets in ``nas.datasets``' ``.npz`` layout: noise images whose class (of
+    10) is their brightness bucket, so a network learns it in a few epochs and accuracies mean something
+    (``images_npz``' pure noise has nothing to learn); it returns the file's path."""
+    def make(n_train: int = 200, n_test: int = 100, side: int = 16, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+
+        def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+            y = np.arange(n) % 10
+            x = np.clip((y * 25 + 10)[:, None, None, None] + rng.integers(-10, 11, (n, 3, side, side)), 0, 255)
+            return x.astype(np.uint8), y.astype(np.int64)
+
+        (x_train, y_train), (x_test, y_test) = split(n_train), split(n_test)
+        path = tmp_path_factory.mktemp("learnable") / "bright.npz"
+        np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        return path
+
+    return make

@@ -18,24 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOP = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 
 
-def _learnable_npz(path: Path, n_train: int = 300, n_test: int = 200, side: int = 16) -> Path:
-    """Noise images whose class is their brightness bucket: a network learns it in a few epochs, so accuracy
-    and agreement mean something (the shared ``images_npz`` images are pure noise, nothing to learn)."""
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = np.arange(n) % 10
-        x = np.clip((y * 25 + 10)[:, None, None, None] + rng.integers(-10, 11, (n, 3, side, side)), 0, 255)
-        return x.astype(np.uint8), y.astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return _learnable_npz(tmp_path_factory.mktemp("data") / "bright.npz")
+def data(learnable_npz) -> Path:
+    return learnable_npz(n_train=300, n_test=200)
 
 
 @pytest.fixture(scope="module")

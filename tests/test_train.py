@@ -26,24 +26,9 @@ TINY = {"channels": 4, "cells_per_stage": 1}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _npz(path: Path, n_train: int = 200, n_test: int = 100, side: int = 16, seed: int = 0) -> Path:
-    """Random-noise images whose class is their brightness bucket (10 classes): learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = np.arange(n) % 10
-        base = (y * 25 + 10)[:, None, None, None]
-        x = np.clip(base + rng.integers(-10, 11, (n, 3, side, side)), 0, 255).astype(np.uint8)
-        return x, y.astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return _npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+def tiny(learnable_npz) -> Path:
+    return learnable_npz()
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +169,8 @@ def test_recipes():
         recipe_for("nb201", epochs=0)
 
 
-def test_darts_trains_with_auxiliary_head_and_drop_path(tmp_path):
-    data = _npz(tmp_path / "d.npz", n_train=40, n_test=20, side=32)
+def test_darts_trains_with_auxiliary_head_and_drop_path(tmp_path, learnable_npz):
+    data = learnable_npz(n_train=40, n_test=20, side=32)
     result = nas.train("darts", search_spaces.get("darts").to_string(
         search_spaces.get("darts").sample(np.random.default_rng(0))), data, epochs=2, batch_size=20,
         space_options={"channels": 2, "layers": 3}, out=tmp_path / "d", progress=False)
@@ -202,8 +187,8 @@ def test_darts_trains_with_auxiliary_head_and_drop_path(tmp_path):
 
 @pytest.mark.parametrize("name, options", [("nb101", {"channels": 8, "num_stacks": 1}), ("ofa", {}),
                                            ("fbnet", {})])
-def test_other_image_spaces_train_and_export(tmp_path, name, options):
-    data = _npz(tmp_path / "s.npz", n_train=40, n_test=20, side=32)
+def test_other_image_spaces_train_and_export(tmp_path, name, options, learnable_npz):
+    data = learnable_npz(n_train=40, n_test=20, side=32)
     space = search_spaces.get(name, **options)
     arch = space.to_string(space.sample(np.random.default_rng(0)))
     result = nas.train(name, arch, data, epochs=1, batch_size=20, space_options=options, out=tmp_path / "o",
@@ -289,8 +274,8 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    data = _npz(tmp_path / "k.npz", n_train=1500, n_test=100, side=32)
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, learnable_npz):
+    data = learnable_npz(n_train=1500, n_test=100, side=32)
     common = ["--arch", TOP, "--data", str(data), "--epochs", "4", "--batch-size", "64", "--space-option",
               "channels=4", "--space-option", "cells_per_stage=1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
