@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["search", "load_run", "SearchResult", "Study", "Trial", "create_study", "load_study", "train",
-           "TrainResult", "__version__"]
+           "TrainResult", "grow", "GrowResult", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from nas import training as _training
 
         return getattr(_training, name)
+    if name in ("grow", "GrowResult"):  # EAS; its module is nas.eas
+        from nas import eas as _eas
+
+        return getattr(_eas, name)
     if name == "load_run":
         from nas.run import load_run
 

@@ -107,6 +107,13 @@ def test_grow_runs_resumes_and_records_every_network(tiny, tmp_path) -> None:
     assert rnd.candidates[0].arch == START and len(rnd.candidates) >= 2
 
 
+def test_grow_is_part_of_the_package_api() -> None:
+    import nas
+    import nas.eas
+
+    assert nas.grow is nas.eas.grow and nas.GrowResult is nas.eas.GrowResult
+
+
 def test_grow_rejects_bad_input(tiny, tmp_path) -> None:
     with pytest.raises(ValueError, match="unit 1"):
         grow("c3-8,zz", tiny, tmp_path / "a")
