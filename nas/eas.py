@@ -108,17 +108,13 @@ def apply_step(space: ChainSpace, arch: ChainArch, step: Step, net: nn.Module | 
                seed: int = 0) -> tuple[ChainArch, nn.Module | None]:
     """``arch`` (and, when given, its network, function-preservingly) after ``step``; the input's channels
     are the network's, else the space's."""
-    for unit in step.widen:
-        width = next_width(arch[unit].widths[0])
-        if net is None:
-            u = arch[unit]
-            arch = arch[:unit] + (Unit(u.kind, u.kernel, (width,)),) + arch[unit + 1:]
-        else:
-            arch, net = wider(space, arch, net, unit, width, seed=seed + unit)
     if net is None:
+        arch = _widened(arch, step.widen)
         channels = unit_channels(arch, space.input_shape[0])[step.after]
         new = Unit("conv", step.kernel, (channels,))
         return arch[:step.after + 1] + (new,) + arch[step.after + 1:], None
+    for unit in step.widen:
+        arch, net = wider(space, arch, net, unit, next_width(arch[unit].widths[0]), seed=seed + unit)
     return deeper(space, arch, net, step.after, kind="conv", kernel=step.kernel)
 
 
@@ -310,6 +306,8 @@ def _open(out: Path, given: dict[str, Any], resume: bool) -> tuple[RunStore, dic
         for key in ("episodes", "children", "steps", "epochs", "start_epochs"):
             if int(config[key]) < 1:
                 raise ValueError(f"{key} must be at least 1, got {config[key]}")
+        if config["val_size"] == 0:
+            raise ValueError("--val-size 0: EAS rewards validation accuracy, so it needs validation images")
         config.update(space="chain", strategy="eas-random" if config["random"] else "eas",
                       objectives=["max:val_acc"])
     config["budget"] = 1 + int(config["episodes"]) * int(config["children"])  # at most: repeats are not retrained

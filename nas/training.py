@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 
 FLAGS = {"space": "--space", "space_options": "--space-option", "arch": "--arch", "data": "--data",
          "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "train_size": "--train-size",
-         "val_size": "--val-size", "seed": "--seed", "amp": "--amp", "recipe": "recipe", "teacher": "--teacher",
-         "kd": "--kd-temperature/--kd-alpha",
+         "val_size": "--val-size", "seed": "--seed", "amp": "--amp", "recipe": "recipe",
+         "kd": "--teacher/--kd-temperature/--kd-alpha",
          "world_size": "the number of processes (torchrun --nproc_per_node)",
          "init": "init (the starting weights)"}
 """The flag that sets each stored setting, named when ``--resume`` is given a different value."""
@@ -166,11 +166,10 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
                  "data": None if data is None else data_path(data),
                  "recipe": recipe_for(space, epochs, batch_size, lr, base=base).to_dict(),
                  "train_size": train_size, "val_size": val_size, "seed": seed, "amp": amp, "world_size": world,
-                 "teacher": None if kd is None else kd["teacher"], "kd": None if kd is None else kd,
-                 "init": init}
+                 "kd": kd, "init": init}
         for key, value in given.items():
-            if value is not None and value != stored.get(key):
-                raise ResumeConflict(_conflict(key, value, stored[key], out_dir))
+            if value is not None and value != stored.get(key):  # runs before kd/init lack those keys
+                raise ResumeConflict(_conflict(key, value, stored.get(key), out_dir))
         return stored, out_dir
     if space is None or arch is None or data is None:
         raise ValueError("give the space, the architecture (--arch, --arch-file or a run folder) and --data")
@@ -182,7 +181,7 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
     settings = {"space": space, "space_options": options, "arch": arch_text, "data": data_path(data),
                 "recipe": recipe_for(space, epochs, batch_size, lr, base=recipe).to_dict(),
                 "train_size": train_size, "val_size": val_size, "seed": seed, "amp": bool(amp),
-                "world_size": world, "teacher": None if kd is None else kd["teacher"], "kd": kd, "init": init}
+                "world_size": world, "kd": kd, "init": init}
     if out is None:
         out = Path("runs") / f"train-{space}-{hashlib.sha1(arch_text.encode()).hexdigest()[:8]}-s{seed}"
     out_dir = Path(out)

@@ -119,4 +119,6 @@ def test_grow_rejects_bad_input(tiny, tmp_path) -> None:
         grow("c3-8,zz", tiny, tmp_path / "a")
     with pytest.raises(ValueError, match="at least 1"):
         grow(START, tiny, tmp_path / "b", children=0)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="--val-size 0"):
+        grow(START, tiny, tmp_path / "c", val_size=0)
+    assert not any((tmp_path / d).exists() for d in "abc")

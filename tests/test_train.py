@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,15 @@ def test_distillation_from_a_trained_teacher(trained, tiny, tmp_path):
     assert metrics["kd"] == {"teacher": str(trained.out.resolve()), "temperature": 4.0, "alpha": 1.0}
     with pytest.raises(ResumeConflict, match="--teacher"):
         nas.train(out=distilled.out, resume=True, teacher=tmp_path / "plain", progress=False)
+    # a run from before distillation existed stores no kd: a teacher given on resume still conflicts cleanly
+    older = tmp_path / "older"
+    shutil.copytree(plain.out, older)
+    config = json.loads((older / "config.json").read_text())
+    for key in ("kd", "init"):
+        del config["settings"][key]
+    (older / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ResumeConflict, match="--teacher"):
+        nas.train(out=older, resume=True, teacher=trained.out, progress=False)
 
 
 def test_init_starts_from_given_weights(trained, tiny, tmp_path):

@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
     """Grow, then print the best network."""
     from nas.eas import grow
 
-    if args.val_size == 0:
-        raise ValueError("--val-size 0: EAS rewards validation accuracy, so it needs validation images")
     result = grow(args.start, args.data, args.out, episodes=args.episodes, children=args.children,
                   steps=args.steps, epochs=args.epochs, start_epochs=args.start_epochs,
                   train_size=args.train_size, val_size=args.val_size, lr=args.lr, batch_size=args.batch_size,
