@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
-import nas
 import proxies
 import search_spaces.chain  # noqa: F401  (registers the chain space)
 from nas.evaluate import init_seed
-from nas.training import load_trained
+from nas.training import finished_metrics, load_trained
 from proxies.distill import with_teacher
 from search_spaces import build_seeded
 from search_spaces.chain import ChainSpace
@@ -49,16 +48,6 @@ def student_family(n: int, seed: int) -> list[str]:
         units = [f"c3-{w}", *[f"r3-{w}"] * d1, "p", *[f"r3-{2 * w}"] * d2, "p", *[f"r3-{4 * w}"] * d3]
         out.append(",".join(units))
     return out
-
-
-def trained(out: Path, **kwargs: object) -> dict:
-    """``metrics.json`` of a finished ``nas.train`` into ``out`` (trains it first when missing)."""
-    if not (out / "metrics.json").is_file():
-        if out.exists() and (out / "config.json").is_file():
-            nas.train(out=out, resume=True, progress=False)
-        else:
-            nas.train(out=out, progress=False, **kwargs)
-    return json.loads((out / "metrics.json").read_text())
 
 
 def main() -> None:
@@ -79,7 +68,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     teacher_dir = out / "teacher"
-    t_metrics = trained(teacher_dir, space="chain", arch=args.teacher_arch, data=args.data,
+    t_metrics = finished_metrics(teacher_dir, space="chain", arch=args.teacher_arch, data=args.data,
                         epochs=args.teacher_epochs, train_size=args.teacher_train_size, seed=args.seed)
     print(f"teacher {args.teacher_arch}: test {t_metrics['test_accuracy']:.2f}% "
           f"({t_metrics['params'] / 1e6:.2f} M params, {time.perf_counter() - start:.0f} s)", flush=True)
@@ -95,7 +84,7 @@ def main() -> None:
             continue
         net = build_seeded(space, space.from_string(arch), init_seed(args.seed, arch))
         scores = proxies.score(net, batch, PROXIES, seed=args.seed)
-        metrics = trained(out / f"student{i:02d}", space="chain", arch=arch, data=args.data,
+        metrics = finished_metrics(out / f"student{i:02d}", space="chain", arch=arch, data=args.data,
                           epochs=args.student_epochs, train_size=args.student_train_size, seed=args.seed,
                           teacher=teacher_dir)
         row = {"arch": arch, **scores, "distilled_test": metrics["test_accuracy"]}

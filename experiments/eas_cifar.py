@@ -20,16 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-import nas
 from nas.eas import grow
-
-
-def finished(folder: Path, **kwargs: object) -> dict:
-    """``metrics.json`` of the ``nas.train`` run in ``folder`` (trained or resumed first when needed)."""
-    if not (folder / "metrics.json").is_file():
-        resume = (folder / "config.json").is_file()
-        nas.train(out=folder, resume=resume, progress=False, **({} if resume else kwargs))
-    return json.loads((folder / "metrics.json").read_text())
+from nas.training import finished_metrics
 
 
 def main() -> None:
@@ -60,7 +52,7 @@ def main() -> None:
                               progress=True, **({"episodes": args.episodes} if resume else common))
         start = next(c for c in runs["eas"].candidates if c.arch == runs["eas"].candidates[0].arch)
         total = runs["eas"].total_epochs
-        long = finished(out / f"start-{total}ep-s{seed}", space="chain", arch=args.start, data=args.data,
+        long = finished_metrics(out / f"start-{total}ep-s{seed}", space="chain", arch=args.start, data=args.data,
                         epochs=total, train_size=args.train_size, seed=seed)
         rows.append({"seed": seed, "start_val": start.scores["val_acc"], "long_val": long["val_accuracy"],
                      "long_test": long["test_accuracy"], "total_epochs": total,

@@ -26,7 +26,6 @@ architecture already trained is not trained again (its first result is reused), 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -224,7 +223,6 @@ def grow(start: str | None = None, data: str | os.PathLike[str] | None = None, o
         random: draw steps uniformly and never learn (the baseline with the same budget).
         resume: continue the run in ``out``; other settings given must agree with the stored ones.
     """
-    import nas
 
     given = {"start": start, "data": None if data is None else str(Path(data).resolve()), "episodes": episodes,
              "children": children, "steps": steps, "epochs": epochs, "start_epochs": start_epochs,
@@ -246,7 +244,7 @@ def grow(start: str | None = None, data: str | os.PathLike[str] | None = None, o
         start_arch = space.to_string(space.from_string(config["start"]))
         nets = store.get_meta("nets", {})
         if store.get(start_arch) is None:
-            _train(nas, out, store, nets, config, start_arch, None, config["start_epochs"], 0, -1, progress)
+            _train(out, store, nets, config, start_arch, None, config["start_epochs"], 0, -1, progress)
         for episode in range(state["episode"], config["episodes"]):
             parent = _best(store)
             parent_epochs = int(parent.metrics["total_epochs"])
@@ -259,7 +257,7 @@ def grow(start: str | None = None, data: str | os.PathLike[str] | None = None, o
                     trajectory.append((arch, step))
                     arch = apply_step(space, arch, step)[0]
                 text = space.to_string(arch)
-                cand = store.get(text) or _train(nas, out, store, nets, config, text, (parent, trajectory),
+                cand = store.get(text) or _train(out, store, nets, config, text, (parent, trajectory),
                                                  config["epochs"], parent_epochs, episode, progress)
                 rewards.append(_reward(cand))
                 trajectories.append(trajectory)
@@ -319,11 +317,11 @@ def _open(out: Path, given: dict[str, Any], resume: bool) -> tuple[RunStore, dic
     return store, config
 
 
-def _train(nas: Any, out: Path, store: RunStore, nets: dict[str, str], config: dict[str, Any], arch: str,
+def _train(out: Path, store: RunStore, nets: dict[str, str], config: dict[str, Any], arch: str,
            origin: tuple[Candidate, list[tuple[ChainArch, Step]]] | None, epochs: int, parent_epochs: int,
            episode: int, progress: bool) -> Candidate:
     """Train (or fine-tune from its parent's transformed weights) one network and store it as a candidate."""
-    from nas.training import load_trained
+    from nas.training import finished_metrics, load_trained
 
     space = ChainSpace()
     folder = out / "nets" / hashlib.sha1(arch.encode()).hexdigest()[:12]
@@ -339,17 +337,10 @@ def _train(nas: Any, out: Path, store: RunStore, nets: dict[str, str], config: d
             folder.mkdir(parents=True, exist_ok=True)
             init = folder / "init.pt"
             torch.save(net.state_dict(), init)
-        if (folder / "metrics.json").is_file():
-            metrics = json.loads((folder / "metrics.json").read_text())
-        else:
-            resume = (folder / "config.json").is_file()
-            kwargs: dict[str, Any] = {} if resume else {
-                "space": "chain", "arch": arch, "data": config["data"], "epochs": epochs,
-                "train_size": config["train_size"], "val_size": config["val_size"], "seed": config["seed"],
-                "batch_size": config["batch_size"], "lr": None if origin is None else config["lr"],
-                "init": None if init is None else init}
-            result = nas.train(out=folder, resume=resume, progress=False, **kwargs)
-            metrics = json.loads((result.out / "metrics.json").read_text())
+        metrics = finished_metrics(
+            folder, space="chain", arch=arch, data=config["data"], epochs=epochs, train_size=config["train_size"],
+            val_size=config["val_size"], seed=config["seed"], batch_size=config["batch_size"],
+            lr=None if origin is None else config["lr"], init=init)
         nets[arch] = str(folder)
         store.set_meta("nets", nets)
         cand = Candidate(arch, {"val_acc": float(metrics["val_accuracy"]), "test_acc": float(metrics["test_accuracy"])},

@@ -191,6 +191,18 @@ def _settings(space: str | None, arch: Any, data: Any, epochs: int | None, batch
     return settings, out_dir
 
 
+def finished_metrics(out: str | os.PathLike[str], **settings: Any) -> dict[str, Any]:
+    """``metrics.json`` of the training in ``out``: read when finished, else resumed when started, else
+    trained with ``settings`` (the keyword arguments of :func:`train`), quietly."""
+    out = Path(out)
+    if not (out / "metrics.json").is_file():
+        if (out / "config.json").is_file():
+            train(out=out, resume=True, progress=False)
+        else:
+            train(out=out, progress=False, **settings)
+    return json.loads((out / "metrics.json").read_text())
+
+
 def _kd_settings(teacher: Any, temperature: float | None, alpha: float | None) -> dict[str, Any] | None:
     """The distillation settings (teacher folder, temperature, alpha), checked; None without a teacher."""
     if teacher is None:
