@@ -39,7 +39,7 @@ from torch import nn
 
 from nas.run import Candidate, RunStore
 from search_spaces import ArchError
-from search_spaces.chain import ChainArch, ChainSpace, Unit, deeper, unit_channels, wider
+from search_spaces.chain import ChainArch, ChainSpace, Unit, deeper, relu_output, unit_channels, wider
 
 WIDTH_LEVELS: tuple[int, ...] = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 """Widths a Net2Wider action moves a unit to (the next level above its width)."""
@@ -74,15 +74,7 @@ def widenable(arch: ChainArch) -> list[int]:
 
 def deepenable(arch: ChainArch) -> list[int]:
     """Units after which an identity conv layer may go (their output is a ReLU output, not an fc unit's)."""
-    out, relu = [], False
-    for i, u in enumerate(arch):
-        if u.kind in ("conv", "res"):
-            relu = True
-        elif u.kind == "dense":
-            relu = False
-        if u.kind != "fc" and relu:
-            out.append(i)
-    return out
+    return [i for i, u in enumerate(arch) if u.kind != "fc" and relu_output(arch, i)]
 
 
 def next_width(width: int) -> int:

@@ -592,7 +592,7 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
             kind == "fc" and u.kind != "fc" and not last_spatial):
         raise ValueError(f"cannot insert a {kind!r} unit after unit {after} ({u}): conv and res units go after "
                          "conv, res or pooling units, fc units after fc units or the last spatial unit")
-    if not _relu_output(arch, after):
+    if not relu_output(arch, after):
         raise ValueError(f"unit {after} ({u}) may output negative values (a dense block's concatenation), so "
                          "an inserted ReLU layer would change the function; grow the dense block instead")
     if kind in ("conv", "res") and kernel % 2 == 0:
@@ -629,7 +629,7 @@ def deeper(space: ChainSpace, arch: ChainArch, net: ChainNet, after: int, kind: 
     return new_arch, _finish(space, new_arch, shifted, net)
 
 
-def _relu_output(arch: ChainArch, unit: int) -> bool:
+def relu_output(arch: ChainArch, unit: int) -> bool:
     """Whether unit ``unit``'s output is a ReLU output (pooling keeps the sign of its input)."""
     for u in reversed(arch[:unit + 1]):
         if u.kind in ("conv", "res", "fc"):
