@@ -1,0 +1,111 @@
+"""Predictor kinds built from what zcnas already has: the few-label proxy ensemble as a predictor.
+
+Kind ``ensemble_fit`` is the ``ensemble_fit`` proxy (:mod:`proxies.ensemble`): the weights of a log-CDF
+aggregation of zero-cost proxies, fitted by TPE to maximise Spearman on the labels. The CDFs are taken
+against a label-free reference sample of the space being predicted, drawn with the predictor's seed, so
+the fitted weights carry over to another space (its own reference is drawn there).
+
+Example:
+    >>> import search_spaces
+    >>> from predictors import base
+    >>> p = base.create("ensemble_fit", seed=0)  # doctest: +SKIP
+    >>> p.fit(space, archs, accuracies).predict(space, others)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from predictors.base import ArchPredictor, proxy_values, register
+from proxies import ensemble as ens
+from search_spaces import Arch, SearchSpace
+
+
+def _space_key(space: SearchSpace) -> str:
+    from nas.evaluate import space_key
+
+    return space_key(space)
+
+
+@register("ensemble_fit")
+class EnsembleFitPredictor:
+    """Few-label proxy ensemble (RoBoT-style weights over zero-cost proxies) behind the predictor protocol.
+
+    Args:
+        components: proxies the fit weighs (default: the ``ensemble_fit`` proxy's pool).
+        reference_size: architectures in the label-free reference sample of each space.
+        n_trials: TPE trials of the weight fit.
+        batch_size: calibration batch size of the proxies.
+        proxy_seed: seed of the reference sample, the calibration batch and the networks' initialisation
+            (kept apart from ``seed`` so that refits with other seeds reuse cached proxy values).
+        seed: seed of the weight fit.
+    """
+
+    kind = "ensemble_fit"
+
+    def __init__(self, components: tuple[str, ...] = ens.FIT_POOL, reference_size: int = ens.REFERENCE_SIZE,
+                 n_trials: int = 150, batch_size: int = 64, proxy_seed: int = 0, seed: int = 0) -> None:
+        self.components = tuple(components)
+        self.reference_size = int(reference_size)
+        self.n_trials = int(n_trials)
+        self.batch_size = int(batch_size)
+        self.proxy_seed = int(proxy_seed)
+        self.seed = int(seed)
+        self.weights_: tuple[float, ...] | None = None
+        self._references: dict[str, ens.Reference] = {}
+
+    def _values(self, space: SearchSpace, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
+        table = proxy_values(space, archs, self.components, self.batch_size, self.proxy_seed)
+        return {c: table[:, i] for i, c in enumerate(self.components)}
+
+    def reference(self, space: SearchSpace) -> ens.Reference:
+        """The label-free reference of ``space`` (drawn and scored once per space key)."""
+        key = _space_key(space)
+        if key not in self._references:
+            from nas.proxy_benchmark import sample_archs
+
+            # sample_archs draws what `nas benchmark proxies --seed S` scores first, so cached values serve
+            archs = [space.from_string(a) for a in sample_archs(space, self.reference_size, self.proxy_seed)]
+            self._references[key] = ens.Reference.from_values(self._values(space, archs))
+        return self._references[key]
+
+    def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> EnsembleFitPredictor:
+        """Fit the component weights on labelled architectures of ``space``."""
+        model = ens.fit(self._values(space, archs), accuracy, self.reference(space), self.components,
+                        n_trials=self.n_trials, seed=self.seed)
+        weights = dict(zip(model.components, model.weights, strict=True))
+        self.weights_ = tuple(weights.get(c, 0.0) for c in self.components)
+        return self
+
+    def predict(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
+        """Ensemble score of each architecture (a ranking score, not an accuracy in %)."""
+        if self.weights_ is None:
+            raise RuntimeError("ensemble_fit predictor: call fit() before predict()")
+        model = ens.EnsembleModel(self.components, self.weights_, self.reference(space))
+        return model.score_table(self._values(space, archs))
+
+    def predict_with_std(self, space: SearchSpace, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+        """Prediction and a zero uncertainty (one fitted model)."""
+        mean = self.predict(space, archs)
+        return mean, np.zeros_like(mean)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Options, fitted weights and the reference samples, as JSON."""
+        config = {"components": list(self.components), "reference_size": self.reference_size,
+                  "n_trials": self.n_trials, "batch_size": self.batch_size, "proxy_seed": self.proxy_seed, "seed": self.seed,
+                  "weights": None if self.weights_ is None else list(self.weights_),
+                  "references": {k: r.to_dict() for k, r in self._references.items()}}
+        return config, {}
+
+    @classmethod
+    def from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ArchPredictor:
+        """Rebuild from :meth:`state`."""
+        out = cls(tuple(config["components"]), config["reference_size"], config["n_trials"],
+                  config["batch_size"], config["proxy_seed"], config["seed"])
+        if config["weights"] is not None:
+            out.weights_ = tuple(float(w) for w in config["weights"])
+        out._references = {k: ens.Reference.from_values(v) for k, v in config["references"].items()}
+        return out
