@@ -79,10 +79,14 @@ def load_batch(source: str | os.PathLike[str] | None = None, batch_size: int = 6
                input_shape: tuple[int, int, int] = (3, 32, 32)) -> Batch:
     """A batch from ``source``: None (shipped CIFAR-10), ``"gaussian"``, an ``.npz`` with ``x``/``y``,
     or a folder with one sub-folder of images per class. A 1-D ``input_shape`` (seq_len,) means token
-    inputs: shipped text, or a ``.txt`` / token ``.npy`` file (see :mod:`proxies.text`)."""
+    inputs: shipped text, or a ``.txt`` / token ``.npy`` file (see :mod:`proxies.text`); ``(1, 1, samples)``
+    means mono 16 kHz audio: synthetic voices or a folder of wav files per speaker (see :mod:`proxies.audio`)."""
     if len(input_shape) == 1:  # token models: input_shape is (seq_len,); read text
         from proxies.text import load_text_batch
         return load_text_batch(source, batch_size, seed, input_shape[0])
+    if len(input_shape) == 3 and tuple(input_shape[:2]) == (1, 1) and str(source) != "gaussian":
+        from proxies.audio import load_audio_batch  # audio models: (1, 1, samples) mono waveforms
+        return load_audio_batch(source, batch_size, seed, input_shape[2])
     if source is None or str(source) == "cifar10":
         return calibration_batch(batch_size, seed, input_shape)
     rng = np.random.default_rng(seed)

@@ -64,7 +64,8 @@ def describe(name: str) -> str:
 # Registration happens on import of each space module.
 from search_spaces import nb201  # noqa: E402,F401
 
-for _optional in ("ofa", "fbnet", "nb101", "darts", "bert", "rnn", "gpt", "vit", "mcunet", "mcuvit", "chain"):
+for _optional in ("ofa", "fbnet", "nb101", "darts", "bert", "rnn", "gpt", "vit", "mcunet", "mcuvit", "chain",
+                  "tdnn"):
     try:
         __import__(f"search_spaces.{_optional}")
     except ModuleNotFoundError as _err:  # a space not yet written, not a broken one
