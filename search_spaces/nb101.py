@@ -263,6 +263,37 @@ class NB101Space(OracleMixin):
             out[_path_index(path)] = 1.0
         return out
 
+    def dag_ops(self) -> list[str]:
+        """Node labels of :meth:`to_dag`'s graph: ``input``, the three vertex ops, ``output``."""
+        return [INPUT, *OPS, OUTPUT]
+
+    def to_dag(self, arch: NB101Cell) -> tuple[np.ndarray, np.ndarray]:
+        """The cell on 7 nodes (arch2vec's padding: unused vertices, label -1 and no edges, before the output)."""
+        rows, ops = padded(arch)
+        labels = self.dag_ops()
+        return (np.array(rows, dtype=np.int64),
+                np.array([labels.index(op) if op is not None else -1 for op in ops], dtype=np.int64))
+
+    def from_dag(self, adjacency: np.ndarray, ops: np.ndarray) -> NB101Cell:
+        """The (pruned, canonical) cell of a 7-node DAG; ``ArchError`` when it is not a valid cell."""
+        adjacency, ops = np.asarray(adjacency), np.asarray(ops).reshape(-1)
+        if adjacency.shape != (MAX_VERTICES, MAX_VERTICES) or ops.shape != (MAX_VERTICES,):
+            raise ArchError(f"an NB101 DAG has {MAX_VERTICES} nodes: adjacency {MAX_VERTICES}x{MAX_VERTICES} "
+                            f"and {MAX_VERTICES} ops, got {adjacency.shape} and {ops.shape}")
+        labels = self.dag_ops()
+        keep = [i for i, op in enumerate(ops) if op != -1]
+        dropped = [i for i in range(MAX_VERTICES) if i not in keep]
+        if np.tril(adjacency).any():
+            raise ArchError("an NB101 DAG's adjacency must be strictly upper-triangular (nodes in topological order)")
+        if adjacency[dropped].any() or adjacency[:, dropped].any():
+            raise ArchError("an NB101 DAG's padding nodes (label -1) must have no edges")
+        if any(not 0 <= int(ops[i]) < len(labels) for i in keep):
+            raise ArchError(f"NB101 DAG labels index {labels} (or -1 for padding); got {ops.tolist()}")
+        names = [labels[int(ops[i])] for i in keep]
+        if names[0] != INPUT or names[-1] != OUTPUT or INPUT in names[1:] or OUTPUT in names[:-1]:
+            raise ArchError("an NB101 DAG has one 'input' node first and one 'output' node last")
+        return make_cell((adjacency[np.ix_(keep, keep)] != 0).astype(int).tolist(), names)
+
     def decisions(self) -> list[tuple[str, Sequence[Any]]]:
         """21 edge bits and 5 vertex ops (choices that make no valid cell are repaired by ``from_choices``)."""
         return ([(f"edge_{i}_{j}", (0, 1)) for i, j in EDGE_SLOTS]

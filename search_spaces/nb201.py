@@ -21,6 +21,27 @@ EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3
 NB201Arch = tuple[str, str, str, str, str, str]
 
 
+def _dag_adjacency() -> np.ndarray:
+    # Node 0 is the input, node k + 1 the op of edge k, the last node the output. The op of edge
+    # (to, frm) reads node frm, so it follows the ops of the edges into frm (or the input when frm is 0),
+    # and edges into node 3 feed the output.
+    n = len(EDGES) + 2
+    adj = np.zeros((n, n), dtype=np.int64)
+    for k, (to, frm) in enumerate(EDGES):
+        if frm == 0:
+            adj[0, k + 1] = 1
+        for j, (to_j, _) in enumerate(EDGES):
+            if to_j == frm:
+                adj[j + 1, k + 1] = 1
+        if to == 3:
+            adj[k + 1, n - 1] = 1
+    return adj
+
+
+DAG_ADJACENCY: np.ndarray = _dag_adjacency()
+"""The one adjacency of every NB201 cell in arch2vec's node-labelled form (``NB201Space.to_dag``)."""
+
+
 class ReLUConvBN(nn.Module):
     """ReLU -> Conv -> BN, the NAS-Bench-201 convolution op (a supernet's BN: no affine, no running stats)."""
 
@@ -241,6 +262,39 @@ class NB201Space:
     def suggest(self, trial: Any) -> NB201Arch:
         """Ask an Optuna trial for one op per edge."""
         return self.from_choices(suggest_choices(self, trial))
+
+    def dag_ops(self) -> list[str]:
+        """Node labels of :meth:`to_dag`'s graph: ``input``, the five edge ops, ``output``."""
+        return ["input", *OPS, "output"]
+
+    def to_dag(self, arch: NB201Arch) -> tuple[np.ndarray, np.ndarray]:
+        """arch2vec's node-labelled form: 8 nodes (input, one per edge op in canonical order, output).
+
+        The edge ops become nodes so that every cell shares one adjacency (:data:`DAG_ADJACENCY`) and
+        differs only in the labels; ``ops`` indexes :meth:`dag_ops`.
+        """
+        labels = self.dag_ops()
+        ops = np.array([0, *(labels.index(op) for op in arch), len(labels) - 1], dtype=np.int64)
+        return DAG_ADJACENCY.copy(), ops
+
+    def from_dag(self, adjacency: np.ndarray, ops: np.ndarray) -> NB201Arch:
+        """The cell of a :meth:`to_dag` graph; ``ArchError`` when the graph is not one (wrong wiring or labels)."""
+        adjacency, ops = np.asarray(adjacency), np.asarray(ops).reshape(-1)
+        n = len(EDGES) + 2
+        if adjacency.shape != (n, n) or ops.shape != (n,):
+            raise ArchError(f"an NB201 DAG has {n} nodes: adjacency {n}x{n} and {n} ops, got "
+                            f"{adjacency.shape} and {ops.shape}")
+        if not np.array_equal(adjacency != 0, DAG_ADJACENCY != 0):
+            raise ArchError("an NB201 DAG has one fixed wiring (search_spaces.nb201.DAG_ADJACENCY); "
+                            "this adjacency differs")
+        labels = self.dag_ops()
+        if int(ops[0]) != 0 or int(ops[-1]) != len(labels) - 1:
+            raise ArchError("an NB201 DAG starts with the 'input' node and ends with the 'output' node")
+        inner = [int(o) for o in ops[1:-1]]
+        if any(not 1 <= o <= len(OPS) for o in inner):
+            raise ArchError(f"NB201 DAG edge nodes must be labelled with an edge op ({', '.join(OPS)}); got "
+                            f"{[labels[o] if 0 <= o < len(labels) else o for o in inner]}")
+        return tuple(OPS[o - 1] for o in inner)  # type: ignore[return-value]
 
     def supernet(self, partial_k: int = 1, edge_norm: bool = False, seed: int = 0) -> Any:
         """The weight-sharing supernet over this space's op set and skeleton (DARTS, PC-DARTS, GDAS)."""

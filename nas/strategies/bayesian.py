@@ -16,12 +16,14 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from nas.registry import check_options
 from nas.strategies import Values, register, require
+from nas.strategies.latent import LatentIndex
 from search_spaces import Arch, SearchSpace
 
 STUDY_NAME = "search"
@@ -33,11 +35,19 @@ class _OptunaStrategy:
     name = "optuna"
     uses_storage = True
     asynchronous = False
+    own_options: tuple[str, ...] = ()
+    """Options of the strategy's constructor besides the sampler's, listed when an option is unknown."""
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, **sampler_options: Any) -> None:
-        require(space, "suggest", self.name)
-        check_options(f"strategy {self.name!r}", self.make_sampler, sampler_options, fixed=("seed", "n_objectives"))
+        self._check_space(space)
+        try:
+            check_options(f"strategy {self.name!r}", self.make_sampler, sampler_options,
+                          fixed=("seed", "n_objectives"))
+        except ValueError as err:
+            if not self.own_options or "has no option" not in str(err):
+                raise
+            raise ValueError(f"{err}, {', '.join(self.own_options)}") from None
         self.space = space
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -57,6 +67,13 @@ class _OptunaStrategy:
         """The Optuna sampler (overridden by each strategy)."""
         raise NotImplementedError
 
+    def _check_space(self, space: SearchSpace) -> None:
+        require(space, "suggest", self.name)
+
+    def _draw(self, trial: optuna.trial.Trial) -> Arch:
+        """The architecture of an open trial: the space's own ``suggest``."""
+        return self.space.suggest(trial)
+
     def ask(self, n: int) -> list[Arch]:
         """Open ``n`` trials and let the space draw one architecture through each."""
         out = []
@@ -64,7 +81,7 @@ class _OptunaStrategy:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for _ in range(n):
                 trial = self.study.ask()
-                arch = self.space.suggest(trial)
+                arch = self._draw(trial)
                 self._pending.append((arch, trial))
                 out.append(arch)
         return out
@@ -88,6 +105,14 @@ class TPESearch(_OptunaStrategy):
     spread out instead of piling onto one promising region. With one evaluation at a time there is no
     open trial to lie about, so a serial run samples the same either way.
 
+    Options: ``n_startup_trials`` (10), ``multivariate`` (True), ``constant_liar`` (True), and
+    ``latent`` (False): with ``latent=true`` TPE searches arch2vec's latent space instead of the space's
+    decisions (a space with the DAG protocol; see :mod:`nas.strategies.latent`). Each trial suggests one
+    coordinate per latent dimension within the range of the embedded architectures, the point is decoded,
+    and an invalid or already proposed decoding is replaced by the nearest embedded architecture not
+    proposed yet; TPE learns from the suggested coordinates. ``vae_seed`` (0) picks the pretrained
+    autoencoder (trained once and cached, shared by all search seeds).
+
     Example:
         >>> import search_spaces
         >>> tpe = TPESearch(search_spaces.get("nb201"), seed=0)
@@ -97,6 +122,31 @@ class TPESearch(_OptunaStrategy):
 
     name = "bayesian"
     asynchronous = True
+    own_options = ("latent=False", "vae_seed=0")
+
+    def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
+                 storage: str | os.PathLike[str] | None = None, latent: bool = False, vae_seed: int = 0,
+                 **sampler_options: Any) -> None:
+        self._use_latent = latent
+        super().__init__(space, seed, n_objectives, storage, **sampler_options)
+        # built after the sampler options are checked: a typo should not wait for a pretraining
+        self._latent = LatentIndex(space, vae_seed, who="strategy 'bayesian' with latent=true") if latent else None
+        self._proposed: set[Arch] = set()
+
+    def _check_space(self, space: SearchSpace) -> None:
+        if not self._use_latent:  # latent search needs the DAG protocol instead, checked by LatentIndex
+            super()._check_space(space)
+
+    def _draw(self, trial: optuna.trial.Trial) -> Arch:
+        """The space's ``suggest``, or with ``latent=true`` the proposal for suggested latent coordinates."""
+        if self._latent is None:
+            return super()._draw(trial)
+        index = self._latent
+        z = np.array([trial.suggest_float(f"z{i}", float(lo), float(hi))
+                      for i, (lo, hi) in enumerate(zip(index.low, index.high, strict=True))])
+        arch = index.propose(z, self._proposed)
+        self._proposed.add(arch)
+        return arch
 
     def make_sampler(self, seed: int, n_objectives: int, n_startup_trials: int = 10,
                      multivariate: bool = True, constant_liar: bool = True) -> optuna.samplers.BaseSampler:
