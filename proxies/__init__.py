@@ -39,5 +39,6 @@ from proxies import (  # noqa: E402,F401  (registration; sequence: bert, rnn, gp
     gradient,
     jacobian,
     passes,
+    quantum,
     sequence,
 )

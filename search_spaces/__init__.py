@@ -65,7 +65,7 @@ def describe(name: str) -> str:
 from search_spaces import nb201  # noqa: E402,F401
 
 for _optional in ("ofa", "fbnet", "nb101", "darts", "bert", "rnn", "gpt", "vit", "mcunet", "mcuvit", "chain",
-                  "tdnn"):
+                  "tdnn", "qcircuit"):
     try:
         __import__(f"search_spaces.{_optional}")
     except ModuleNotFoundError as _err:  # a space not yet written, not a broken one
