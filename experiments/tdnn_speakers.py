@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,45 +31,75 @@ from torch import nn
 import nas
 import proxies
 from nas.evaluate import Evaluator
+from nas.supernet_training import sandwich_step
 from proxies.audio import read_wav, speaker_files
-from search_spaces.tdnn import TDNN, Fbank, TDNNSpace, frames
+from search_spaces.tdnn import TDNNArch, TDNNSpace
+from search_spaces.tdnn_supernet import TDNNSupernet
 
 log = logging.getLogger("tdnn_speakers")
-SPACE_OPTIONS = {"channels": (64, 128, 256), "widths": (32, 64, 128, 256), "mfa": (192, 384, 768),
-                 "seconds": 2.0}
-"""CPU-sized choices: the networks train in minutes on one core."""
+SPACE_OPTIONS = {"channels": (64, 128), "widths": (32, 64, 128), "mfa": (192, 384), "seconds": 2.0}
+"""CPU-sized choices: 31-121M MACs per 2-s utterance; the networks train in minutes on one core."""
+SNR_TRAIN = (0.0, 20.0)
+"""Training crops are mixed with coloured noise at an SNR drawn uniformly from this range (dB)."""
 
 
-def load_fbanks(folder: Path, train_utts: int) -> tuple[list, list, list, list, list[str]]:
-    """Log-mel filterbanks of every utterance (crops are mean-normalised again), split by utterance index."""
-    fbank = Fbank()
+def load_wavs(folder: Path, train_utts: int) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[int]]:
+    """Every utterance as a float tensor, split by utterance index: (train, labels, held out, labels)."""
     train_x, train_y, test_x, test_y = [], [], [], []
-    speakers = speaker_files(folder)
-    with torch.no_grad():
-        for label, (_, files) in enumerate(speakers):
-            if len(files) <= train_utts:
-                raise ValueError(f"{folder}: speaker {label} has {len(files)} utterances; need more than "
-                                 f"--train-utts {train_utts}")
-            for i, f in enumerate(files):
-                feats = fbank(torch.from_numpy(read_wav(f))[None])[0]
-                (train_x if i < train_utts else test_x).append(feats)
-                (train_y if i < train_utts else test_y).append(label)
-    return train_x, train_y, test_x, test_y, [s for s, _ in speakers]
+    for label, (_, files) in enumerate(speaker_files(folder)):
+        if len(files) <= train_utts:
+            raise ValueError(f"{folder}: speaker {label} has {len(files)} utterances; need more than "
+                             f"--train-utts {train_utts}")
+        for i, f in enumerate(files):
+            (train_x if i < train_utts else test_x).append(torch.from_numpy(read_wav(f)))
+            (train_y if i < train_utts else test_y).append(label)
+    return train_x, train_y, test_x, test_y
 
 
-def crop_batch(feats: list[torch.Tensor], labels: list[int], n: int, t: int,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random ``t``-frame crops (utterances drawn uniformly), each mean-normalised over its frames."""
-    idx = torch.randint(len(feats), (n,), generator=gen)
+def coloured_noise(n: int, samples: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` unit-power noises whose spectra fall as f^-a/2, a drawn in [0, 1.5] (white to pinker than pink)."""
+    spec = torch.fft.rfft(torch.randn(n, samples, generator=gen))
+    freqs = torch.arange(spec.shape[1]).clamp(min=1).float()
+    slope = 1.5 * torch.rand(n, 1, generator=gen)
+    noise = torch.fft.irfft(spec * freqs[None] ** (-slope / 2), n=samples)
+    return noise / noise.pow(2).mean(dim=1, keepdim=True).sqrt()
+
+
+def add_noise(x: torch.Tensor, snr_db: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``x`` (N, S) plus coloured noise at ``snr_db`` (N,) dB below each row's power."""
+    power = x.pow(2).mean(dim=1, keepdim=True).clamp(min=1e-8)
+    noise = coloured_noise(x.shape[0], x.shape[1], gen)
+    return x + noise * (power / 10 ** (snr_db[:, None] / 10)).sqrt()
+
+
+def crop_batch(wavs: list[torch.Tensor], labels: list[int], n: int, samples: int,
+               gen: torch.Generator, snr: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random ``samples``-long crops (utterances drawn uniformly) in noise at SNRs uniform in ``snr``."""
+    idx = torch.randint(len(wavs), (n,), generator=gen)
     xs = []
     for i in idx.tolist():
-        f = feats[i]
-        if f.shape[1] < t:
-            f = f.repeat(1, -(-t // f.shape[1]))
-        start = int(torch.randint(f.shape[1] - t + 1, (1,), generator=gen))
-        xs.append(f[:, start:start + t])
-    x = torch.stack(xs)
-    return x - x.mean(dim=2, keepdim=True), torch.tensor([labels[i] for i in idx.tolist()])
+        w = wavs[i]
+        if len(w) < samples:
+            w = w.repeat(-(-samples // len(w)))
+        start = int(torch.randint(len(w) - samples + 1, (1,), generator=gen))
+        xs.append(w[start:start + samples])
+    snr_db = snr[0] + (snr[1] - snr[0]) * torch.rand(n, generator=gen)
+    x = add_noise(torch.stack(xs), snr_db, gen)
+    return x.view(n, 1, 1, samples), torch.tensor([labels[i] for i in idx.tolist()])
+
+
+def test_segments(wavs: list[torch.Tensor], seconds: float, snr_db: float) -> torch.Tensor:
+    """The central ``seconds`` of every held-out utterance in noise at ``snr_db`` (fixed seed: the same
+    test set for every network)."""
+    samples = int(seconds * 16000)
+    xs = []
+    for w in wavs:
+        w = w.repeat(-(-samples // len(w))) if len(w) < samples else w
+        start = (len(w) - samples) // 2
+        xs.append(w[start:start + samples])
+    gen = torch.Generator().manual_seed(1234)
+    x = add_noise(torch.stack(xs), torch.full((len(xs),), float(snr_db)), gen)
+    return x.view(len(xs), 1, 1, samples)
 
 
 def calibration_batch(feats_wavs: list[np.ndarray], labels: list[int], n: int, samples: int,
@@ -110,48 +141,99 @@ def eer(scores: np.ndarray, same: np.ndarray) -> float:
     return float(100 * (frr[k] + far[k]) / 2)
 
 
-def evaluate(model: TDNN, feats: list[torch.Tensor], labels: list[int]) -> dict[str, float]:
-    """Speaker-ID accuracy (%) and EER (%) on whole held-out utterances."""
-    model.eval()
-    embs, correct = [], 0
+def evaluate(embed: Callable[[torch.Tensor], torch.Tensor], classify: Callable[[torch.Tensor], torch.Tensor],
+             x: torch.Tensor, labels: list[int]) -> dict[str, float]:
+    """Speaker-ID accuracy (%) and EER (%) of cosine-scored embeddings over every pair of test segments."""
     with torch.no_grad():
-        for f, y in zip(feats, labels, strict=True):
-            x = (f - f.mean(dim=1, keepdim=True))[None]
-            e = model.embed_fbank(x)
-            correct += int(model.classifier(e).argmax(1).item() == y)
-            embs.append(nn.functional.normalize(e, dim=1)[0])
-    e = torch.stack(embs).numpy()
-    sim = e @ e.T
+        e = torch.cat([embed(chunk) for chunk in x.split(50)])
+        pred = classify(e).argmax(1).numpy()
     y = np.array(labels)
+    e = nn.functional.normalize(e, dim=1).numpy()
     iu = np.triu_indices(len(y), k=1)
-    return {"accuracy": 100.0 * correct / len(labels), "eer": eer(sim[iu], (y[:, None] == y[None])[iu])}
+    return {"accuracy": float(100.0 * (pred == y).mean()), "eer": eer((e @ e.T)[iu], (y[:, None] == y[None])[iu])}
 
 
-def train(space: TDNNSpace, arch_string: str, data: tuple, steps: int, batch: int, lr: float,
+def train(space: TDNNSpace, arch_string: str, data: tuple, test: torch.Tensor, args: argparse.Namespace,
           seed: int) -> dict[str, float]:
-    """Train ``arch_string`` from scratch (AdamW, one-cycle, cross-entropy) and evaluate it."""
-    train_x, train_y, test_x, test_y, _ = data
+    """Train ``arch_string`` from scratch (AdamW, one-cycle, cross-entropy, noisy crops) and evaluate it."""
+    train_x, train_y, _, test_y = data
     torch.manual_seed(seed)
     model = space.build(space.from_string(arch_string))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=2e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(seed)  # the same crops in the same order for every network
-    t = frames(space.samples)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=2e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)  # the same crops and noise in the same order for every network
     start = time.perf_counter()
     model.train()
-    for step in range(steps):
-        x, y = crop_batch(train_x, train_y, batch, t, gen)
-        loss = nn.functional.cross_entropy(model.classifier(model.embed_fbank(x)), y)
+    for step in range(args.steps):
+        x, y = crop_batch(train_x, train_y, args.batch_size, space.samples, gen, SNR_TRAIN)
+        loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if step % 50 == 0 or step == steps - 1:
-            log.info("  step %d/%d loss %.3f", step + 1, steps, loss.item())
-    metrics = evaluate(model, test_x, test_y)
+        if step % 50 == 0 or step == args.steps - 1:
+            log.info("  step %d/%d loss %.3f", step + 1, args.steps, loss.item())
+    model.eval()
+    metrics = evaluate(model.embed, model.classifier, test, test_y)
     metrics["train_s"] = time.perf_counter() - start
     metrics["final_loss"] = float(loss.item())
     return metrics
+
+
+class _FbankInput(nn.Module):
+    """The supernet fed filterbanks: the sandwich's four subnets share one filterbank computation."""
+
+    def __init__(self, supernet: TDNNSupernet) -> None:
+        super().__init__()
+        self.supernet = supernet
+
+    def forward(self, fbank: torch.Tensor, arch: TDNNArch) -> torch.Tensor:
+        return self.supernet.forward_fbank(fbank, arch)
+
+
+def train_supernet(space: TDNNSpace, data: tuple, args: argparse.Namespace, seed: int) -> TDNNSupernet:
+    """The sandwich rule with in-place distillation (:func:`nas.supernet_training.sandwich_step`): per step
+    the largest subnet learns from the labels, the smallest and two random ones from its predictions."""
+    train_x, train_y, _, _ = data
+    torch.manual_seed(seed)
+    sup = TDNNSupernet(space)
+    fed = _FbankInput(sup)
+    opt = torch.optim.AdamW(sup.parameters(), lr=args.lr, weight_decay=2e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.supernet_steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng([seed, 0x5A4D])
+    sup.train()
+    for step in range(args.supernet_steps):
+        x, y = crop_batch(train_x, train_y, args.batch_size, space.samples, gen, SNR_TRAIN)
+        with torch.no_grad():
+            fbank = sup.features(x)
+        archs = [sup.largest(), sup.smallest(), space.sample(rng), space.sample(rng)]
+        opt.zero_grad()
+        loss, _ = sandwich_step(fed, space, fbank, y, archs)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == args.supernet_steps - 1:
+            log.info("  supernet step %d/%d loss %.3f", step + 1, args.supernet_steps, float(loss))
+    return sup
+
+
+def inherited(sup: TDNNSupernet, space: TDNNSpace, arch_string: str, data: tuple, test: torch.Tensor,
+              seed: int, batches: int = 8) -> dict[str, float]:
+    """Accuracy and EER of a subnet with inherited weights, its BatchNorm statistics recalibrated on
+    ``batches`` noisy training batches (as OFA does before evaluating a subnet)."""
+    train_x, train_y, _, test_y = data
+    net = sup.subnet(space.from_string(arch_string))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+    gen = torch.Generator().manual_seed(seed + 777)
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            net(crop_batch(train_x, train_y, 32, space.samples, gen, SNR_TRAIN)[0])
+    net.eval()
+    return evaluate(net.embed, net.classifier, test, test_y)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,9 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy", default="synflow")
     parser.add_argument("--budget", type=int, default=100, help="architectures the search evaluates")
     parser.add_argument("--proxy-batch", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=200, help="stand-alone training steps per network")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--test-seconds", type=float, default=1.0)
+    parser.add_argument("--test-snr", type=float, default=5.0)
+    parser.add_argument("--supernet-steps", type=int, default=0,
+                        help="also train a supernet per seed (sandwich rule) and evaluate both picks with "
+                             "inherited weights; 0: stand-alone only")
+    parser.add_argument("--no-standalone", action="store_true", help="skip the stand-alone training")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -178,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     speakers = speaker_files(folder)
     space = TDNNSpace(num_classes=len(speakers), **SPACE_OPTIONS)
     log.info("loading %s (%d speakers)", folder, len(speakers))
-    data = load_fbanks(folder, args.train_utts)
-    wavs = [read_wav(f) for _, files in speakers for f in files[:args.train_utts]]
-    wav_labels = [label for label, (_, files) in enumerate(speakers) for _ in files[:args.train_utts]]
+    data = load_wavs(folder, args.train_utts)
+    test = test_segments(data[2], args.test_seconds, args.test_snr)
     rows = []
     for seed in args.seeds:
         seed_dir = out / f"seed{seed}"
@@ -189,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if pick_file.is_file():
             picks = json.loads(pick_file.read_text())
         else:
-            batch = calibration_batch(wavs, wav_labels, args.proxy_batch, space.samples, seed)
+            wavs = [w.numpy() for w in data[0]]
+            batch = calibration_batch(wavs, data[1], args.proxy_batch, space.samples, seed)
             evaluator = Evaluator(space, (args.proxy, "flops"), batch, seed=seed)
             t0 = time.perf_counter()
             result = nas.search(space, "evolution", [args.proxy], budget=args.budget, seed=seed,
@@ -201,14 +289,29 @@ def main(argv: list[str] | None = None) -> int:
             picks = {"searched": searched, "searched_macs": macs, "random": rand, "random_macs": rand_macs,
                      "search_s": time.perf_counter() - t0}
             pick_file.write_text(json.dumps(picks, indent=1))
+        if args.supernet_steps:
+            sup_file = seed_dir / "supernet.json"
+            if sup_file.is_file():
+                sup_res = json.loads(sup_file.read_text())
+            else:
+                t0 = time.perf_counter()
+                sup = train_supernet(space, data, args, seed)
+                sup_res = {kind: inherited(sup, space, picks[kind], data, test, seed) for kind in ("searched", "random")}
+                sup_res["train_s"] = time.perf_counter() - t0
+                sup_file.write_text(json.dumps(sup_res, indent=1))
+            for kind in ("searched", "random"):
+                log.info("seed %d %s inherited: acc %.1f%% EER %.2f%%", seed, kind, sup_res[kind]["accuracy"],
+                         sup_res[kind]["eer"])
         for kind in ("searched", "random"):
             path = seed_dir / f"{kind}.json"
             if path.is_file():
                 res = json.loads(path.read_text())
+            elif args.no_standalone:
+                continue
             else:
                 arch = picks[kind]
                 log.info("seed %d %s %s (%.1fM MACs)", seed, kind, arch, picks[f"{kind}_macs"] / 1e6)
-                res = train(space, arch, data, args.steps, args.batch_size, args.lr, seed)
+                res = train(space, arch, data, test, args, seed)
                 res.update(arch=arch, macs=picks[f"{kind}_macs"], params=space.params(space.from_string(arch)))
                 path.write_text(json.dumps(res, indent=1))
             log.info("seed %d %s: acc %.1f%% EER %.2f%%", seed, kind, res["accuracy"], res["eer"])
@@ -221,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
 def write_table(path: Path, rows: list, args: argparse.Namespace) -> None:
     """The markdown table of every trained network and the per-kind means."""
     lines = [f"Searched ({args.proxy}, evolution, {args.budget} archs, <= {args.macs_budget:g}M MACs) vs random "
-             f"of equal MACs (+-{args.macs_tolerance:.0%}); {args.steps} steps x {args.batch_size} 2-s crops; "
-             "held-out utterances.", "",
+             f"of equal MACs (+-{args.macs_tolerance:.0%}); {args.steps} steps x {args.batch_size} 2-s crops in "
+             f"noise at {SNR_TRAIN[0]:g}-{SNR_TRAIN[1]:g} dB SNR; test: the central {args.test_seconds:g} s of each "
+             f"held-out utterance at {args.test_snr:g} dB SNR.", "",
              "| seed | net | arch | MACs (M, 2 s) | params (M) | speaker-ID acc (%) | EER (%) | train (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for seed, kind, r in rows:

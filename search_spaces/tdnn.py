@@ -82,9 +82,10 @@ def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RA
 class Fbank(nn.Module):
     """Waveform ``(N, 1, 1, S)`` or ``(N, S)`` -> mean-normalised log-mel filterbanks ``(N, n_mels, T)``.
 
-    A Hamming-windowed 25 ms / 10 ms short-time Fourier transform is a strided convolution with fixed
-    cosine and sine kernels (buffers, not parameters), so it exports to any ONNX runtime and the proxies,
-    which look at trainable layers, never see it. ``T = 1 + (S - 400) // 160``.
+    A Hamming-windowed 25 ms / 10 ms short-time Fourier transform (512-point), by FFT in PyTorch and, in
+    an ONNX export, as a strided convolution with fixed cosine and sine kernels (buffers, not parameters)
+    that any runtime runs; the proxies, which look at trainable layers, see neither.
+    ``T = 1 + (S - 400) // 160``.
     """
 
     def __init__(self, n_mels: int = 80) -> None:
@@ -96,12 +97,16 @@ class Fbank(nn.Module):
         basis = np.concatenate([np.cos(angle), -np.sin(angle)]) * window[None]
         self.register_buffer("basis", torch.from_numpy(basis.astype(np.float32))[:, None], persistent=False)
         self.register_buffer("mel", torch.from_numpy(mel_filterbank(n_mels)), persistent=False)
+        self.register_buffer("window", torch.from_numpy(window.astype(np.float32)), persistent=False)
         self.n_bins = N_FFT // 2 + 1
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        x = wav.reshape(wav.shape[0], 1, wav.shape[-1])
-        spec = F.conv1d(x, self.basis, stride=HOP_LENGTH)
-        power = spec[:, : self.n_bins] ** 2 + spec[:, self.n_bins:] ** 2
+        if torch.onnx.is_in_onnx_export():  # the graph gets a plain strided convolution, no STFT op
+            spec = F.conv1d(wav.reshape(wav.shape[0], 1, wav.shape[-1]), self.basis, stride=HOP_LENGTH)
+            power = spec[:, : self.n_bins] ** 2 + spec[:, self.n_bins:] ** 2
+        else:  # the same numbers by FFT, about 40x fewer operations for training and the proxies
+            framed = wav.reshape(wav.shape[0], wav.shape[-1]).unfold(1, WIN_LENGTH, HOP_LENGTH) * self.window
+            power = torch.fft.rfft(framed, n=N_FFT).abs().pow(2).transpose(1, 2)
         logmel = torch.log(torch.matmul(self.mel, power) + 1e-6)
         return logmel - logmel.mean(dim=2, keepdim=True)  # per-utterance mean normalisation, as ECAPA
 

@@ -183,3 +183,35 @@ def test_cli_rejects_bad_tdnn_input(tmp_path, capsys):
     code = main(["score", "--space", "tdnn", *_cli_options(), "--arch-file", str(tmp_path / "a.txt"),
                  "--proxies", "zen", "--out", str(tmp_path / "s.csv")])
     assert code == 2 and "zen is not available on space tdnn" in capsys.readouterr().err
+
+
+def test_supernet_subnet_matches_shared_weights():
+    from search_spaces.tdnn_supernet import TDNNSupernet
+
+    space = search_spaces.get("tdnn", **{**TINY, "channels": [16, 32], "kernels": [1, 3, 5], "mfa": [24, 48]})
+    torch.manual_seed(0)
+    sup = TDNNSupernet(space)
+    for m in sup.modules():  # non-trivial statistics, so that a wrong slice shows
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    sup.eval()
+    x = 0.1 * torch.randn(2, 1, 1, 8000, generator=torch.Generator().manual_seed(0))
+    rng = np.random.default_rng(0)
+    for arch in [sup.largest(), sup.smallest(), *(space.sample(rng) for _ in range(4))]:
+        with torch.no_grad():
+            assert (sup(x, arch) - sup.subnet(arch).eval()(x)).abs().max() < 1e-5, space.to_string(arch)
+    sup.train()
+    sup(x, space.sample(rng)).sum().backward()  # a training step on a slice reaches the shared weights
+    assert sup.stem.weight.grad is not None
+
+
+@pytest.mark.parametrize("strategy", ["random", "bayesian", "reinforce", "nsga2"])  # evolution: the CLI test
+def test_every_strategy_searches_tdnn_under_a_macs_limit(tiny, strategy, tmp_path):
+    import nas
+
+    result = nas.search(tiny, strategy, ["synflow", "flops"], budget=3, seed=0, out=tmp_path / "r",
+                        batch_size=2, max_flops=40.0, progress=False, plot=False, cache=False)
+    assert len(result.candidates) == 3
+    assert all(tiny.from_string(c.arch) for c in result.candidates)
+    assert all(c.scores["flops"] <= 40.0 for c in result.pareto)
