@@ -48,6 +48,9 @@ class Espeak:
         self.rate = self.lib.espeak_Initialize(1, 500, espeakng_loader.get_data_path().encode(), 0)
         if self.rate <= 0:
             raise RuntimeError("espeak_Initialize failed: is espeakng-loader's voice data present?")
+        # eSpeak NG draws breath noise (voices f2, f3, f5, ...) from a generator its initialisation seeds
+        # from the clock; reseeding it before every utterance makes the audio reproducible and
+        # independent of the order in which utterances are rendered.
         self._chunks: list[np.ndarray] = []
         callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
         self._callback = callback_type(self._collect)  # kept on self: the library holds only a raw pointer
@@ -58,8 +61,10 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    def say(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> np.ndarray:
-        """``text`` spoken by ``voice`` (e.g. ``en+m3``) as int16 samples at ``self.rate``."""
+    def say(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, noise_seed: int = 0) -> np.ndarray:
+        """``text`` spoken by ``voice`` (e.g. ``en+m3``) as int16 samples at ``self.rate``; ``noise_seed``
+        seeds the breath noise."""
+        self.lib.espeak_ng_SetRandSeed(ctypes.c_long(noise_seed))
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"eSpeak NG has no voice {voice!r}")
         for param, value in ((ESPEAK_RATE, rate), (ESPEAK_PITCH, pitch), (ESPEAK_RANGE, pitch_range)):
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 words = rng.choice(WORDS, size=int(rng.integers(6, 13)))
                 text = " ".join(words).capitalize() + "."
                 raw = tts.say(text, spk["voice"], spk["rate"] + int(rng.integers(-10, 11)),
-                              min(99, max(0, spk["pitch"] + int(rng.integers(-4, 5)))), spk["range"])
+                              min(99, max(0, spk["pitch"] + int(rng.integers(-4, 5)))), spk["range"],
+                              noise_seed=int(rng.integers(2**31)))
                 x = resample_poly(raw.astype(np.float64) / 32768.0, 320, 441)  # 22,050 Hz -> 16 kHz
                 x = trim_silence(x)
                 write_wav(folder / f"{u:03d}.wav", x)
