@@ -180,15 +180,14 @@ class QCircuitSpace:
                 [ROTATIONS.index(r) for r in layer.rotations] + [ENTANGLERS.index(e) for e in layer.entanglers]]
 
     def sample(self, rng: np.random.Generator) -> Circuit:
-        """Every decision uniform."""
-        return self.from_choices([int(rng.integers(len(opts))) for _, opts in self.decisions()])
+        """Every decision uniform (all have 4 options)."""
+        return self.from_choices(rng.integers(4, size=self.layers * (self.qubits + len(self.pairs))).tolist())
 
     def mutate(self, arch: Circuit, rng: np.random.Generator) -> Circuit:
         """Change one rotation or one entangler to another option."""
         choices = self.to_choices(arch)
         i = int(rng.integers(len(choices)))
-        size = len(self.decisions()[i][1])
-        choices[i] = (choices[i] + 1 + int(rng.integers(size - 1))) % size
+        choices[i] = (choices[i] + 1 + int(rng.integers(3))) % 4  # another of the 4 options
         return self.from_choices(choices)
 
     def crossover(self, a: Circuit, b: Circuit, rng: np.random.Generator) -> Circuit:

@@ -214,3 +214,15 @@ def test_cli_score_and_search(tmp_path, capsys):
                  "--no-progress"]) == 0
     best = json.loads((run / "best.json").read_text())
     assert "fidelity" in json.dumps(best)
+
+
+def test_dag_protocol_feeds_arch2vec():
+    arch2vec = pytest.importorskip("predictors.arch2vec")
+    space = _space(qubits=3, layers=2)
+    rng = np.random.default_rng(0)
+    archs = list(dict.fromkeys(space.sample(rng) for _ in range(64)))
+    adj, ops = arch2vec.dag_arrays(space, archs)
+    assert adj.shape == (len(archs), space.dag_nodes, space.dag_nodes) and ops.shape == (len(archs), space.dag_nodes)
+    vae = arch2vec.Arch2Vec(epochs=1, seed=0).fit(space, archs)
+    decoded = vae.decode_archs(space, vae.embed(space, archs[:4]))
+    assert len(decoded) == 4 and all(a is None or space.to_string(a) for a in decoded)
