@@ -67,6 +67,8 @@ class Evaluator:
     ensembles: dict[str, Any] = field(default_factory=dict)  # prepared proxy ensembles (proxies.ensemble)
     supernet: Any = None  # a nas.inherited.SupernetScorer: acc_ws from a trained supernet
     memory: bool = False  # record sram_kb and flash_kb (hardware_models.memory, int8) for every candidate
+    predictors: dict[str, str] = field(default_factory=dict)  # objective name -> fitted predictor folder
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
     _batches: dict[tuple[int, ...], proxy_lib.Batch] = field(default_factory=dict, repr=False)
     _data_keys: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
 
@@ -116,6 +118,8 @@ class Evaluator:
                 from nas.inherited import ACC_WS
 
                 scores[ACC_WS] = self.supernet.accuracy(arch)  # raises -> the candidate is failed
+            if self.predictors and failure is None:
+                scores.update(self.predicted(arch))  # raises -> the candidate is failed, never a score
             params = scores["params"] if "params" in scores else \
                 sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
             metrics: dict[str, float] = {"params": params}
@@ -133,6 +137,23 @@ class Evaluator:
             return Candidate(arch_string, {}, {}, status="failed",
                              error="".join(traceback.format_exception_only(type(err), err)).strip(),
                              wall_s=time.perf_counter() - start)
+
+    def predicted(self, arch: Any) -> dict[str, float]:
+        """Each ``predictor:FOLDER`` objective's prediction for ``arch``; a non-finite one raises.
+
+        Predictions are never cached: they belong to the predictor folder, not to the proxy key.
+        """
+        from predictors.base import load
+
+        out = {}
+        for name, folder in self.predictors.items():
+            if name not in self._loaded:  # loaded in the process that evaluates (a Ray worker loads its own)
+                self._loaded[name] = load(folder)
+            value = float(np.asarray(self._loaded[name].predict(self.space, [arch]), dtype=float).ravel()[0])
+            if not math.isfinite(value):
+                raise ValueError(f"{name} predicted {value} for this architecture")
+            out[name] = value
+        return out
 
     def _key(self, shape: tuple[int, ...]) -> dict[str, Any]:
         if shape not in self._data_keys:

@@ -192,10 +192,16 @@ def _optimize(study: Any, evaluate: Callable[[str], Candidate] | None, ex: execu
     finally:
         if not finished and any(c.status == "ok" for c in result.candidates):
             result.write_outputs(study.dir, plot)  # interrupted: outputs that match the database
+    left = getattr(study.strategy, "queries_left", 0)
+    if left > 0:
+        log.warning("the budget of %d candidates ended with %d of the strategy's oracle queries unspent; "
+                    "--resume with a larger --budget spends them", int(study.config["budget"]), left)
     queries = int(study.config.get("oracle_queries", 0))
     if queries:
-        # A resumed run re-ranks its larger pool; earlier answers are reused, not asked again.
-        result.oracle = greedy_queries(result, study.space, queries, study.store.oracle())
+        # A resumed run re-ranks its larger pool; earlier answers are reused, not asked again. Labels a
+        # strategy queried itself (predictor) stay among the answers the pick is chosen from.
+        result.oracle = {**getattr(study.strategy, "queried_", {}),
+                         **greedy_queries(result, study.space, queries, study.store.oracle())}
         study.store.set_oracle(result.oracle)
     result.write_outputs(study.dir, plot)
     return result

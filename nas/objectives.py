@@ -36,8 +36,18 @@ class Objective:
         return f"{'max' if self.maximize else 'min'}:{self.name}"
 
 
+PREDICTOR_PREFIX = "predictor:"
+"""``predictor:FOLDER`` names a fitted accuracy predictor (``nas predictor fit``) as a maximised objective."""
+
+
+def is_predictor(name: str) -> bool:
+    """Whether an objective name is a fitted predictor's (``predictor:FOLDER``)."""
+    return name.startswith(PREDICTOR_PREFIX) and len(name) > len(PREDICTOR_PREFIX)
+
+
 def parse_objectives(text: str | list[str] | tuple[str, ...]) -> list[Objective]:
-    """Parse ``"nwot,latency"`` or ``["max:params"]``; cost names are minimised unless prefixed ``max:``."""
+    """Parse ``"nwot,latency"`` or ``["max:params"]``; cost names are minimised unless prefixed ``max:``;
+    ``predictor:FOLDER`` (a fitted predictor's predicted accuracy) is maximised."""
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     if not items:
         raise ValueError("at least one objective is needed, e.g. --objectives nwot or nwot,latency")
@@ -46,8 +56,11 @@ def parse_objectives(text: str | list[str] | tuple[str, ...]) -> list[Objective]
         prefix, sep, name = item.partition(":")
         if sep and prefix in ("max", "min"):
             out.append(Objective(name, prefix == "max"))
+        elif is_predictor(item):
+            out.append(Objective(item, True))
         elif sep:
-            raise ValueError(f"objective {item!r}: the prefix must be 'max:' or 'min:'")
+            raise ValueError(f"objective {item!r}: the prefix must be 'max:' or 'min:' (or predictor:FOLDER, a "
+                             "`nas predictor fit` output)")
         else:
             out.append(Objective(item, item not in MINIMISED))
     return out

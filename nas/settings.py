@@ -21,7 +21,7 @@ import search_spaces
 from nas import strategies
 from nas.errors import ResumeConflict
 from nas.exploit import check_oracle, resolve_labels
-from nas.objectives import Objective, parse_objectives
+from nas.objectives import Objective, is_predictor, parse_objectives
 from search_spaces import SearchSpace
 
 LATENCY_OBJECTIVES = frozenset({"latency", "latency_ms"})
@@ -86,7 +86,7 @@ def proxy_names(objs: Sequence[Objective], extra: Sequence[str], max_flops: floa
     flops limit."""
     from nas.inherited import SUPERNET_OBJECTIVES
 
-    names = [o.name for o in objs if o.name not in METRIC_OBJECTIVES | SUPERNET_OBJECTIVES]
+    names = [o.name for o in objs if o.name not in METRIC_OBJECTIVES | SUPERNET_OBJECTIVES and not is_predictor(o.name)]
     if max_flops is not None:
         if "flops" not in proxy_lib.registry:
             raise ValueError("--max-flops needs the 'flops' proxy, which is not available; valid proxies: "
@@ -116,11 +116,14 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
         hardware_models.get(target_name)
     check_memory_settings(config)
     check_oracle(space, int(config.get("oracle_queries", 0)))
-    if config.get("labels") and "ensemble_fit" not in config["proxies"]:
-        raise ValueError("labels (--labels or --label-queries) only fit the few-label ensemble: add "
-                         "ensemble_fit to --objectives or --proxies")
+    if config.get("labels") and "ensemble_fit" not in config["proxies"] and not uses_labels(config):
+        raise ValueError("labels (--labels or --label-queries) fit the few-label ensemble or the predictor "
+                         "strategy: add ensemble_fit to --objectives or --proxies, or use --strategy predictor")
     check_supernet_settings(config, space, objs)
     check_teacher_settings(config)
+    if config.get("predictors") and config.get("evaluator") != "proxies":
+        raise ValueError("--objectives predictor:FOLDER goes with a proxy search, not with a strategy that scores "
+                         "its own proposals or a custom evaluate function")
     if config.get("evaluator") == "proxies":
         for name in config["proxies"]:
             if name not in proxy_lib.registry:
@@ -129,6 +132,37 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
         check = getattr(proxy_lib, "check_available", None)
         if check is not None:
             check(space, config["proxies"])
+
+
+def predictor_settings(objs: Sequence[Objective]) -> dict[str, dict[str, str | None]]:
+    """``{objective: {"path", "digest"}}`` of the ``predictor:FOLDER`` objectives; each folder must load now.
+
+    The path is made absolute (a resumed run finds it from any folder) and the digest of the folder's files
+    is checked on ``--resume``, as ``--teacher``'s weights are.
+    """
+    from predictors.base import load
+
+    out: dict[str, dict[str, str | None]] = {}
+    for o in objs:
+        if is_predictor(o.name):
+            folder = Path(o.name.split(":", 1)[1])
+            load(folder)  # a missing or unreadable folder fails before the run exists, naming the problem
+            out[o.name] = {"path": str(folder.resolve()), "digest": predictor_digest(folder)}
+    return out
+
+
+def predictor_digest(folder: str | os.PathLike[str]) -> str:
+    """SHA-1 over a predictor folder's file names and bytes (``predictor.json``, ``arrays.npz``, ...)."""
+    digest = hashlib.sha1()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def uses_labels(config: dict[str, Any]) -> bool:
+    """Whether the run's strategy takes the run's labels itself (``uses_labels``, e.g. ``predictor``)."""
+    name = str(config.get("strategy"))
+    return name in strategies.registry and bool(getattr(strategies.registry.get(name), "uses_labels", False))
 
 
 def check_teacher_settings(config: dict[str, Any]) -> None:
@@ -228,7 +262,8 @@ def build_evaluator(config: dict[str, Any], space: SearchSpace, batch: proxy_lib
     cache = ProxyCache(None if cache_dir is True else cache_dir) if cache_dir else None
     return Evaluator(space, tuple(config["proxies"]), batch, target, int(config["seed"]), config.get("device"),
                      cache, labels=config.get("labels"), supernet=supernet_scorer(config, space),
-                     memory=needs_memory(config))
+                     memory=needs_memory(config),
+                     predictors={n: p["path"] for n, p in config.get("predictors", {}).items()})
 
 
 def load_data(config: dict[str, Any], space: SearchSpace) -> proxy_lib.Batch:
@@ -318,6 +353,11 @@ def check_inputs_unchanged(run_dir: Path, config: dict[str, Any], space: SearchS
         if now != config.get("teacher_digest"):
             raise ResumeConflict(f"--resume {run_dir}: the --teacher {config['teacher']} weights changed since the "
                                  f"run started (digest {config.get('teacher_digest')} then, {now} now)")
+    for name, stored in config.get("predictors", {}).items():
+        now = predictor_digest(stored["path"]) if Path(stored["path"]).is_dir() else "missing"
+        if now != stored["digest"]:
+            raise ResumeConflict(f"--resume {run_dir}: the predictor {stored['path']} ({name}) changed since the run "
+                                 f"started (digest {stored['digest']} then, {now} now); restore it or start a new run")
     table = config.get("space_options", {}).get("accuracy_table")
     if config.get("accuracy_table_digest") is not None:
         now = file_digest(table)
@@ -477,6 +517,8 @@ def make_strategy(config: dict[str, Any], space: SearchSpace, run_dir: Path) -> 
     factory = strategies.registry.get(config["strategy"])
     if getattr(factory, "uses_storage", False) and "storage" not in options:
         options["storage"] = str(run_dir / "optuna.journal")
+    if getattr(factory, "uses_labels", False) and config.get("labels") and "labels" not in options:
+        options["labels"] = config["labels"]  # e.g. the predictor strategy fits on them
     if getattr(factory, "uses_target", False) and config.get("target") and "target" not in options:
         options["target"] = config["target"]  # e.g. ProxylessNAS's latency loss is for the run's --target
     n_objectives = len(parse_objectives(config["objectives"]))

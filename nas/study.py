@@ -34,7 +34,7 @@ import numpy as np
 import proxies as proxy_lib
 from nas import executors, strategies
 from nas.errors import ResumeConflict, SearchFailed
-from nas.exploit import resolve_labels
+from nas.exploit import RecordedOracle, resolve_labels
 from nas.objectives import Constraints, Objective, parse_objectives
 from nas.optuna_mirror import OptunaMirror
 from nas.optuna_mirror import attach as attach_mirror
@@ -52,6 +52,7 @@ from nas.settings import (
     file_digest,
     load_data,
     make_strategy,
+    predictor_settings,
     proxy_names,
     register_custom,
     resolve_settings,
@@ -103,6 +104,9 @@ class Study:
         self._seen: set[str] = set()
         self._evaluator: Evaluate | None = None
         self._batch: proxy_lib.Batch | None = None  # the calibration batch, once loaded
+        if getattr(strategy, "queries_oracle", False) and getattr(strategy, "oracle", None) is not None:
+            # a strategy that labels with the oracle itself: answers are stored as they come, read back on replay
+            strategy.oracle = RecordedOracle(strategy.oracle, space, store, self.result.oracle)  # type: ignore[attr-defined]
         self._replay()
 
     # -- what the run holds --------------------------------------------------------------------------
@@ -470,6 +474,9 @@ def create_study(
                       bn_batches=int(bn_batches or DEFAULT_BN_BATCHES))
     elif val_size is not None or bn_batches is not None:
         raise ValueError("--val-size and --bn-batches set how acc_ws is measured: they need --supernet PATH")
+    predictors = predictor_settings(objs)
+    if predictors:  # predictor:FOLDER objectives: where each fitted predictor is, and its digest for --resume
+        config["predictors"] = predictors
     if teacher is not None:
         config["teacher"] = str(Path(teacher).resolve())
         config["teacher_digest"] = file_digest(Path(teacher) / "model.pt")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from nas.errors import RunInUse, RunStoreError, SearchFailed
 
 COMMANDS = ("spaces", "proxies", "targets", "score", "search", "runs", "export", "latency", "memory",
-            "benchmark", "sweep", "train", "supernet", "grow", "dashboard", "quantize")
+            "benchmark", "sweep", "train", "supernet", "grow", "dashboard", "quantize", "predictor")
 """Sub-command modules in ``nas.cli``, in help order; a module that does not exist yet is skipped."""
 
 

@@ -34,11 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Flags left out take the space's defaults (tuned per space), then "
                                    "global ones: evolution, budget 100, objective synflow.")
     add_space_args(p)
-    p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, reinforce "
-                                      "(default: the space's choice, else evolution)")
+    p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, reinforce, predictor "
+                                      "(BANANAS: spends --option queries=20 oracle labels; needs --accuracy-table "
+                                      "or --labels) (default: the space's choice, else evolution)")
     p.add_argument("--objectives",
-                   help="comma-separated: proxies and acc_ws (with --supernet) are maximised; latency, params, "
-                        "flops, sram_kb, flash_kb minimised; "
+                   help="comma-separated: proxies, acc_ws (with --supernet) and predictor:DIR (a `nas predictor "
+                        "fit` folder) are maximised; latency, params, flops, sram_kb, flash_kb minimised; "
                         "prefix max:/min: to choose; two or more give a Pareto front (default synflow)")
     p.add_argument("--proxies", help="extra proxies to record for every candidate")
     p.add_argument("--budget", type=int, help="distinct candidates to evaluate (default 100)")

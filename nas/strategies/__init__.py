@@ -107,7 +107,8 @@ def require(space: SearchSpace, method: str, strategy: str) -> None:
 
 from nas.strategies import random_search  # noqa: E402,F401
 
-for _optional in ("evolution", "bayesian", "reinforce", "oneshot", "weight_sharing", "proxyless"):
+for _optional in ("evolution", "bayesian", "reinforce", "oneshot", "weight_sharing", "proxyless",
+                  "predictor"):
     try:
         __import__(f"nas.strategies.{_optional}")
     except ModuleNotFoundError as _err:

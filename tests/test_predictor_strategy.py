@@ -1,0 +1,111 @@
+"""``--strategy predictor``: BANANAS-style search that spends a fixed number of oracle labels.
+
+Real runs on small NAS-Bench-201 networks (8 channels, one cell per stage) scored by the ``params`` proxy;
+the oracle is the shipped accuracy table (skipped when ``../shared/data`` is absent).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import nas
+import search_spaces
+from nas.strategies.predictor import PredictorSearch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = {"channels": 8, "cells_per_stage": 1}
+ROUNDS = {"queries": 6, "init": 10, "init_queries": 2, "per_round": 2, "pool": 6}
+
+
+def search(tmp_path, table, name="r", budget=200, seed=0, resume=False, **kw):
+    """A predictor search on the small space with the oracle attached (or the resumed one)."""
+    common = {"budget": budget, "out": tmp_path / name, "progress": False, "plot": False}
+    if resume:
+        return nas.search(resume=True, **common, **kw)
+    options = {**ROUNDS, **kw.pop("strategy_options", {})}
+    return nas.search("nb201", "predictor", ["params"], seed=seed, strategy_options=options,
+                      space_options={**SMALL, "accuracy_table": table}, **common, **kw)
+
+
+@pytest.fixture(scope="module")
+def table(shared_data):
+    return str(shared_data / "nb201_accuracy.csv")
+
+
+def test_spends_exactly_its_queries_and_picks_the_best_queried(tmp_path, table):
+    result = search(tmp_path, table)
+    assert len(result.oracle) == ROUNDS["queries"]
+    assert len(result.candidates) < 200  # the strategy ended the search once its labels were spent
+    space = search_spaces.get("nb201", accuracy_table=table)
+    assert all(acc == space.accuracy(space.from_string(a)) for a, acc in result.oracle.items())
+    assert result.best.arch == max(result.oracle, key=result.oracle.get)
+    assert result.pick_rule == "the best of the oracle's queries"
+    summary = json.loads((tmp_path / "r" / "best.json").read_text())
+    assert summary["oracle"]["queries"] == ROUNDS["queries"]
+    assert summary["oracle"]["accuracy"] == max(result.oracle.values())
+    assert nas.load_run(tmp_path / "r").oracle == result.oracle  # stored in the run
+
+
+def test_resume_replays_the_queries_identically(tmp_path, table):
+    fresh = search(tmp_path, table, "fresh")
+    cut = search(tmp_path, table, "cut", budget=14)  # stops inside the second round
+    assert 0 < len(cut.oracle) < ROUNDS["queries"]
+    assert nas.load_run(tmp_path / "cut").oracle == cut.oracle  # answers stored as they came
+    resumed = search(tmp_path, table, "cut", budget=200, resume=True)
+    assert [c.arch for c in resumed.candidates] == [c.arch for c in fresh.candidates]
+    assert list(resumed.oracle.items()) == list(fresh.oracle.items())
+    assert resumed.best.arch == fresh.best.arch
+    again = search(tmp_path, table, "cut", budget=300, resume=True)  # finished: nothing more is asked
+    assert len(again.candidates) == len(fresh.candidates) and again.oracle == fresh.oracle
+
+
+def test_ucb_and_more_rounds(tmp_path, table):
+    result = search(tmp_path, table, strategy_options={"acquisition": "ucb", "queries": 9, "per_round": 3})
+    assert len(result.oracle) == 9
+    assert result.best.arch == max(result.oracle, key=result.oracle.get)
+
+
+def test_with_greedy_oracle_queries_the_pick_is_the_best_of_both(tmp_path, table):
+    result = search(tmp_path, table, oracle_queries=3)
+    assert len(result.oracle) >= ROUNDS["queries"]  # the greedy step adds to the strategy's labels
+    assert result.best.arch == max(result.oracle, key=result.oracle.get)
+
+
+def test_known_labels_without_an_oracle(tmp_path):
+    space = search_spaces.get("nb201", **SMALL)
+    rng = np.random.default_rng(3)
+    labels = [(space.to_string(space.sample(rng)), 80.0 + i) for i in range(4)]
+    result = nas.search("nb201", "predictor", ["params"], budget=20, seed=0, out=tmp_path / "r", progress=False,
+                        plot=False, labels=labels, space_options=SMALL,
+                        strategy_options={"init": 8, "pool": 4})
+    assert not result.oracle and len(result.candidates) == 20
+    assert result.pick_rule == "the search method's own answer"
+    assert {a for a, _ in labels} <= {c.arch for c in result.candidates}  # evaluated, so their values are told
+
+
+def test_clear_errors(table):
+    space = search_spaces.get("nb201", **SMALL)
+    with pytest.raises(ValueError, match="accuracy-table"):
+        PredictorSearch(space, queries=5)
+    oracle = search_spaces.get("nb201", accuracy_table=table, **SMALL)
+    with pytest.raises(ValueError, match="its, ucb"):
+        PredictorSearch(oracle, acquisition="ei")
+    with pytest.raises(ValueError, match="ensemble_fit"):  # an unknown kind lists the registered ones
+        PredictorSearch(oracle, kind="no_such_kind")
+    with pytest.raises(ValueError, match="per_round must be >= 1"):
+        PredictorSearch(oracle, per_round=0)
+    with pytest.raises(ValueError, match="accepted|valid"):
+        nas.search("nb201", "predictor", ["params"], budget=2, progress=False,
+                   space_options={"accuracy_table": table}, strategy_options={"rounds": 3})
+
+
+def test_a_registered_kind_as_the_ensemble(tmp_path, table):
+    kind_options = {"components": ["params", "flops"], "reference_size": 6, "n_trials": 4}
+    result = search(tmp_path, table, strategy_options={"kind": "ensemble_fit", "kind_options": kind_options,
+                                                       "queries": 8, "min_labels": 5})  # its fit needs 5
+    assert len(result.oracle) == 8
+    assert result.best.arch == max(result.oracle, key=result.oracle.get)
