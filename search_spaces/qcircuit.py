@@ -111,7 +111,10 @@ class QCircuitSpace:
     description = "parameterised quantum circuits: RX/RY/RZ/I per qubit, CNOT/CZ on ring pairs, per layer (QAS)"
     input_kind = "circuit"
     num_classes = 0
-    ensemble_components = ("expressibility", "entangling_capability", "gradient_variance")
+    # The label-free ensemble's components: the two descriptors that rank random 4-qubit, 2-layer circuits by
+    # their optimised fidelity to a Haar-random state (Spearman 0.85 and 0.62 on 200 circuits;
+    # gradient_variance -0.25, so it is left out; experiments/qcircuit_search.py proxies).
+    ensemble_components = ("expressibility", "entangling_capability")
 
     def __init__(self, qubits: int = 4, layers: int = 4, task: str = "ghz", target_seed: int = 0,
                  field: float = 1.0, steps: int = 200, restarts: int = 4, lr: float = 0.1) -> None:
