@@ -215,3 +215,29 @@ def test_every_strategy_searches_tdnn_under_a_macs_limit(tiny, strategy, tmp_pat
     assert len(result.candidates) == 3
     assert all(tiny.from_string(c.arch) for c in result.candidates)
     assert all(c.scores["flops"] <= 40.0 for c in result.pareto)
+
+
+def test_receptive_field_matches_the_gradient_support(tiny):
+    from search_spaces.tdnn import receptive_field
+
+    assert receptive_field(search_spaces.get("tdnn").from_string(ecapa(512))) == 5 + 7 * 2 * (2 + 3 + 4)
+    arch = tiny.from_string("c32|k3d2w16se|k3d1w32|mfa48")
+    model = tiny.build(arch).eval()
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        for name, child in seq.named_children():
+            if isinstance(child, torch.nn.ReLU):  # a ReLU off at an edge tap would hide the frame behind it
+                setattr(seq, name, torch.nn.Identity())
+    fbank = torch.randn(1, 80, 101, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x = model.stem(fbank)
+    for block in model.blocks:
+        x = block.body(x) + x  # the trunk without SE, whose utterance mean sees every frame
+    x[0, :, 50].sum().backward()
+    seen = (fbank.grad[0].abs().sum(0) > 0).nonzero()
+    assert int(seen.max() - seen.min() + 1) == receptive_field(arch) == 5 + 7 * 2 * 2 + 7 * 1 * 2
+
+
+def test_silence_has_finite_input_gradients(tiny):
+    model = tiny.build(tiny.from_string("c32|k3d2w16se|mfa48"))
+    wav = torch.zeros(2, 1, 1, tiny.samples, requires_grad=True)
+    model(wav).sum().backward()
+    assert torch.isfinite(wav.grad).all()
