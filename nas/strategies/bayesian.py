@@ -70,9 +70,9 @@ class _OptunaStrategy:
     def _check_space(self, space: SearchSpace) -> None:
         require(space, "suggest", self.name)
 
-    def _draw(self, trial: optuna.trial.Trial) -> Arch:
-        """The architecture of an open trial: the space's own ``suggest``."""
-        return self.space.suggest(trial)
+    def _draw(self, trial: optuna.trial.Trial) -> tuple[Arch, optuna.trial.Trial]:
+        """The architecture of an open trial (the space's own ``suggest``), and the trial to tell its result."""
+        return self.space.suggest(trial), trial
 
     def ask(self, n: int) -> list[Arch]:
         """Open ``n`` trials and let the space draw one architecture through each."""
@@ -80,8 +80,7 @@ class _OptunaStrategy:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for _ in range(n):
-                trial = self.study.ask()
-                arch = self._draw(trial)
+                arch, trial = self._draw(self.study.ask())
                 self._pending.append((arch, trial))
                 out.append(arch)
         return out
@@ -110,8 +109,11 @@ class TPESearch(_OptunaStrategy):
     decisions (a space with the DAG protocol; see :mod:`nas.strategies.latent`). Each trial suggests one
     coordinate per latent dimension within the range of the embedded architectures, the point is decoded,
     and an invalid or already proposed decoding is replaced by the nearest embedded architecture not
-    proposed yet; TPE learns from the suggested coordinates. ``vae_seed`` (0) picks the pretrained
-    autoencoder (trained once and cached, shared by all search seeds).
+    proposed yet. TPE then models the embedding of the architecture actually proposed, not the point it
+    drew (which may lie far from it): the drawing trial is closed as failed, which TPE ignores, and a trial
+    fixed at the proposal's embedding (``enqueue_trial``, clipped to the range) takes its place, so the
+    Optuna journal holds two trials per proposal. ``vae_seed`` (0) picks the pretrained autoencoder
+    (trained once and cached, shared by all search seeds).
 
     Example:
         >>> import search_spaces
@@ -137,16 +139,27 @@ class TPESearch(_OptunaStrategy):
         if not self._use_latent:  # latent search needs the DAG protocol instead, checked by LatentIndex
             super()._check_space(space)
 
-    def _draw(self, trial: optuna.trial.Trial) -> Arch:
-        """The space's ``suggest``, or with ``latent=true`` the proposal for suggested latent coordinates."""
+    def _draw(self, trial: optuna.trial.Trial) -> tuple[Arch, optuna.trial.Trial]:
+        """The space's ``suggest``, or with ``latent=true`` the proposal for suggested latent coordinates
+        and the trial fixed at its embedding."""
         if self._latent is None:
             return super()._draw(trial)
         index = self._latent
-        z = np.array([trial.suggest_float(f"z{i}", float(lo), float(hi))
-                      for i, (lo, hi) in enumerate(zip(index.low, index.high, strict=True))])
+        z = self._suggest_point(trial)
         arch = index.propose(z, self._proposed)
         self._proposed.add(arch)
-        return arch
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        at = np.clip(index.point(arch), index.low, index.high)
+        self.study.enqueue_trial({f"z{i}": float(v) for i, v in enumerate(at)})
+        fixed = self.study.ask()
+        self._suggest_point(fixed)  # returns the enqueued values; registers them as the trial's params
+        return arch, fixed
+
+    def _suggest_point(self, trial: optuna.trial.Trial) -> np.ndarray:
+        index = self._latent
+        assert index is not None
+        return np.array([trial.suggest_float(f"z{i}", float(lo), float(hi))
+                         for i, (lo, hi) in enumerate(zip(index.low, index.high, strict=True))])
 
     def make_sampler(self, seed: int, n_objectives: int, n_startup_trials: int = 10,
                      multivariate: bool = True, constant_liar: bool = True) -> optuna.samplers.BaseSampler:
