@@ -8,11 +8,12 @@ nb101 / darts string, read by ``cell_spaces_proxies.read_naslib``):
 
 * zero-shot: Spearman on all cells of the file, no label of that space;
 * fine-tuned: for each of ``--draws`` draws (``numpy.random.default_rng(draw)``), a copy of the NB201 predictor
-  continues training (``warm_start``) on ``--fine-tune-labels`` cells and is scored on the others; beside it on
-  exactly the same cells: the zero-shot predictor, the same predictor kind trained on those labels alone (no
-  NB201, no pretraining: pretraining would export 1,500 networks of that space), and the label-free
-  ``ensemble`` and ``flops`` (components at ``--batch-size``, reference: the file's cells, as
-  ``nas benchmark proxies`` and ``darts_few_label.py`` score them).
+  continues training (``warm_start``; with the default frozen trunk, its accuracy head) on
+  ``--fine-tune-labels`` cells and is scored on the others; beside it on exactly the same cells: the zero-shot
+  predictor, the label-free ``ensemble`` and ``flops`` (components at ``--batch-size``, reference: the file's
+  cells, as ``nas benchmark proxies`` and ``darts_few_label.py`` score them), and with ``--scratch`` the same
+  predictor kind trained on those labels alone (no NB201, no pretraining: pretraining would export 1,500
+  networks of that space; its trunk trains, minutes per draw on a CPU).
 
 The predictor's settings are those chosen on NB201 draws 100..104 (``--options`` overrides them); the NB101
 and DARTS accuracies are reporting data only: nothing here is chosen on them.
@@ -68,7 +69,7 @@ def _row(name: str, rhos: list[float]) -> str:
 
 
 def transfer(space_name: str, nb201: GraphPredictor, options: dict[str, object], n_labels: int, draws: int,
-             batch_size: int, seed: int) -> None:
+             batch_size: int, seed: int, scratch: bool) -> None:
     """Print zero-shot and fine-tuned Spearman on one space's NASLib cells, beside the label-free ensemble."""
     space = search_spaces.get(space_name)
     archs, acc, _ = read_naslib(NASLIB_FILES[space_name], space)
@@ -81,18 +82,21 @@ def transfer(space_name: str, nb201: GraphPredictor, options: dict[str, object],
           f"({draws} draws)\n")
     print(f"All {n} cells, no label of {space_name}: graph predictor (NB201 only) {_spearman(zero, acc):.3f}, "
           f"label-free ensemble {_spearman(free, acc):.3f}, flops {_spearman(flops, acc):.3f}\n")
-    rows: dict[str, list[float]] = {k: [] for k in (
-        "graph, NB201 only (zero-shot)", f"graph, NB201 + {n_labels} labels (fine-tuned)",
-        f"graph, {n_labels} labels only (no NB201, no pretraining)", "label-free ensemble", "flops")}
+    names = ["graph, NB201 only (zero-shot)", f"graph, NB201 + {n_labels} labels (fine-tuned)",
+             "label-free ensemble", "flops"]
+    if scratch:
+        names.append(f"graph, {n_labels} labels only (no NB201, no pretraining)")
+    rows: dict[str, list[float]] = {k: [] for k in names}
     for draw in range(draws):
         perm = np.random.default_rng(draw).permutation(n)
         lab, rest = perm[:n_labels], perm[n_labels:]
-        tuned = GraphPredictor.from_state(*nb201.state()).fit(space, [archs[i] for i in lab], acc[lab])
-        alone = base.create("graph", seed=seed, **{**options, "pretrain": 0})
-        alone.fit(space, [archs[i] for i in lab], acc[lab])
         rest_archs = [archs[i] for i in rest]
-        for name, pred in zip(rows, (zero[rest], tuned.predict(space, rest_archs), alone.predict(space, rest_archs),
-                                     free[rest], flops[rest]), strict=True):
+        tuned = GraphPredictor.from_state(*nb201.state()).fit(space, [archs[i] for i in lab], acc[lab])
+        preds = [zero[rest], tuned.predict(space, rest_archs), free[rest], flops[rest]]
+        if scratch:
+            alone = base.create("graph", seed=seed, **{**options, "pretrain": 0})
+            preds.append(alone.fit(space, [archs[i] for i in lab], acc[lab]).predict(space, rest_archs))
+        for name, pred in zip(rows, preds, strict=True):
             rows[name].append(_spearman(pred, acc[rest]))
     print("| scorer | Spearman mean +- std | [min, max] |")
     print("|---|---|---|")
@@ -109,6 +113,7 @@ def main() -> None:
     parser.add_argument("--spaces", default="nb101,darts")
     parser.add_argument("--batch-size", type=int, default=16, help="calibration batch of the ensemble's components")
     parser.add_argument("--options", default="{}", help="JSON graph predictor options (default: the chosen ones)")
+    parser.add_argument("--scratch", action="store_true", help="also train on the new space's labels alone (slow)")
     parser.add_argument("--save", default=None, help="folder to save the NB201 predictor in (nas predictor format)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -125,7 +130,8 @@ def main() -> None:
     if args.save:
         base.save(nb201, args.save)
     for space_name in args.spaces.split(","):
-        transfer(space_name, nb201, options, args.fine_tune_labels, args.draws, args.batch_size, args.seed)
+        transfer(space_name, nb201, options, args.fine_tune_labels, args.draws, args.batch_size, args.seed,
+                 args.scratch)
     print(f"\n{time.time() - start:.0f} s in all")
 
 

@@ -278,13 +278,52 @@ class GraphNet(nn.Module):
         peak = torch.full((batch.n_graphs, h.shape[1]), -1e9).scatter_reduce(0, index, h, "amax")
         return self.readout(torch.cat([total / count, peak], dim=1))
 
+    def score(self, emb: torch.Tensor, graph_inputs: torch.Tensor) -> torch.Tensor:
+        """Accuracy scores ``(n,)`` from graph embeddings and graph-level inputs."""
+        out = self.head(torch.cat([emb, graph_inputs], dim=1))[:, 0]
+        if self.proxy_linear is not None:
+            out = out + self.proxy_linear(graph_inputs)[:, 0]
+        return out
+
     def forward(self, batch: _Batch, graph_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Auxiliary outputs ``(n, n_aux)`` and accuracy scores ``(n,)``."""
         emb = self.embedding(batch)
-        score = self.head(torch.cat([emb, graph_inputs], dim=1))[:, 0]
-        if self.proxy_linear is not None:
-            score = score + self.proxy_linear(graph_inputs)[:, 0]
-        return self.aux(emb), score
+        return self.aux(emb), self.score(emb, graph_inputs)
+
+
+def _embeddings(net: GraphNet, graphs: Sequence[ArchGraph], chunk: int = 256) -> torch.Tensor:
+    """Graph embeddings of ``graphs`` without gradients, in chunks of ``chunk`` graphs."""
+    with torch.no_grad():
+        return torch.cat([net.embedding(_collate(graphs[i:i + chunk])) for i in range(0, len(graphs), chunk)])
+
+
+_EMBEDDINGS: dict[str, dict[tuple[str, str], torch.Tensor]] = {}
+"""Embeddings per trunk digest and (space key, arch string): an experiment's fits share the pretrained trunk,
+and re-embedding the same 1,000 test graphs for every fit would cost most of its time."""
+
+
+def _trunk_digest(net: GraphNet) -> str:
+    digest = hashlib.sha1()
+    for name, p in net.named_parameters():
+        if not name.startswith(("head.", "proxy_linear.")):
+            digest.update(p.detach().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _member_embeddings(nets: Sequence[GraphNet], graphs: Sequence[ArchGraph],
+                       keys: Sequence[tuple[str, str]]) -> list[torch.Tensor]:
+    """Each member's graph embeddings, from the cache where its trunk embedded the same graphs before."""
+    out = []
+    for net in nets:
+        table = _EMBEDDINGS.setdefault(_trunk_digest(net), {})
+        if len(_EMBEDDINGS) > 16:  # a trunk trained on labels is seldom seen again: keep memory bounded
+            _EMBEDDINGS.pop(next(iter(_EMBEDDINGS)))
+        missing = [i for i, k in enumerate(keys) if k not in table]
+        if missing:
+            for i, row in zip(missing, _embeddings(net, [graphs[i] for i in missing]), strict=True):
+                table[keys[i]] = row
+        out.append(torch.stack([table[k] for k in keys]) if keys else torch.zeros(0, net.aux.in_features))
+    return out
 
 
 # --------------------------------------------------------------------------- standardisation
@@ -363,15 +402,21 @@ class GraphPredictor:
         lr: Adam learning rate on labels (pretraining uses it too).
         weight_decay: AdamW weight decay.
         rank_weight: weight of the pairwise ranking loss beside the MSE.
+        freeze_trunk: once the trunk is pretrained (or fitted before, for a warm start), train only the
+            accuracy head on the labels: the graph embeddings are computed once, so a fit costs a fraction of
+            a second per member on a CPU and a few labels cannot wreck what pretraining learnt. A trunk that
+            was never trained (``pretrain=0``, first fit) always trains.
         reference_size: label-free architectures of each space (``sample_archs(space, reference_size,
             proxy_seed)``, as the label-free ``ensemble`` draws them) against which its proxy values are
             rank-gaussed; 0: against the architectures of each call (batch-dependent, for benchmarks).
         proxy_batch_size: calibration batch of the proxies.
-        proxy_seed: seed of the calibration batch, the networks' initialisation and the unlabelled draws
-            (kept apart from ``seed`` so refits with other seeds reuse cached proxy values and graphs).
+        proxy_seed: seed of everything label-free: the calibration batch, the networks' initialisation, the
+            unlabelled draws and pretraining (kept apart from ``seed`` so that fits with other seeds reuse
+            cached proxy values and the cached pretrained trunk).
         warm_start: a second :meth:`fit` continues from the fitted weights (fine-tuning) instead of
             starting afresh.
-        seed: seed of the weights and batch order; same seed, same predictor.
+        seed: seed of the members' heads (and trunks without pretraining) and of their batch order; same
+            seeds, same predictor.
 
     Example:
         >>> p = GraphPredictor(proxies=("synflow",), members=2, pretrain=0)  # doctest: +SKIP
@@ -381,9 +426,10 @@ class GraphPredictor:
     kind = "graph"
 
     def __init__(self, proxies: tuple[str, ...] = (), members: int = 5, hidden: int = 64, layers: int = 3,
-                 pretrain: int = 1500, pretrain_epochs: int = 30, epochs: int = 150, lr: float = 2e-3,
-                 weight_decay: float = 1e-4, rank_weight: float = 1.0, reference_size: int = 64,
-                 proxy_batch_size: int = 64, proxy_seed: int = 0, warm_start: bool = True, seed: int = 0) -> None:
+                 pretrain: int = 1500, pretrain_epochs: int = 10, epochs: int = 150, lr: float = 2e-3,
+                 weight_decay: float = 1e-4, rank_weight: float = 1.0, freeze_trunk: bool = True,
+                 reference_size: int = 64, proxy_batch_size: int = 64, proxy_seed: int = 0, warm_start: bool = True,
+                 seed: int = 0) -> None:
         self.proxies = tuple(proxies)
         self.members = int(members)
         self.hidden = int(hidden)
@@ -394,6 +440,7 @@ class GraphPredictor:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.rank_weight = float(rank_weight)
+        self.freeze_trunk = bool(freeze_trunk)
         self.reference_size = int(reference_size)
         self.proxy_batch_size = int(proxy_batch_size)
         self.proxy_seed = int(proxy_seed)
@@ -460,8 +507,7 @@ class GraphPredictor:
 
         strings = sample_archs(space, self.pretrain, self.proxy_seed)
         settings = {k: self._options()[k] for k in ("proxies", "hidden", "layers", "pretrain", "pretrain_epochs",
-                                                  "lr", "weight_decay", "reference_size", "proxy_batch_size", "proxy_seed",
-                                                  "seed")}
+                                                  "lr", "weight_decay", "reference_size", "proxy_batch_size", "proxy_seed")}
         digest = hashlib.sha1(repr((GRAPH_VERSION, _space_key(space), settings, torch.__version__)).encode())
         path = graph_cache_dir() / "pretrained" / f"{digest.hexdigest()[:24]}.npz"
         if path.is_file():
@@ -473,11 +519,13 @@ class GraphPredictor:
         sizes = np.array([[g.log_macs, g.log_params] for g in graphs])
         sizes = (sizes - sizes.mean(0)) / np.maximum(sizes.std(0), 1e-6)
         target = torch.tensor(np.concatenate([sizes, g_in.numpy()], axis=1), dtype=torch.float32)
+        # Seeded by proxy_seed, not seed: pretraining is label-free, so fits with other seeds (the draws of
+        # an experiment) share one pretrained trunk, and its disk cache.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.proxy_seed)
             net = self._new_net()
             opt = _AdamW(list(net.parameters()), lr=self.lr, weight_decay=self.weight_decay)
-            order = torch.Generator().manual_seed(self.seed)
+            order = torch.Generator().manual_seed(self.proxy_seed)
             zeros = torch.zeros(len(graphs), len(self.proxies))
             for _ in range(self.pretrain_epochs):
                 for idx in torch.randperm(len(graphs), generator=order).split(64):
@@ -507,33 +555,43 @@ class GraphPredictor:
         continuing = self.warm_start and bool(self.nets_)
         start = self._pretrained(space) if not continuing and self.pretrain > 0 else None
         graphs, g_in = self._inputs(space, archs)
+        keys = [(_space_key(space), space.to_string(a)) for a in archs]
         target = torch.tensor(_normal_scores(acc), dtype=torch.float32)
+        frozen = self.freeze_trunk and (start is not None or continuing)
         nets = []
         for m in range(self.members):
+            if continuing:
+                nets.append(self.nets_[m])
+                continue
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed * 1000 + m + 1)
-                if continuing:
-                    net = self.nets_[m]
-                else:
-                    net = self._new_net()  # fresh heads: the pretrained trunk is loaded below
-                    if start is not None:
-                        trunk = {k: v for k, v in start.items() if not k.startswith(("head.", "proxy_linear."))}
-                        net.load_state_dict(trunk, strict=False)
-                nets.append(self._train(net, graphs, g_in, target, seed=self.seed * 1000 + m + 1))
+                net = self._new_net()  # fresh heads: the pretrained trunk is loaded below
+            if start is not None:
+                net.load_state_dict({k: v for k, v in start.items() if not k.startswith(("head.", "proxy_linear."))},
+                                    strict=False)
+            nets.append(net)
+        embs = _member_embeddings(nets, graphs, keys) if frozen else [None] * len(nets)
+        for m, (net, emb) in enumerate(zip(nets, embs, strict=True)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1000 + m + 1)
+                self._train(net, graphs, g_in, target, self.seed * 1000 + m + 1, emb)
         self.nets_ = nets
         self.label_mean_, self.label_std_ = float(acc.mean()), float(acc.std() or 1.0)
         return self
 
     def _train(self, net: GraphNet, graphs: Sequence[ArchGraph], g_in: torch.Tensor, target: torch.Tensor,
-               seed: int) -> GraphNet:
-        """Train on labels: MSE on normal-scored accuracy plus the pairwise logistic ranking loss."""
-        opt = _AdamW(list(net.parameters()), lr=self.lr, weight_decay=self.weight_decay)
+               seed: int, emb: torch.Tensor | None) -> GraphNet:
+        """Train on labels: MSE on normal-scored accuracy plus the pairwise logistic ranking loss; only the
+        head when the trunk's embeddings ``emb`` are given (frozen trunk)."""
+        params = list(net.parameters()) if emb is None else \
+            list(net.head.parameters()) + (list(net.proxy_linear.parameters()) if net.proxy_linear else [])
+        opt = _AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         order = torch.Generator().manual_seed(seed)
         batch_size = 128
-        net.train()
         for _ in range(self.epochs):
             for idx in torch.randperm(len(graphs), generator=order).split(batch_size):
-                _, score = net(_collate([graphs[i] for i in idx]), g_in[idx])
+                score = net.score(emb[idx], g_in[idx]) if emb is not None else \
+                    net(_collate([graphs[i] for i in idx]), g_in[idx])[1]
                 loss = nn.functional.mse_loss(score, target[idx]) + self.rank_weight * _pairwise_loss(score, target[idx])
                 opt.step(loss)
         return net.eval()
@@ -547,10 +605,10 @@ class GraphPredictor:
         graphs, g_in = self._inputs(space, archs)
         out = []
         with torch.no_grad():
-            for start in range(0, len(graphs), 256):
-                batch = _collate(graphs[start:start + 256])
-                out.append(np.stack([net(batch, g_in[start:start + 256])[1].numpy() for net in self.nets_]))
-        return np.concatenate(out, axis=1).astype(float)
+            keys = [(_space_key(space), space.to_string(a)) for a in archs]
+            for net, emb in zip(self.nets_, _member_embeddings(self.nets_, graphs, keys), strict=True):
+                out.append(net.score(emb, g_in).numpy())
+        return np.stack(out).astype(float)
 
     def predict(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
         """Predicted accuracy (the ensemble mean, on the scale of the last labels; higher is better)."""
