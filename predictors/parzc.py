@@ -407,8 +407,8 @@ class ParZCPredictor:
 
     kind = "parzc"
 
-    def __init__(self, bins: int = 16, dim: int = 32, blocks: int = 2, members: int = 5, epochs: int = 300,
-                 lr: float = 3e-3, weight_decay: float = 1e-2, dropout: float = 0.1, alpha: float = 4.0,
+    def __init__(self, bins: int = 16, dim: int = 16, blocks: int = 2, members: int = 5, epochs: int = 200,
+                 lr: float = 3e-3, weight_decay: float = 1e-2, dropout: float = 0.0, alpha: float = 4.0,
                  mse_weight: float = 0.1, proxies: tuple[str, ...] = (), batch_size: int = 64,
                  proxy_seed: int = 0, seed: int = 0, cache: bool = True) -> None:
         self.bins = int(bins)
@@ -447,9 +447,10 @@ class ParZCPredictor:
         if self.proxies:
             from predictors.base import proxy_values
 
-            values = proxy_values(space, archs, self.proxies, self.batch_size, self.proxy_seed,
-                                  cache=self.cache)
-            totals = np.concatenate([totals, values], 1)
+            # With "params" asked for too, the evaluator builds no network when every value is cached.
+            names = (*self.proxies, "params")
+            values = proxy_values(space, archs, names, self.batch_size, self.proxy_seed, cache=self.cache)
+            totals = np.concatenate([totals, values[:, : len(self.proxies)]], 1)
         return per_bin, totals
 
     def _scaled(self, per_bin: np.ndarray, totals: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,11 +80,11 @@ def test_save_load_round_trip_predicts_identically(tmp_path):
 
 def test_fit_on_real_nb201_labels_ranks_held_out_cells(shared_data):
     space = _nb201(accuracy_table=str(shared_data / "nb201_accuracy.csv"))
-    archs = _archs(space, 60, seed=3)
+    archs = _archs(space, 40, seed=3)
     acc = np.array([space.accuracy(a) for a in archs])
-    p = base.create("parzc", **{**SMALL, "epochs": 100}).fit(space, archs[:30], acc[:30])
-    rho = spearmanr(p.predict(space, archs[30:]), acc[30:])[0]
-    assert rho > 0.5  # chance is 0 (sd 0.19 on 30 cells); measured 0.8+
+    p = base.create("parzc", **{**SMALL, "epochs": 100}).fit(space, archs[:20], acc[:20])
+    rho = spearmanr(p.predict(space, archs[20:]), acc[20:])[0]
+    assert rho > 0.5  # chance is 0 (sd 0.23 on 20 cells); measured 0.88
 
 
 def test_clear_errors():
