@@ -70,7 +70,8 @@ def layer_statistics(model: nn.Module, batch: Any, seed: int = 0) -> np.ndarray:
 
     Reads the proxy engine's artefacts (the shared train-mode forward with layer outputs, the
     cross-entropy backward, SynFlow's pass), so every value is computed as the proxies of the same name
-    compute their totals; the engine's seeded section makes it deterministic.
+    compute their totals; the engine's seeded section makes it deterministic. As in
+    :func:`proxies.score`, the model's buffers (BatchNorm statistics) and train/eval mode are restored.
     """
     from nas.rng import seeded_global_rng
     from proxies.engine import Context
@@ -99,19 +100,29 @@ def layer_statistics(model: nn.Module, batch: Any, seed: int = 0) -> np.ndarray:
             called[id(m)] = (len(called), inputs[id(x)][1], _min_corr_eig(out))
 
     needs = frozenset({"forward", "ce_grads", "layer_outputs", "synflow"})
+    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+             if not isinstance(v, nn.Parameter)}
+    was_training = model.training
     handles = [m.register_forward_hook(hook) for m in layers]
-    with seeded_global_rng(seed, [device]), fast_cpu_ops(device.type == "cpu"):
-        ctx = Context(model, batch, needs, seed)
-        try:
-            fwd = ctx.get("forward")
-        finally:  # SynFlow's pass runs the model again: the hooks read the shared forward alone
-            for h in handles:
-                h.remove()
-        keep = list(fwd.layer_outputs)
-        grads = ctx.get("ce_grads")
-        syn = ctx.get("synflow")
-        ctx.release()
-    inputs.clear()
+    try:
+        with seeded_global_rng(seed, [device]), fast_cpu_ops(device.type == "cpu"):
+            ctx = Context(model, batch, needs, seed)
+            try:
+                fwd = ctx.get("forward")
+            finally:  # SynFlow's pass runs the model again: the hooks read the shared forward alone
+                for h in handles:
+                    h.remove()
+            keep = list(fwd.layer_outputs)
+            grads = ctx.get("ce_grads")
+            syn = ctx.get("synflow")
+            ctx.release()
+    finally:
+        inputs.clear()
+        with torch.no_grad():
+            for k, v in model.state_dict(keep_vars=True).items():
+                if k in saved:
+                    v.copy_(saved[k])
+        model.train(was_training)
     if len(called) != len(layers) or len(keep) != len(layers):
         raise ValueError(f"{type(model).__name__}: {len(layers)} weight layers but {len(called)} were called; "
                          "ParZC needs every conv / linear layer called once per forward")
@@ -132,8 +143,8 @@ def layer_statistics(model: nn.Module, batch: Any, seed: int = 0) -> np.ndarray:
             float((w * g).sum()), gn / wn if wn > 0 else 0.0,
             float(out.std()), meco, active, nwot,
         ])
-    out = np.asarray(rows, dtype=np.float64)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    # A non-finite value (an overflowed product, a NaN correlation) would poison a whole bin: 0 instead.
+    return np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _code_stats(x: torch.Tensor) -> tuple[float, float]:
@@ -141,11 +152,11 @@ def _code_stats(x: torch.Tensor) -> tuple[float, float]:
     if not x.is_floating_point() or x.shape[0] < 2:
         return 0.0, 0.0
     c = (x.reshape(x.shape[0], -1) > 0).float()
-    g = (c @ c.T).double()
+    g = (c @ c.T).double()  # exact: integer counts below 2**24 for any map of fewer neurons
     s = g.diagonal()
     k = 2 * g - s[:, None] - s[None, :] + c.shape[1]
     sign, logdet = torch.linalg.slogdet(k)
-    return float(c.mean()), float(logdet) / x.shape[0] if sign > 0 else 0.0
+    return float(c.mean()), (float(logdet) / x.shape[0] if sign > 0 else 0.0)
 
 
 def _min_corr_eig(out: torch.Tensor) -> float:

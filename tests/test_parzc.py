@@ -10,7 +10,15 @@ from scipy.stats import kendalltau, spearmanr
 import search_spaces
 from nas.proxy_benchmark import sample_archs
 from predictors import base
-from predictors.parzc import STATS, ParZCPredictor, architecture_statistics, diff_kendall, encode
+from predictors.parzc import (
+    STATS,
+    ParZCPredictor,
+    architecture_statistics,
+    diff_kendall,
+    encode,
+    layer_statistics,
+)
+from proxies import calibration_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,6 +46,11 @@ def test_layer_statistics_give_fixed_size_inputs(tmp_path, name, options):
     again = architecture_statistics(space, archs, batch_size=8, cache=str(tmp_path))
     assert all(np.array_equal(a, b) for a, b in zip(stats, again, strict=True))
     assert (tmp_path / "parzc.sqlite").is_file()
+    # the model's BatchNorm statistics and mode come back as they were (as proxies.score leaves them)
+    model = search_spaces.build_seeded(space, archs[0], 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layer_statistics(model, calibration_batch(8, 0, space.input_shape))
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     floors = np.ones(len(STATS))
     per_bin, totals = encode(stats, 5, floors)
     assert per_bin.shape == (3, 5, len(STATS) + 1) and totals.shape == (3, len(STATS) + 1)
