@@ -63,8 +63,9 @@ def test_resume_replays_the_queries_identically(tmp_path, table):
     assert len(again.candidates) == len(fresh.candidates) and again.oracle == fresh.oracle
 
 
-def test_ucb_and_more_rounds(tmp_path, table):
-    result = search(tmp_path, table, strategy_options={"acquisition": "ucb", "queries": 9, "per_round": 3})
+def test_thompson_sampling_and_more_labels_per_round(tmp_path, table):
+    result = search(tmp_path, table, strategy_options={"acquisition": "its", "queries": 9, "per_round": 3,
+                                                       "parents": 2, "local": False})
     assert len(result.oracle) == 9
     assert result.best.arch == max(result.oracle, key=result.oracle.get)
 
@@ -92,7 +93,7 @@ def test_clear_errors(table):
     with pytest.raises(ValueError, match="accuracy-table"):
         PredictorSearch(space, queries=5)
     oracle = search_spaces.get("nb201", accuracy_table=table, **SMALL)
-    with pytest.raises(ValueError, match="its, ucb"):
+    with pytest.raises(ValueError, match="ucb, its"):
         PredictorSearch(oracle, acquisition="ei")
     with pytest.raises(ValueError, match="ensemble_fit"):  # an unknown kind lists the registered ones
         PredictorSearch(oracle, kind="no_such_kind")

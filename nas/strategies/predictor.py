@@ -7,8 +7,9 @@ accuracy predictors ranks first, and proposes the next round from mutations of t
 
 A round: propose ``pool`` unseen one-edit mutations of the ``parents`` best labelled architectures (the
 first round: ``init`` uniform samples instead); once the loop has told all of them, fit the ensemble on
-the labelled candidates, score every told but unlabelled candidate, and label the ``per_round`` best by
-the acquisition. When the queries are spent ``ask`` raises :class:`~nas.strategies.Exhausted`, so the
+the labelled candidates, score the told but unlabelled mutations of the parents (``local``; else every
+told candidate), and label the ``per_round`` best by the acquisition. The first ``init_queries`` labels,
+and any before ``min_labels`` exist, go to the best candidates by the told objectives (z-scored sum). When the queries are spent ``ask`` raises :class:`~nas.strategies.Exhausted`, so the
 search ends there and the run's pick is the best labelled architecture (``SearchResult.oracle``, the rule
 that ``--oracle-queries`` uses).
 
@@ -37,21 +38,27 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_STREAM = 0xB007
 """Mixed into the seed of the ensemble's bootstrap draws (apart from the proposals' and ITS' draws)."""
 
-ACQUISITIONS = ("its", "ucb")
-"""``its``: independent Thompson sampling (a draw from each candidate's predictive normal, as BANANAS);
-``ucb``: mean + ``kappa`` x std."""
+ACQUISITIONS = ("ucb", "its")
+"""``ucb``: mean + ``kappa`` x std; ``its``: independent Thompson sampling (a draw from each candidate's
+predictive normal, BANANAS' choice)."""
 
 
 @register("predictor")
 class PredictorSearch:
     """BANANAS-style search: predictor ensemble, acquisition over mutations of the best, few oracle labels.
 
-    The default predictor is a bootstrap ensemble of ``members`` ridge regressions on the space's
+    The default predictor is a bootstrap ensemble of ``members`` Bayesian ridge regressions on the space's
     ``encode(arch)`` (when it has one) plus the candidate's told objective values: with at most a few
     dozen labels a linear model is what the data supports (BANANAS' MLPs were fitted on 100+), and the
-    told proxy values make it a correction of the proxy's ranking rather than a model from scratch.
+    told proxy values make it a correction of the proxy's ranking rather than a model from scratch. Its
+    spread mixes the members' disagreement with each member's posterior variance, so that a change no
+    label has covered yet (an op on an edge never labelled) is uncertain and worth a query.
     ``kind=K`` fits a registered :mod:`predictors.base` kind instead (on the architectures alone) and uses
     its ``predict_with_std``.
+
+    Defaults (UCB with ``kappa=1``, one parent, one label per round) were chosen on NAS-Bench-201 with
+    tuning seeds only (``experiments/predictor_search_nb201.py``); ``init=64`` is what that experiment uses
+    (the default 32 keeps a small budget from being all warm-up).
 
     Example:
         >>> import search_spaces
@@ -68,8 +75,8 @@ class PredictorSearch:
     uses_labels = True  # the run's --labels / --label-queries are passed as ``labels``
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1, queries: int | None = None,
-                 init: int = 32, init_queries: int = 2, per_round: int = 2, pool: int = 24, parents: int = 2,
-                 acquisition: str = "its", kappa: float = 1.0, members: int = 8, alpha: float = 1.0,
+                 init: int = 32, init_queries: int = 2, per_round: int = 1, pool: int = 24, parents: int = 1,
+                 acquisition: str = "ucb", kappa: float = 1.0, members: int = 8, alpha: float = 1.0,
                  min_labels: int = 3, local: bool = True, kind: str | None = None, kind_options: dict[str, Any] | None = None,
                  labels: Sequence[Sequence[Any]] | None = None) -> None:
         from nas.exploit import check_oracle
