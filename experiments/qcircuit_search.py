@@ -163,7 +163,7 @@ def ghz(args: argparse.Namespace) -> dict[str, Any]:
             "latent_bayesian": ("bayesian", {"latent": True})}
     chosen = args.strategies.split(",") if args.strategies else list(runs)
     tag = "" if args.threshold == 0.99 else f"_t{args.threshold}"
-    log_path = OUT / f"{args.task}_L{args.layers}_steps{args.opt_steps}{tag}.jsonl"
+    log_path = OUT / f"{args.task}_L{args.layers}_steps{args.opt_steps}{tag}{args.log_tag}.jsonl"
     done: dict[tuple[str, int], Any] = {}
 
     def read_log() -> None:  # rerun to resume; a second process with --reverse shares the seeds
@@ -174,7 +174,8 @@ def ghz(args: argparse.Namespace) -> dict[str, Any]:
 
     for name in chosen:
         strategy, strategy_options = runs[name]
-        for seed in (reversed(range(args.seeds)) if args.reverse else range(args.seeds)):
+        order = [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else list(range(args.seeds))
+        for seed in (reversed(order) if args.reverse else order):
             read_log()
             if (name, seed) in done:
                 continue
@@ -252,6 +253,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="bench-sim: optimisation steps timed")
     p.add_argument("--opt-steps", type=int, default=100, help="ghz: Adam steps per circuit evaluation")
     p.add_argument("--reverse", action="store_true", help="ghz: run the seeds last to first (a second process)")
+    p.add_argument("--only-seeds", default="", help="ghz: comma-separated seeds this process runs (a third process)")
+    p.add_argument("--log-tag", default="", help="ghz: suffix of the results log (a rerun under new code)")
     p.add_argument("--task", default="ghz", help="proxies, ghz: the qcircuit task whose fidelity is optimised")
     p.add_argument("--threshold", type=float, default=0.99, help="ghz: the fidelity a search must reach")
     p.add_argument("--strategies", default="", help="comma-separated subset of random,latent_reinforce,latent_bayesian")
