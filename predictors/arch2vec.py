@@ -349,7 +349,8 @@ def pretrained(space: Any, seed: int = 0, cache_dir: str | os.PathLike[str] | No
                archs: Sequence[Arch] | None = None, **options: Any) -> Arch2Vec:
     """An :class:`Arch2Vec` trained on ``archs`` (default :func:`training_archs`), from the cache when there.
 
-    ``cache_dir=False``-like use: pass a temporary folder. ``options`` go to :class:`Arch2Vec`.
+    ``cache_dir`` defaults to ``proxies.default_cache_dir()``; ``options`` go to :class:`Arch2Vec`. A model
+    retrained after its cache entry was removed equals it on the same machine and torch thread count.
     """
     require_dag(space, "arch2vec")
     archs = training_archs(space, seed) if archs is None else list(archs)
