@@ -214,6 +214,22 @@ def arch_graph(space: SearchSpace, arch: Arch, cache: bool = True) -> ArchGraph:
     return graph
 
 
+STRUCTURE_TARGETS: tuple[str, ...] = ("log_nodes", "log_longest_path", *(f"log_count_{c}" for c in CATEGORIES))
+"""Label-free graph statistics that pretraining predicts beside log MACs and parameters (``pretrain_structure``)."""
+
+
+def graph_statistics(graph: ArchGraph, structure: bool = True) -> np.ndarray:
+    """Pretraining targets of a graph: log MACs, log parameters and, with ``structure``, STRUCTURE_TARGETS."""
+    sizes = [graph.log_macs, graph.log_params]
+    if not structure:
+        return np.array(sizes)
+    longest = np.zeros(len(graph.x))
+    for src, dst in graph.edges.T:  # edges come in topological order of their targets
+        longest[dst] = max(longest[dst], longest[src] + 1)
+    counts = graph.x[:, :len(CATEGORIES)].sum(0)
+    return np.array([*sizes, np.log1p(len(graph.x)), np.log1p(longest.max()), *np.log1p(counts)])
+
+
 @dataclass(frozen=True)
 class _Batch:
     """Graphs stacked block-diagonally: node rows, edges with offsets, and each node's graph index."""
@@ -398,6 +414,10 @@ class GraphPredictor:
         pretrain: unlabelled architectures of the fitted space to pretrain on
             (``nas.proxy_benchmark.sample_archs(space, pretrain, proxy_seed)``); 0: no pretraining.
         pretrain_epochs: passes over them.
+        pretrain_structure: pretraining also predicts label-free graph statistics (node count, longest path,
+            nodes per op category; :data:`STRUCTURE_TARGETS`), not only log MACs and parameters: an
+            embedding that must only tell size apart forgets the rest of the graph (0.82 Spearman at 50 and
+            200 NB201 labels alike without them).
         epochs: passes over the labels per member.
         lr: Adam learning rate on labels (pretraining uses it too).
         weight_decay: AdamW weight decay.
@@ -426,7 +446,8 @@ class GraphPredictor:
     kind = "graph"
 
     def __init__(self, proxies: tuple[str, ...] = (), members: int = 5, hidden: int = 64, layers: int = 3,
-                 pretrain: int = 1500, pretrain_epochs: int = 10, epochs: int = 150, lr: float = 2e-3,
+                 pretrain: int = 1500, pretrain_epochs: int = 10, pretrain_structure: bool = True,
+                 epochs: int = 150, lr: float = 2e-3,
                  weight_decay: float = 1e-4, rank_weight: float = 1.0, freeze_trunk: bool = True,
                  reference_size: int = 64, proxy_batch_size: int = 64, proxy_seed: int = 0, warm_start: bool = True,
                  seed: int = 0) -> None:
@@ -436,6 +457,7 @@ class GraphPredictor:
         self.layers = int(layers)
         self.pretrain = int(pretrain)
         self.pretrain_epochs = int(pretrain_epochs)
+        self.pretrain_structure = bool(pretrain_structure)
         self.epochs = int(epochs)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -499,14 +521,15 @@ class GraphPredictor:
 
     # ----------------------------------------------------------------- fitting
     def _new_net(self) -> GraphNet:
-        return GraphNet(len(self.proxies), 2 + len(self.proxies), self.hidden, self.layers)
+        n_stats = 2 + (len(STRUCTURE_TARGETS) if self.pretrain_structure else 0)
+        return GraphNet(len(self.proxies), n_stats + len(self.proxies), self.hidden, self.layers)
 
     def _pretrained(self, space: SearchSpace) -> dict[str, torch.Tensor]:
         """Trunk weights pretrained on the unlabelled sample of ``space`` (cached on disk: label-free)."""
         from nas.proxy_benchmark import sample_archs
 
         strings = sample_archs(space, self.pretrain, self.proxy_seed)
-        settings = {k: self._options()[k] for k in ("proxies", "hidden", "layers", "pretrain", "pretrain_epochs",
+        settings = {k: self._options()[k] for k in ("proxies", "hidden", "layers", "pretrain", "pretrain_epochs", "pretrain_structure",
                                                   "lr", "weight_decay", "reference_size", "proxy_batch_size", "proxy_seed")}
         digest = hashlib.sha1(repr((GRAPH_VERSION, _space_key(space), settings, torch.__version__)).encode())
         path = graph_cache_dir() / "pretrained" / f"{digest.hexdigest()[:24]}.npz"
@@ -516,8 +539,8 @@ class GraphPredictor:
         archs = [space.from_string(a) for a in strings]
         graphs, g_in = self._inputs(space, archs)
         # Targets: log MACs and log parameters z-scored over the sample, the proxies rank-gaussed.
-        sizes = np.array([[g.log_macs, g.log_params] for g in graphs])
-        sizes = (sizes - sizes.mean(0)) / np.maximum(sizes.std(0), 1e-6)
+        sizes = np.stack([graph_statistics(g, self.pretrain_structure) for g in graphs])
+        sizes = (sizes - sizes.mean(0)) / np.maximum(sizes.std(0), 1e-6)  # constant columns stay 0
         target = torch.tensor(np.concatenate([sizes, g_in.numpy()], axis=1), dtype=torch.float32)
         # Seeded by proxy_seed, not seed: pretraining is label-free, so fits with other seeds (the draws of
         # an experiment) share one pretrained trunk, and its disk cache.
