@@ -20,6 +20,10 @@ values and lets a small network learn which layers and statistics matter. Here:
   term. The paper's Bayesian network is a **deep ensemble** here (``members`` mixers from their own seeds):
   the prediction is their mean, the uncertainty their standard deviation.
 
+Measured (``experiments/predictor_labels_nb201.py --kinds parzc``, NB201 CIFAR-10, Spearman on 1,000
+held-out cells, draws 0-9, defaults chosen on draws 100-102): 0.870 / 0.924 / 0.938 / 0.951 with 20 /
+50 / 100 / 200 labels. Per-layer statistics alone; ``proxies=`` adds whole-network proxy values.
+
 Example:
     >>> import predictors.base as pb, search_spaces  # doctest: +SKIP
     >>> space = search_spaces.get("nb201", accuracy_table="../shared/data/nb201_accuracy.csv")
