@@ -29,7 +29,8 @@ Result (run 2026-12-05, seed 0, 1,000 NB201 labels, 10 draws; Spearman 0.887 on 
 
 Zero-shot the graph predictor ranks below the label-free ensemble on both spaces; 50 labels of the new space
 (head only, the NB201 trunk frozen) lift it above the ensemble on NB101 and to flops' level on DARTS, where
-only 16 cells per draw are scored.
+only 16 cells per draw are scored. Most of the NB101 gain is the graph itself: ``--scratch`` (the same
+predictor trained on the 50 NB101 labels alone) gives 0.914 +- 0.020 on the same cells (not run on DARTS).
 
 Usage (CPU: the NB201 fit about a minute, graph export about 1 s per new cell and cached; ensemble
 components as darts_few_label.py, nothing when cached):
