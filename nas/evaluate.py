@@ -97,7 +97,9 @@ class Evaluator:
             shape = getattr(self.space, "proxy_input_shape", lambda a: arch_input_shape(self.space, a))(arch)
             batch = self._batch_for(shape)
             names = proxy_lib.ensemble.expand(self.proxies, self.ensembles)  # ensembles -> components
-            scores = self.cached_scores(arch_string, shape, names)
+            # params is every candidate's metric: read it with the proxies, so that a fully cached
+            # candidate needs no network build
+            scores = self.cached_scores(arch_string, shape, names if "params" in names else [*names, "params"])
             missing = [n for n in names if n not in scores]
             model = None
             if missing or "params" not in scores:
@@ -113,6 +115,7 @@ class Evaluator:
                     log.warning("evaluation of %s failed: %s", arch_string, failure)
             if failure is None:
                 scores.update(proxy_lib.ensemble.combine(self.ensembles, scores))
+            params = scores.get("params")
             scores = {n: scores.get(n, math.nan) for n in self.proxies}
             if self.supernet is not None and failure is None:
                 from nas.inherited import ACC_WS
@@ -120,8 +123,8 @@ class Evaluator:
                 scores[ACC_WS] = self.supernet.accuracy(arch)  # raises -> the candidate is failed
             if self.predictors and failure is None:
                 scores.update(self.predicted(arch))  # raises -> the candidate is failed, never a score
-            params = scores["params"] if "params" in scores else \
-                sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
+            if params is None:
+                params = sum(p.numel() for p in model.parameters()) / 1e6  # type: ignore[union-attr]
             metrics: dict[str, float] = {"params": params}
             if self.target is not None:
                 metrics["latency_ms"] = float(self.target.predict(self.space, [arch])[0])

@@ -191,3 +191,19 @@ def test_one_cache_serves_several_threads(tmp_path):
     for t in threads:
         t.join()
     assert not errors and len(cache) == 60
+
+
+def test_a_fully_cached_candidate_builds_no_network(tmp_path, monkeypatch):
+    import nas.evaluate
+
+    cache = ProxyCache(tmp_path)
+    ev = Evaluator(small_space(), ("synflow", "params"), batch(), seed=0, cache=cache)
+    full = ev(ARCH)
+    builds = []
+    real = nas.evaluate.build_seeded
+    monkeypatch.setattr(nas.evaluate, "build_seeded", lambda *a, **k: builds.append(a) or real(*a, **k))
+    # params was cached by the first evaluator: asking for synflow alone still reads the metric from there
+    again = Evaluator(small_space(), ("synflow",), batch(), seed=0, cache=cache)(ARCH)
+    assert again.status == "ok" and not builds
+    assert again.scores["synflow"] == full.scores["synflow"]
+    assert again.metrics["params"] == full.metrics["params"]
