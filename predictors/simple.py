@@ -59,6 +59,9 @@ class EnsembleFitPredictor:
 
     def _values(self, space: SearchSpace, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
         table = proxy_values(space, archs, self.components, self.batch_size, self.proxy_seed)
+        # NaN (a proxy undefined on a degenerate network) ranks last, as -inf does in the ensemble; a
+        # network with every component NaN then gets the lowest score instead of NaN
+        table = np.where(np.isnan(table), -np.inf, table)
         return {c: table[:, i] for i, c in enumerate(self.components)}
 
     def reference(self, space: SearchSpace) -> ens.Reference:
