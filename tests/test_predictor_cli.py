@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = ["--space-option", "channels=8", "--space-option", "cells_per_stage=1"]
 KIND = ["--option", 'components=["params", "flops"]', "--option", "reference_size=6", "--option", "n_trials=5"]
-DEAD = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"  # no path from input to output: every proxy is NaN
+DEAD = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"  # no path from input to output
 
 
 def archs(n: int, seed: int = 0) -> list[str]:
@@ -131,21 +131,17 @@ def test_a_predictor_as_a_search_objective(fitted, tmp_path, capsys):
     assert "changed since the run started" in capsys.readouterr().err
 
 
-def test_a_failing_prediction_fails_the_candidate(tmp_path, capsys):
-    labels = tmp_path / "l.csv"
-    labels.write_text("arch,accuracy\n" + "".join(f"{a},{80 + i}\n" for i, a in enumerate(archs(6))))
-    folder = tmp_path / "p"
-    assert main(["predictor", "fit", "--space", "nb201", *SMALL, "--labels", str(labels), "--out", str(folder),
-                 "--option", 'components=["synflow"]', "--option", "reference_size=6", "--option",
-                 "n_trials=3"]) == 0
-    space = search_spaces.get("nb201", channels=8, cells_per_stage=1)
+def test_a_failing_prediction_fails_the_candidate(fitted, tmp_path):
     import proxies
 
-    evaluate = Evaluator(space, (), proxies.calibration_batch(8), predictors={"predictor:p": str(folder)})
-    dead = evaluate(DEAD)  # synflow is NaN for a network whose output ignores its input: no prediction
-    assert dead.status == "failed" and "predictor:p" in dead.error and "predictor:p" not in dead.scores
-    fine = evaluate(archs(1, seed=5)[0])
+    space = search_spaces.get("nb201", channels=8, cells_per_stage=1)
+    batch = proxies.calibration_batch(8)
+    gone = tmp_path / "gone"  # a predictor folder removed after the run started: every prediction fails
+    broken = Evaluator(space, ("params",), batch, predictors={"predictor:gone": str(gone)})(archs(1)[0])
+    assert broken.status == "failed" and "not a predictor folder" in broken.error
+    assert "predictor:gone" not in broken.scores  # never a score
+    fine = Evaluator(space, (), batch, predictors={"predictor:p": str(fitted)})(archs(1, seed=5)[0])
     assert fine.status == "ok" and np.isfinite(fine.scores["predictor:p"])
-    with pytest.raises(FileNotFoundError, match="not a predictor folder"):
+    with pytest.raises(FileNotFoundError, match="not a predictor folder"):  # checked before a run exists
         nas.search("nb201", "random", [f"predictor:{tmp_path}"], budget=2, progress=False,
                    space_options={"channels": 8, "cells_per_stage": 1})
