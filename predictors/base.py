@@ -105,6 +105,21 @@ def load(path: str | os.PathLike[str]) -> ArchPredictor:
     return factory.from_state(meta["config"], arrays)  # type: ignore[attr-defined]
 
 
+def check_labels(kind: str, archs: Sequence[Arch], accuracy: Sequence[float], minimum: int = 2) -> np.ndarray:
+    """``accuracy`` as a float array after checking it can be fitted: one finite value per architecture,
+    at least ``minimum`` of them, not all equal; errors name the predictor ``kind``."""
+    y = np.asarray(accuracy, dtype=np.float64)
+    if y.ndim != 1 or len(y) != len(archs):
+        raise ValueError(f"{kind}: got {len(archs)} architectures but accuracy of shape {y.shape}; pass one "
+                         "accuracy per architecture")
+    if len(y) < minimum or not np.all(np.isfinite(y)):
+        raise ValueError(f"{kind}: needs at least {minimum} finite accuracies to rank, got {len(y)} "
+                         f"({int(np.sum(~np.isfinite(y)))} not finite)")
+    if np.ptp(y) == 0:
+        raise ValueError(f"{kind}: all accuracies are equal; there is no ranking to learn")
+    return y
+
+
 def proxy_values(space: SearchSpace, archs: Sequence[Arch], names: Sequence[str], batch_size: int = 64,
                  seed: int = 0, cache: bool = True) -> np.ndarray:
     """Zero-cost proxy values, shape ``(len(archs), len(names))`` (NaN where a proxy failed).

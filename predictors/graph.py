@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from hardware_models.graph_features import CATEGORIES, onnx_nodes
-from predictors.base import proxy_values, register
+from predictors.base import check_labels, proxy_values, register
 from search_spaces import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -566,15 +566,7 @@ class GraphPredictor:
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> GraphPredictor:
         """Fit on labelled architectures of ``space``; with ``warm_start`` a fitted predictor fine-tunes."""
-        acc = np.asarray(accuracy, dtype=float)
-        if acc.ndim != 1 or len(acc) != len(archs):
-            raise ValueError(f"got {len(archs)} architectures and accuracy of shape {acc.shape}; need one "
-                             "accuracy per architecture")
-        if len(acc) < 2 or not np.all(np.isfinite(acc)):
-            raise ValueError(f"fitting needs >= 2 finite accuracies, got {len(acc)} with "
-                             f"{int((~np.isfinite(acc)).sum())} non-finite")
-        if np.ptp(acc) == 0:
-            raise ValueError("all accuracies are equal: there is nothing to rank")
+        acc = check_labels(self.kind, archs, accuracy, minimum=2)
         continuing = self.warm_start and bool(self.nets_)
         start = self._pretrained(space) if not continuing and self.pretrain > 0 else None
         graphs, g_in = self._inputs(space, archs)

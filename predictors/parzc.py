@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from predictors.base import register
+from predictors.base import check_labels, register
 from search_spaces import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -483,15 +483,7 @@ class ParZCPredictor:
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> ParZCPredictor:
         """Train the ensemble on labelled architectures of ``space`` (at least 3)."""
-        y = np.asarray(accuracy, dtype=np.float64)
-        if y.ndim != 1 or len(y) != len(archs):
-            raise ValueError(f"parzc: got {len(archs)} architectures but accuracy of shape {y.shape}; pass one "
-                             "accuracy per architecture")
-        if len(y) < 3 or not np.all(np.isfinite(y)):
-            raise ValueError(f"parzc: needs at least 3 finite accuracies to rank, got {len(y)} "
-                             f"({int(np.sum(~np.isfinite(y)))} not finite)")
-        if np.ptp(y) == 0:
-            raise ValueError("parzc: all accuracies are equal; there is no ranking to learn")
+        y = check_labels(self.kind, archs, accuracy, minimum=3)
         stats = architecture_statistics(space, archs, self.batch_size, self.proxy_seed, self.cache)
         totals = np.stack([x.sum(0) for x in stats])
         median = np.median(totals, 0)
