@@ -24,6 +24,12 @@ from proxies.engine import list as list_proxies
 def unavailable(space: Any, names: Iterable[str]) -> dict[str, str]:
     """The requested ``names`` that ``space`` declares unavailable, each with the space's reason."""
     declared: dict[str, str] = dict(getattr(space, "unavailable_proxies", None) or {})
+    if getattr(space, "input_kind", "image") != "circuit":
+        from proxies.quantum import CIRCUIT_PROXIES
+
+        for name in CIRCUIT_PROXIES:
+            declared.setdefault(name, "it simulates a quantum circuit, and this space's networks are not circuits "
+                                      "(use the qcircuit space)")
     return {name: declared[name] for name in dict.fromkeys(names) if name in declared}
 
 
@@ -34,7 +40,7 @@ def check_available(space: Any, names: Iterable[str]) -> None:
     if not bad:
         return
     space_name = getattr(space, "name", type(space).__name__)
-    declared = getattr(space, "unavailable_proxies", None) or {}
+    declared = unavailable(space, list_proxies())
     usable = [p for p in list_proxies() if p not in declared]
     reasons = "; ".join(f"proxy {name} is not available on space {space_name}: {why.rstrip('.')}"
                         for name, why in bad.items())

@@ -34,6 +34,10 @@ import torch
 
 from proxies.engine import Context, artefact, proxy
 
+CIRCUIT_PROXIES = frozenset({"fidelity", "vqe_energy", "expressibility", "entangling_capability",
+                             "gradient_variance", "depth", "two_qubit_gates"})
+"""Proxies that read a simulated circuit: unavailable on every space whose networks are not circuits."""
+
 EXPRESSIBILITY_PAIRS = 1000
 """Parameter pairs behind ``expressibility`` (Sim et al. used 5000; 1000 keeps the ranking at a fifth of
 the cost) and samples behind ``entangling_capability``."""

@@ -161,7 +161,8 @@ def test_nas_score_all_proxies(tmp_path):
     assert main(["score", "--arch-file", str(path), "--proxies", "all", "--batch-size", "4",
                  "--out", str(out), "--no-progress"]) == 0
     rows = [line.split(",") for line in out.read_text().splitlines()]
-    expected = [n for n in proxies.list() if not n.startswith("ensemble") and n not in proxies.distill.TEACHER_PROXIES]
+    expected = [n for n in proxies.list() if not n.startswith("ensemble") and n not in proxies.distill.TEACHER_PROXIES
+                and not proxies.unavailable(space, [n])]  # e.g. the circuit proxies of the qcircuit space
     assert rows[0][1:] == expected and len(rows) == 3
     sequence_only = {"hidden_cov", "head_confidence", "head_importance", "synaptic_diversity",
                      "activation_distance", "embedding_jacov"}  # they need tagged layers: no value on cells
@@ -225,3 +226,9 @@ def test_calibration_batch_of_a_training_dataset_reads_its_train_split_only(tmp_
         assert batch.inputs.shape == (8, 3, 32, 32)
         assert sorted(batch.targets.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # four classes, not train/test
         assert batch.inputs.max() < darkest_test
+
+
+def test_circuit_proxies_are_refused_on_image_spaces() -> None:
+    space = search_spaces.get("nb201")
+    with pytest.raises(ValueError, match="fidelity is not available on space nb201: it simulates a quantum circuit"):
+        proxies.check_available(space, ["synflow", "fidelity"])
