@@ -87,17 +87,24 @@ def conv_category(kernel: int, groups: int, c_in: int) -> str:
     return f"{'dw' if depthwise else ''}conv_k{k}"
 
 
-def aggregate(nodes: list[Node], outputs: list[Any]) -> np.ndarray:
-    """Liveness analysis from the outputs, then per-category sums (live and dead apart)."""
+def live_nodes(nodes: list[Node], outputs: list[Any]) -> list[bool]:
+    """Liveness from the outputs (nodes in execution order): whether each node's result reaches an output
+    other than through a zeroing node; a zeroing node and what only feeds it are dead."""
     live_tensors = set(outputs)
-    dead = [True] * len(nodes)
+    live = [False] * len(nodes)
     for i in range(len(nodes) - 1, -1, -1):
         node = nodes[i]
         if node.output in live_tensors or any(o in live_tensors for o in node.extra_outputs):
             if node.zeroing:
                 continue  # its result is the constant zero: a runtime folds it and what feeds it
-            dead[i] = False
+            live[i] = True
             live_tensors.update(node.inputs)
+    return live
+
+
+def aggregate(nodes: list[Node], outputs: list[Any]) -> np.ndarray:
+    """Liveness analysis from the outputs, then per-category sums (live and dead apart)."""
+    dead = [not alive for alive in live_nodes(nodes, outputs)]
     # Fan-out keeps what merging identical nodes hides: a pooled or zeroed tensor read by three edges.
     readers: dict[Any, int] = {}
     for node in nodes:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hardware_models.graph_features import CATEGORIES, onnx_nodes
+from hardware_models.graph_features import CATEGORIES, live_nodes, onnx_nodes
 from predictors.base import check_labels, proxy_values, register
 from search_spaces import Arch, SearchSpace
 
@@ -94,15 +94,9 @@ def onnx_graph(model: Any) -> ArchGraph:
                            "update predictors.graph.onnx_graph")
     graph_inputs = {vi.name for vi in g.input}
 
-    # Liveness from the outputs, as graph_features.aggregate does: a zeroing node and all that only feeds
-    # it are dead (an optimising runtime folds them), so the predictor sees the effective network.
-    live_tensors = set(outputs)
-    live = [False] * len(nodes)
-    for i in range(len(nodes) - 1, -1, -1):
-        node = nodes[i]
-        if (node.output in live_tensors or any(o in live_tensors for o in node.extra_outputs)) and not node.zeroing:
-            live[i] = True
-            live_tensors.update(node.inputs)
+    # A zeroing node and all that only feeds it are dead (an optimising runtime folds them), so the
+    # predictor sees the effective network.
+    live = live_nodes(nodes, outputs)
 
     producers: dict[str, list[int]] = {}  # tensor -> kept nodes it comes from (through free nodes)
     rows: list[np.ndarray] = []
