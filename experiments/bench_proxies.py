@@ -9,8 +9,13 @@ written below (no engine, no shared passes), in the same run on the same cells, 
 network build, interleaved cell by cell so that machine load hits both alike; it prints CPU ms per cell
 and the ratio project / plain, and checks that both give the same values.
 
+``--az-samples 8,16,32`` instead times AZ-NAS trainability on the first k samples of the batch against
+the whole batch and prints how well the values agree (Spearman over the cells; no accuracies are read):
+how ``proxies.aznas.TRAINABILITY_SAMPLES`` was chosen.
+
     python experiments/bench_proxies.py --cells 5 --batch-size 64 --threads 1
     python experiments/bench_proxies.py --plain --cells 30 --batch-size 64 --threads 1
+    python experiments/bench_proxies.py --az-samples 8,16,32 --cells 200 --seed 100
 """
 
 from __future__ import annotations
@@ -103,6 +108,36 @@ def side_by_side(space: search_spaces.SearchSpace, archs: list, batch: proxies.B
     print(f"(of which the network build alone: {build * k:.0f} ms per cell)")
 
 
+def az_samples(space: search_spaces.SearchSpace, archs: list, batch: proxies.Batch, seed: int,
+               sizes: list[int]) -> None:
+    """Print CPU ms per cell of AZ-NAS trainability on the first k samples, and its agreement with the
+    value on the whole batch (Spearman over the cells)."""
+    from scipy.stats import spearmanr
+
+    from proxies import aznas
+
+    default = aznas.TRAINABILITY_SAMPLES
+    values: dict[int, list[float]] = {}
+    cpu: dict[int, float] = {}
+    try:
+        for k in [batch.inputs.shape[0], *sizes]:
+            aznas.TRAINABILITY_SAMPLES = k
+            c = time.process_time()
+            values[k] = [proxies.score(search_spaces.build_seeded(space, arch, i), batch, ["az_trainability"],
+                                       seed=seed, device="cpu")["az_trainability"] for i, arch in enumerate(archs)]
+            cpu[k] = (time.process_time() - c) * 1000.0 / len(archs)
+    finally:
+        aznas.TRAINABILITY_SAMPLES = default
+    full = np.asarray(values[batch.inputs.shape[0]])
+    print(f"AZ-NAS trainability, NB201, batch {batch.inputs.shape[0]}, {len(archs)} cells (network build included)")
+    print(f"{'samples':>8}{'cpu ms/cell':>13}{'Spearman with the whole batch':>32}")
+    for k in values:
+        v = np.asarray(values[k])
+        ok = np.isfinite(v) & np.isfinite(full)
+        rho = float(spearmanr(v[ok], full[ok])[0])
+        print(f"{k:>8}{cpu[k]:>13.0f}{rho:>32.3f}")
+
+
 def main() -> None:
     """Time the proxies and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,6 +148,8 @@ def main() -> None:
     parser.add_argument("--proxies", default=",".join(proxies.SUITE))
     parser.add_argument("--plain", action="store_true",
                         help="time synflow and nwot beside plain textbook implementations instead")
+    parser.add_argument("--az-samples", metavar="K,K", help="time AZ-NAS trainability on the first K samples "
+                        "and print its agreement with the whole batch instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
@@ -127,6 +164,9 @@ def main() -> None:
             archs.append(arch)
     if args.plain:
         side_by_side(space, archs, batch, args.seed)
+        return
+    if args.az_samples:
+        az_samples(space, archs, batch, args.seed, [int(k) for k in args.az_samples.split(",")])
         return
     alone = {n: 0.0 for n in names}
     suite_wall = suite_cpu = 0.0

@@ -19,13 +19,21 @@ Definitions follow the paper and its reference code:
 
 Deviations: the network is re-initialised Kaiming-normal (fan-in), as the reference code does, into new
 tensors run through ``functional_call`` (no model copy), so the caller's weights are untouched; BN is in
-training mode; the batch is the caller's real batch.
+training mode; the batch is the caller's real batch. Trainability is taken on the first
+``TRAINABILITY_SAMPLES`` (16) samples of the batch, in a pass of its own: its forward and backward cost
+a quarter of the full batch's, and on 150 NB201 development cells (seed 100) its values agree with the
+full batch's at Spearman 0.97 (32 samples: 0.995, 8: 0.84), measured without accuracies
+(``experiments/bench_proxies.py --az-samples``). The Rademacher probes come from NumPy's generator
+(unpacked random bytes: a third of the cost of ``torch.randint``). Expressivity and progressivity need
+no gradient and take the whole batch without autograd. On CPU the passes run channels-last (about
+twice as fast for these convolutions; the values move at float rounding level).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -109,21 +117,37 @@ def _block_features(net: nn.Module, state: dict[str, torch.Tensor], x: torch.Ten
 
 def _entropy(feat: torch.Tensor) -> float:
     """Entropy of the normalised eigenvalue spectrum of the channel covariance of ``feat`` (B, C, H, W)."""
-    b, c = feat.shape[:2]
-    x = feat.detach().reshape(b, c, -1).double()  # (B, C, HW): no channels-last copy needed
-    x.sub_(x.mean(dim=(0, 2), keepdim=True))
-    eig = torch.linalg.eigvalsh(torch.bmm(x, x.transpose(1, 2)).sum(0) / (b * x.shape[2])).clamp_min(0)
+    c = feat.shape[1]
+    x = feat.detach().permute(0, 2, 3, 1).reshape(-1, c).double()  # (B*H*W, C): a view when channels-last
+    x = x - x.mean(dim=0, keepdim=True)
+    eig = torch.linalg.eigvalsh(x.T @ x / x.shape[0]).clamp_min(0)
     p = eig / eig.sum()
     return float(-(p * torch.log(p + 1e-8)).sum())
 
 
-def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator) -> float | None:
+def _rademacher(like: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A +-1 tensor shaped and laid out like ``like`` (channels-last or not), drawn from ``rng``."""
+    n = like.numel()
+    bits = np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8), count=n)
+    flat = torch.from_numpy(_SIGNS[bits]).to(like.device)
+    b, c, h, w = like.shape
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return flat.view(b, h, w, c).permute(0, 3, 1, 2)
+    return flat.view(b, c, h, w)
+
+
+_SIGNS = np.array([-1.0, 1.0], dtype=np.float32)
+
+
+def _channel_rows(g: torch.Tensor) -> torch.Tensor:
+    """(B*H*W, C) rows of a (B, C, H, W) map: a view when the map is channels-last."""
+    return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])
+
+
+def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, rng: np.random.Generator) -> float | None:
     """Largest singular value of the channel Jacobian of ``f_out`` w.r.t. ``f_in``; nan for an identity
     block, None where the two are not comparable."""
-    if f_out.device.type == "cpu":  # drawn straight as floats: on CPU the same stream as int64 draws
-        g_out = torch.randint(0, 2, f_out.shape, generator=gen, dtype=f_out.dtype).mul_(2).sub_(1)
-    else:
-        g_out = torch.randint(0, 2, f_out.shape, device=f_out.device, generator=gen).to(f_out.dtype) * 2 - 1
+    g_out = _rademacher(f_out, rng).to(f_out.dtype)
     if not (f_out.requires_grad and f_in.requires_grad):
         return 0.0  # the output does not depend on the input: no gradient flows at all
     (g_in,) = torch.autograd.grad(f_out, f_in, g_out, retain_graph=True, allow_unused=True)
@@ -135,9 +159,8 @@ def _jacobian_norm(f_in: torch.Tensor, f_out: torch.Tensor, gen: torch.Generator
         g_in = nn.functional.pixel_unshuffle(g_in, g_in.shape[-1] // g_out.shape[-1])
     if g_in.shape[-2:] != g_out.shape[-2:]:
         return None
-    go = g_out.permute(0, 2, 3, 1).reshape(-1, g_out.shape[1])
-    gi = g_in.permute(0, 2, 3, 1).reshape(-1, g_in.shape[1])
-    mat = (gi.T @ go / go.shape[0]).double()
+    go = _channel_rows(g_out)
+    mat = (_channel_rows(g_in).T @ go / go.shape[0]).double()
     return float(torch.linalg.svdvals(mat).max())
 
 
@@ -153,6 +176,10 @@ def az_trainability_only(ctx: Context) -> dict[str, float]:
     return ctx.get("az") if "az" in ctx.needs else _az(ctx, entropy=False)
 
 
+TRAINABILITY_SAMPLES = 16
+"""Samples of the batch that trainability's Jacobians are taken on (see the module docstring)."""
+
+
 def _az(ctx: Context, entropy: bool) -> dict[str, float]:
     net = ctx.model
     cuda = [ctx.device] if ctx.device.type == "cuda" else []
@@ -160,24 +187,31 @@ def _az(ctx: Context, entropy: bool) -> dict[str, float]:
         torch.manual_seed(ctx.seed * 1_000_003 + 201)
         state = _kaiming_fan_in(net)
     net.train()
-    gen = ctx.generator(salt=201)
+    x = ctx.batch.inputs.detach()
+    if x.dim() == 4 and x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = {}
+    if entropy:
+        with torch.no_grad():
+            ent = [_entropy(f) for f in _block_features(net, state, x)]
+        if len(ent) < 2:
+            raise ValueError("AZ-NAS needs at least two feature blocks")
+        out["az_expressivity"] = float(sum(ent))
+        out["az_progressivity"] = float(min(b - a for a, b in zip(ent, ent[1:], strict=False)))
+    rng = np.random.default_rng(ctx.seed * 1_000_003 + 201)
     with torch.enable_grad():
         # The graph is rooted at the input (no parameter requires grad): every feature that depends on it
         # carries a graph, the same block Jacobians as with weights requiring grad.
-        feats = _block_features(net, state, ctx.batch.inputs.detach().requires_grad_(True))
+        feats = _block_features(net, state, x[:TRAINABILITY_SAMPLES].detach().requires_grad_(True))
         if len(feats) < 2:
             raise ValueError("AZ-NAS needs at least two feature blocks")
-        ent = [_entropy(f) for f in feats] if entropy else []
         scores = []
         for i in reversed(range(1, len(feats))):
-            s = _jacobian_norm(feats[i - 1], feats[i], gen)
+            s = _jacobian_norm(feats[i - 1], feats[i], rng)
             if s is None:
                 continue
             scores.append(2.0 - s - 1.0 / (s + 1e-6) if math.isfinite(s) else -math.inf)
-    out = {"az_trainability": float(sum(scores) / len(scores)) if scores else -math.inf}
-    if entropy:
-        out["az_expressivity"] = float(sum(ent))
-        out["az_progressivity"] = float(min(b - a for a, b in zip(ent, ent[1:], strict=False)))
+    out["az_trainability"] = float(sum(scores) / len(scores)) if scores else -math.inf
     return out
 
 
@@ -196,7 +230,7 @@ def az_progressivity(ctx: Context) -> float:
 
 
 @proxy("az_trainability", "AZ-NAS trainability: mean 2-s-1/s of block Jacobian spectral norms s",
-       needs={"az_trainability"})
+       needs={"az_trainability"}, version=2)
 def az_trainability(ctx: Context) -> float:
     """AZ-NAS trainability (see the module docstring)."""
     return ctx.get("az_trainability")["az_trainability"]

@@ -30,13 +30,13 @@ WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 RELUS = (nn.ReLU, nn.ReLU6)
 PIXEL_REGION_SAMPLES = 8
 """Samples whose pixels are used by ``relu_pixel_regions`` (enough points, bounded cost)."""
-CHANNELS_LAST_NEEDS = frozenset({"forward", "relu_kernel", "layer_macs"})
+CHANNELS_LAST_NEEDS = frozenset({"forward", "relu_kernel", "layer_macs", "feature_min_eig"})
 """Needs whose forward runs on a channels-last input on CPU (oneDNN convolutions and channels-last
-BatchNorm/pooling: about 1.4x faster on NB201 cells at batch 64). It is not bit-identical to NCHW: a few
+BatchNorm/pooling: about 1.9x faster on NB201 cells at batch 64). It is not bit-identical to NCHW: a few
 activations within float32 rounding of 0 flip their ReLU code, which moves NASWOT by at most 2e-7
-relative (measured on NB201 cells; ``check_proxy_values.py`` allows 1e-5), so only NASWOT's own pass,
-alone, takes it; counts (swap, linear_regions) and eigenvalues (meco), which one flip can move by more,
-and every gradient pass stay NCHW and bit-identical."""
+relative, and MeCo's eigenvalues move at float rounding level (measured on NB201 cells;
+``check_proxy_values.py`` allows 1e-5). Counts (swap, linear_regions), which one flip can move by a
+whole unit, and every gradient pass stay NCHW and bit-identical."""
 RELU_INPUTS_KEPT = 8
 """ReLU inputs remembered to reuse their terms (a cell's nodes and the previous cell's output)."""
 
@@ -120,18 +120,21 @@ def _forward(ctx: Context) -> Forward:
         if needs & {"relu_kernel", "relu_neuron_codes", "relu_pixel_regions"}:
             hook = _relu_hook(rec, needs)
             handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RELUS)]
-        if "feature_min_eig" in needs:
-            handles += [m.register_forward_hook(_meco_hook(rec)) for m in model.modules()]
+        meco = _MecoTerms() if "feature_min_eig" in needs else None
+        if meco is not None:
+            handles += [m.register_forward_hook(meco.hook) for m in model.modules()]
         if needs & {"layer_outputs", "layer_macs"}:
             hook = _layer_hook(rec, "layer_outputs" in needs)
             handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
         # no_grad rather than inference_mode: the ReLU hook reads version counters, which inference
         # tensors lack (the two modes compute the same bits at the same speed).
         grad_mode = torch.enable_grad() if needs & {"input_jacobian", "ce_grads"} else torch.no_grad()
-        if needs <= CHANNELS_LAST_NEEDS and x.dim() == 4 and x.is_floating_point() and x.device.type == "cpu":
+        if needs & FORWARD_USERS <= CHANNELS_LAST_NEEDS and x.dim() == 4 and x.is_floating_point() and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with grad_mode:
             rec.logits = model(x)
+        if meco is not None:
+            rec.feature_min_eig = meco.result()
     finally:
         for h in handles:
             h.remove()
@@ -205,24 +208,67 @@ def _code_gram(flat: torch.Tensor) -> torch.Tensor:
     return (c @ c.T).double()
 
 
-def _meco_hook(rec: Forward):  # noqa: ANN202 - a torch hook
-    last: list[torch.Tensor] = []  # the previous module's first feature map
+class _MecoTerms:
+    """MeCo's terms from every module's 4-D output: the first sample's (C, H*W) map is copied in the hook
+    and reduced later, maps of one shape together (a few batched ops instead of a dozen small ones per
+    module), at most ``MECO_PENDING`` values held at a time."""
 
-    def hook(_m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def __init__(self) -> None:
+        self.values: list[float] = []  # one per distinct map, in order
+        self.terms: list[int] = []  # per module output: its index into ``values``
+        self.pending: list[torch.Tensor] = []
+        self.held = 0
+        self.last: tuple[torch.Tensor, int] | None = None  # the previous output and its version counter
+
+    def hook(self, _m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        """Forward hook on every module."""
         if not torch.is_tensor(out) or out.dim() != 4 or out.shape[2] * out.shape[3] < 2:
             return  # a 1x1 map has no spatial samples to correlate (MeCo's NaN -> 0 gives 0 anyway)
+        try:
+            version = out._version
+        except RuntimeError:  # an inference tensor has no version counter: no reuse
+            version = -1
+        if self.last is not None and self.last[0] is out and version >= 0 and self.last[1] == version:
+            # A container returns its last child's output object, unchanged: the same term, computed once.
+            self.terms.append(self.terms[-1])
+            return
+        self.last = (out, version)
         with torch.no_grad():
-            first = out[0]
-            if last and last[0].shape == first.shape and torch.equal(last[0], first):
-                # A container returns its last child's output: the same map, the same term, once computed.
-                rec.feature_min_eig.append(rec.feature_min_eig[-1])
-                return
-            fea = first.reshape(out.shape[1], -1).double()
-            corr = torch.nan_to_num(torch.corrcoef(fea), nan=0.0, posinf=0.0, neginf=0.0)
-            rec.feature_min_eig.append(float(torch.linalg.eigvalsh(corr)[0]))
-            last[:] = [first.clone()]
+            fea = out[0].clone(memory_format=torch.contiguous_format)  # the forward may change out in place
 
-    return hook
+        self.terms.append(len(self.values) + len(self.pending))
+        self.pending.append(fea.view(out.shape[1], -1))
+        self.held += fea.numel()
+        if self.held > MECO_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        """Reduce the pending maps to their terms: min eigenvalue of the channel correlation matrix."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, fea in enumerate(self.pending):
+            groups.setdefault(tuple(fea.shape), []).append(i)
+        mins = [0.0] * len(self.pending)
+        for idx in groups.values():
+            x = torch.stack([self.pending[i] for i in idx]).double()
+            x -= x.mean(dim=2, keepdim=True)
+            cov = x @ x.transpose(1, 2)
+            d = cov.diagonal(dim1=1, dim2=2).sqrt()
+            # torch.corrcoef's definition: NaN for a constant channel (MeCo sets it to 0), clipped to [-1, 1]
+            corr = (cov / d[:, :, None] / d[:, None, :]).clamp_(-1, 1)
+            corr = torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+            for i, v in zip(idx, torch.linalg.eigvalsh(corr)[:, 0].tolist(), strict=True):
+                mins[i] = v
+        self.values += mins
+        self.pending, self.held = [], 0
+
+    def result(self) -> list[float]:
+        """Every module's term, in execution order."""
+        self.flush()
+        return [self.values[i] for i in self.terms]
+
+
+MECO_PENDING = 1 << 22
+"""Feature-map values (float32) that MeCo holds before reducing them (16 MB)."""
 
 
 def _layer_hook(rec: Forward, keep_outputs: bool):  # noqa: ANN202 - a torch hook

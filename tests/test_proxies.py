@@ -88,6 +88,37 @@ def test_shared_passes_give_the_values_of_single_proxies(small_space, batch):
         assert alone == pytest.approx(together[name], rel=1e-4, abs=1e-6), name
 
 
+def test_az_trainability_reads_only_the_first_samples_and_expressivity_the_whole_batch(small_space):
+    from proxies.aznas import TRAINABILITY_SAMPLES
+
+    model = _build(small_space, ("nor_conv_3x3", "nor_conv_1x1", "skip_connect", "nor_conv_3x3",
+                                 "avg_pool_3x3", "nor_conv_1x1"))
+    batch = proxies.calibration_batch(batch_size=TRAINABILITY_SAMPLES + 8, seed=0, input_shape=(3, 16, 16))
+    tail, head = batch.inputs.clone(), batch.inputs.clone()
+    tail[TRAINABILITY_SAMPLES:] = tail[TRAINABILITY_SAMPLES:].flip(-1)
+    head[0] = head[0].flip(-1)
+    names = ["az_trainability", "az_expressivity"]
+    base = proxies.score(model, batch, names, seed=0, device="cpu")
+    new_tail = proxies.score(model, proxies.Batch(tail, batch.targets), names, seed=0, device="cpu")
+    new_head = proxies.score(model, proxies.Batch(head, batch.targets), names, seed=0, device="cpu")
+    assert new_tail["az_trainability"] == base["az_trainability"]
+    assert new_tail["az_expressivity"] != base["az_expressivity"]
+    assert new_head["az_trainability"] != base["az_trainability"]
+    # the same value whether or not the entropy pass runs in the same call
+    assert proxies.score(model, batch, ["az_trainability"], seed=0, device="cpu") == {
+        "az_trainability": base["az_trainability"]}
+
+
+def test_meco_does_not_depend_on_how_many_feature_maps_are_held(small_space, batch, monkeypatch):
+    from proxies import passes
+
+    model = _build(small_space, ("nor_conv_3x3", "avg_pool_3x3", "skip_connect", "nor_conv_3x3",
+                                 "nor_conv_1x1", "nor_conv_3x3"))
+    held = proxies.score(model, batch, ["meco"], device="cpu")["meco"]
+    monkeypatch.setattr(passes, "MECO_PENDING", 1)  # reduce every map as soon as it is copied
+    assert proxies.score(model, batch, ["meco"], device="cpu")["meco"] == pytest.approx(held, rel=1e-12)
+
+
 def test_failing_proxy_gives_nan_and_its_error_and_never_raises(small_space):
     tiny = proxies.calibration_batch(batch_size=1, input_shape=(3, 16, 16))  # correlations need 2 samples
     model = _build(small_space, ("nor_conv_3x3",) * 6)
