@@ -141,8 +141,9 @@ class DartsSpace(OracleMixin):
     name = "darts"
     description = "DARTS / NAS-Bench-301 cells: normal + reduce, 8 edges x 7 ops each; ~1e18 networks, CIFAR"
     # ``nas search`` scores proxies at calibration batch 16 on these networks (tens of times NB201's): the
-    # label-free ensemble's components cost 1.6-3.5 CPU-s per cell there instead of 9-20 at 64, and its
-    # 64-architecture reference with them (experiments/cell_spaces_proxies.py, which also compares the ranks).
+    # label-free ensemble costs about 1.2 CPU-s per cell there against 1.7 at 64 (200 uniform cells and the
+    # 64-architecture reference, `nas score --n 200 --executor ray --workers 2`; see also
+    # experiments/cell_spaces_proxies.py, which compares the ranks).
     search_defaults: dict[str, Any] = {"batch_size": 16}
 
     def __init__(self, num_classes: int = 10, channels: int = 32, layers: int = 8,

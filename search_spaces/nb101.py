@@ -170,8 +170,9 @@ class NB101Space(OracleMixin):
     name = "nb101"
     description = "NAS-Bench-101 cells: 7-vertex DAGs, <=9 edges, 3 ops; 423,624 networks, CIFAR 32x32"
     # ``nas search`` scores proxies at calibration batch 16 on these networks (tens of times NB201's): the
-    # label-free ensemble's components cost 1.6-3.5 CPU-s per cell there instead of 9-20 at 64, and its
-    # 64-architecture reference with them (experiments/cell_spaces_proxies.py, which also compares the ranks).
+    # label-free ensemble costs about 2.0 CPU-s per cell there against 3.0 at 64 (200 uniform cells and the
+    # 64-architecture reference, `nas score --n 200 --executor ray --workers 2`; see also
+    # experiments/cell_spaces_proxies.py, which compares the ranks).
     search_defaults: dict[str, Any] = {"batch_size": 16}
 
     def __init__(self, num_classes: int = 10, channels: int = 128, num_stacks: int = 3,
