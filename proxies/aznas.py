@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call
 
 from proxies.engine import Context, artefact, proxy
+from proxies.passes import channels_last_input
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 
@@ -117,8 +118,7 @@ def _block_features(net: nn.Module, state: dict[str, torch.Tensor], x: torch.Ten
 
 def _entropy(feat: torch.Tensor) -> float:
     """Entropy of the normalised eigenvalue spectrum of the channel covariance of ``feat`` (B, C, H, W)."""
-    c = feat.shape[1]
-    x = feat.detach().permute(0, 2, 3, 1).reshape(-1, c).double()  # (B*H*W, C): a view when channels-last
+    x = _channel_rows(feat.detach()).double()
     x = x - x.mean(dim=0, keepdim=True)
     eig = torch.linalg.eigvalsh(x.T @ x / x.shape[0]).clamp_min(0)
     p = eig / eig.sum()
@@ -187,9 +187,7 @@ def _az(ctx: Context, entropy: bool) -> dict[str, float]:
         torch.manual_seed(ctx.seed * 1_000_003 + 201)
         state = _kaiming_fan_in(net)
     net.train()
-    x = ctx.batch.inputs.detach()
-    if x.dim() == 4 and x.device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = channels_last_input(ctx.batch.inputs.detach())
     out = {}
     if entropy:
         with torch.no_grad():

@@ -106,6 +106,13 @@ class Forward:
     macs: float = 0.0
 
 
+def channels_last_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` laid out channels-last where that speeds a pass up (a 4-D float batch on CPU), else ``x``."""
+    if x.dim() == 4 and x.is_floating_point() and x.device.type == "cpu":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 @artefact("forward")
 def _forward(ctx: Context) -> Forward:
     model, needs = ctx.model, ctx.needs
@@ -129,8 +136,8 @@ def _forward(ctx: Context) -> Forward:
         # no_grad rather than inference_mode: the ReLU hook reads version counters, which inference
         # tensors lack (the two modes compute the same bits at the same speed).
         grad_mode = torch.enable_grad() if needs & {"input_jacobian", "ce_grads"} else torch.no_grad()
-        if needs & FORWARD_USERS <= CHANNELS_LAST_NEEDS and x.dim() == 4 and x.is_floating_point() and x.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        if needs & FORWARD_USERS <= CHANNELS_LAST_NEEDS:
+            x = channels_last_input(x)
         with grad_mode:
             rec.logits = model(x)
         if meco is not None:
@@ -235,7 +242,6 @@ class _MecoTerms:
         self.last = (out, version)
         with torch.no_grad():
             fea = out[0].clone(memory_format=torch.contiguous_format)  # the forward may change out in place
-
         self.terms.append(len(self.values) + len(self.pending))
         self.pending.append(fea.view(out.shape[1], -1))
         self.held += fea.numel()
