@@ -5,11 +5,13 @@ Only finite values are stored: a failure or a NaN is never served as a score on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,38 @@ def data_key(name: str, inputs: Any, targets: Any = None) -> str:
         digest.update(b"targets")
         digest.update(targets.detach().cpu().contiguous().numpy().tobytes())
     return f"{name}:{digest.hexdigest()[:16]}"
+
+
+_PREPARED: set[Path] = set()
+_PREPARE_LOCK = threading.Lock()
+
+
+def _prepare(path: Path, attempts: int = 50) -> None:
+    """Create the table and switch the file to WAL, once per process and file.
+
+    Switching a fresh file to WAL while other connections open it can fail at once with "database is
+    locked" (SQLite does not wait on that lock), so threads take turns here and processes retry.
+    """
+    with _PREPARE_LOCK:
+        if path in _PREPARED and path.exists():  # a deleted file is prepared again
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(attempts):
+            try:
+                with contextlib.closing(sqlite3.connect(path, timeout=60.0)) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS proxy_values (space TEXT NOT NULL, arch TEXT NOT NULL, "
+                        "proxy TEXT NOT NULL, data TEXT NOT NULL, batch_size INTEGER NOT NULL, "
+                        "seed INTEGER NOT NULL, value REAL NOT NULL, "
+                        "PRIMARY KEY (space, arch, proxy, data, batch_size, seed))")
+                    db.commit()
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        _PREPARED.add(path)
 
 
 class ProxyCache:
@@ -66,15 +100,9 @@ class ProxyCache:
     def _conn(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            _prepare(self.path)
             db = sqlite3.connect(self.path, timeout=60.0)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS proxy_values (space TEXT NOT NULL, arch TEXT NOT NULL, "
-                "proxy TEXT NOT NULL, data TEXT NOT NULL, batch_size INTEGER NOT NULL, seed INTEGER NOT NULL, "
-                "value REAL NOT NULL, PRIMARY KEY (space, arch, proxy, data, batch_size, seed))")
-            db.commit()
             self._local.db = db
         return db
 

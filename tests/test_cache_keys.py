@@ -207,3 +207,27 @@ def test_a_fully_cached_candidate_builds_no_network(tmp_path, monkeypatch):
     assert again.status == "ok" and not builds
     assert again.scores["synflow"] == full.scores["synflow"]
     assert again.metrics["params"] == full.metrics["params"]
+
+
+def test_threads_opening_a_fresh_cache_together_never_see_it_locked(tmp_path):
+    import threading
+
+    # switching a new file to WAL used to fail at once with "database is locked" in about 1 of 150 runs
+    errors: list[BaseException] = []
+    for n in range(60):
+        cache = ProxyCache(tmp_path / str(n))
+        start = threading.Barrier(6)
+
+        def work(i: int, cache: ProxyCache = cache, start: threading.Barrier = start) -> None:
+            try:
+                start.wait()
+                cache.put(arch=f"a{i}", values={"p@1": 1.0}, space="s", data="d", batch_size=1, seed=0)
+            except BaseException as err:  # noqa: BLE001 - reported by the main thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
