@@ -1,21 +1,26 @@
 """Does searching per-layer bit-widths buy a better (synflow, model_kb) front on OFA? (issue 24, must-show 4)
 
-For each seed, three searches with the same budget and seed on ``ofa`` (proxies at half resolution, the
+For each seed, five searches with the same budget and seed on ``ofa`` (proxies at half resolution, the
 space's CPU default), objectives ``synflow`` (maximised) and ``model_kb`` (minimised):
 
 * ``mixed-nsga2``: NSGA-II over architecture and per-block weight bits (``precision=mixed``),
 * ``fp32-nsga2``: NSGA-II over the architecture alone (every weight in fp32),
-* ``mixed-random``: random search over the mixed space.
+* ``mixed-random``: random search over the mixed space,
+* ``mixed-linas`` and ``fp32-linas``: the same pair searched by LINAS (NSGA-II guided by ridge
+  predictions, DyNAS-T's search and SimQ-NAS'), generations of the same size.
 
-Printed per seed: front sizes; for each point of the fp32 front, the smallest ``model_kb`` on the mixed
-front with at least its synflow (the mixed front dominates on size at equal synflow when that is below the
-fp32 point's ``model_kb``); the hypervolume of each front in (synflow, model_kb) normalised to [0, 1] by
-the range of every candidate of the seed's three runs, reference point (1.1, 1.1) in the minimised
+Printed per seed: front sizes; for each point of an fp32 front, the smallest ``model_kb`` on the mixed
+front of the same strategy with at least its synflow (the mixed front dominates on size at equal
+synflow when that is below the fp32 point's ``model_kb``); the hypervolume of each front in (synflow,
+model_kb) normalised to [0, 1] by the range of every candidate of the seed's runs, reference point (1.1, 1.1) in the minimised
 coordinates (1 - synflow', model_kb'). Each run directory gets ``nas search``'s ``pareto.png``; the out
-folder gets ``fronts-seed<S>.png`` with the three fronts together, and ``summary.json``.
+folder gets ``fronts-seed<S>.png`` with the fronts together, and ``summary.json``.
+
+Finished run folders are read back, not searched again. Settings of linas were looked at on seeds 100
+and 101 only (``--inner-generations 30`` covered 95 of their 97 fp32 front points, ``100`` fewer on seed 100).
 
 Usage:
-    python experiments/mixed_precision_pareto.py --budget 200 --seeds 0,1,2
+    python experiments/mixed_precision_pareto.py --budget 200 --seeds 0,1,2 [--runs mixed-linas,fp32-linas]
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ RUNS = {  # label -> (strategy, space options)
     "mixed-nsga2": ("nsga2", {"precision": "mixed"}),
     "fp32-nsga2": ("nsga2", {}),
     "mixed-random": ("random", {"precision": "mixed"}),
+    "mixed-linas": ("linas", {"precision": "mixed"}),
+    "fp32-linas": ("linas", {}),
 }
+PAIRS = (("mixed-nsga2", "fp32-nsga2"), ("mixed-linas", "fp32-linas"))
+"""(mixed, fp32) runs compared point by point on the fp32 front."""
 REFERENCE = (1.1, 1.1)
 
 
@@ -80,7 +89,8 @@ def plot(fronts: dict[str, np.ndarray], clouds: dict[str, np.ndarray], path: Pat
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"mixed-nsga2": "tab:blue", "fp32-nsga2": "tab:red", "mixed-random": "tab:green"}
+    colours = {"mixed-nsga2": "tab:blue", "fp32-nsga2": "tab:red", "mixed-random": "tab:green",
+               "mixed-linas": "tab:purple", "fp32-linas": "tab:orange"}
     for label, pts in clouds.items():
         ax.scatter(pts[:, 1], pts[:, 0], s=6, alpha=0.2, color=colours[label])
     for label, pts in fronts.items():
@@ -102,51 +112,71 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    parser.add_argument("--population", type=int, default=20, help="NSGA-II generation size (default 20)")
+    parser.add_argument("--population", type=int, default=20, help="generation size of nsga2 and linas (default 20)")
+    parser.add_argument("--inner-generations", type=int, default=30,
+                        help="linas: generations of the inner search on predictions (default 30)")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated runs (default all: {', '.join(RUNS)})")
     parser.add_argument("--out", default="experiments/out/mixed_precision_pareto")
     args = parser.parse_args()
+    labels = [r for r in args.runs.split(",") if r]
+    if unknown := sorted(set(labels) - set(RUNS)):
+        parser.error(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = []
     for seed in (int(s) for s in args.seeds.split(",")):
         results, seconds = {}, {}
-        for label, (strategy, options) in RUNS.items():
+        for label in labels:
+            strategy, options = RUNS[label]
             t = time.perf_counter()
-            strategy_options = {"population_size": args.population} if strategy == "nsga2" else None
-            results[label] = nas.search("ofa", strategy, "synflow,model_kb", args.budget, seed,
-                                        out / f"{label}-s{seed}", space_options=options,
-                                        strategy_options=strategy_options, progress=False)
+            run_dir = out / f"{label}-s{seed}"
+            strategy_options = {"population_size": args.population} if strategy in ("nsga2", "linas") else None
+            if strategy == "linas":
+                strategy_options["inner_generations"] = args.inner_generations
+            # a finished run folder is read back (resume with its budget spent evaluates nothing)
+            results[label] = nas.search("ofa", strategy, "synflow,model_kb", args.budget, seed, run_dir,
+                                        space_options=options, strategy_options=strategy_options,
+                                        progress=False, resume=(run_dir / "run.sqlite").exists())
             seconds[label] = time.perf_counter() - t
         clouds = {k: points(r.candidates) for k, r in results.items()}
         fronts = {k: points(r.pareto) for k, r in results.items()}
         every = np.vstack(list(clouds.values()))
         lo, hi = every.min(axis=0), every.max(axis=0)
         volumes = {k: hypervolume_2d(normalise(f, lo, hi)) for k, f in fronts.items()}
-        rows = cover(fronts["fp32-nsga2"], fronts["mixed-nsga2"])
-        dominated = int(sum(r["mixed_kb"] <= r["fp32_kb"] for r in rows))
         print(f"\nseed {seed}, budget {args.budget} per run ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
         print(f"{'run':<14}{'front':>6}{'hypervolume':>13}{'best synflow':>14}{'min model_kb':>14}")
-        for k in RUNS:
+        for k in labels:
             print(f"{k:<14}{len(fronts[k]):>6}{volumes[k]:>13.4f}{fronts[k][:, 0].max():>14.2f}"
                   f"{fronts[k][:, 1].min():>14.1f}")
-        print("fp32 front point -> smallest model_kb on the mixed front with synflow >= it:")
-        print(f"{'synflow':>10}{'fp32 kB':>10}{'mixed kB':>10}{'ratio':>8}")
-        for r in rows:
-            print(f"{r['synflow']:>10.2f}{r['fp32_kb']:>10.1f}{r['mixed_kb']:>10.1f}{r['ratio']:>8.3f}")
-        print(f"mixed front at or below the fp32 front's model_kb at equal synflow: {dominated}/{len(rows)} points")
+        covers = {}
+        for mixed, fp32 in PAIRS:
+            if mixed not in fronts or fp32 not in fronts:
+                continue
+            rows = cover(fronts[fp32], fronts[mixed])
+            dominated = int(sum(r["mixed_kb"] <= r["fp32_kb"] for r in rows))
+            covers[f"{mixed}/{fp32}"] = {"cover": rows, "dominated": dominated}
+            print(f"{fp32} front point -> smallest model_kb on the {mixed} front with synflow >= it:")
+            print(f"{'synflow':>10}{'fp32 kB':>10}{'mixed kB':>10}{'ratio':>8}")
+            for r in rows:
+                print(f"{r['synflow']:>10.2f}{r['fp32_kb']:>10.1f}{r['mixed_kb']:>10.1f}{r['ratio']:>8.3f}")
+            print(f"{mixed} front at or below the {fp32} front's model_kb at equal synflow: "
+                  f"{dominated}/{len(rows)} points")
         plot(fronts, clouds, out / f"fronts-seed{seed}.png",
              f"ofa, (synflow, model_kb), budget {args.budget}, seed {seed}")
         summary.append({"seed": seed, "budget": args.budget, "seconds": seconds,
                         "front_sizes": {k: len(f) for k, f in fronts.items()}, "hypervolume": volumes,
-                        "cover": rows, "dominated": dominated, "bounds": {"lo": lo.tolist(), "hi": hi.tolist()}})
+                        "covers": covers, "bounds": {"lo": lo.tolist(), "hi": hi.tolist()}})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if len(summary) > 1:
         print("\nhypervolume over seeds (mean, min..max):")
-        for k in RUNS:
+        for k in labels:
             v = np.array([s["hypervolume"][k] for s in summary])
             print(f"  {k:<14}{v.mean():.4f}  {v.min():.4f}..{v.max():.4f}")
-        print(f"  mixed-nsga2 dominates fp32-nsga2 on model_kb at equal synflow: "
-              f"{sum(s['dominated'] for s in summary)}/{sum(len(s['cover']) for s in summary)} fp32 front points")
+        for pair in summary[0]["covers"]:
+            got = sum(s["covers"][pair]["dominated"] for s in summary)
+            total = sum(len(s["covers"][pair]["cover"]) for s in summary)
+            print(f"  {pair}: the mixed front at or below the fp32 front's model_kb at equal synflow on "
+                  f"{got}/{total} fp32 front points")
     print(f"\nwrote {out}/summary.json and fronts-seed*.png; each run folder has pareto.png")
 
 

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Flags left out take the space's defaults (tuned per space), then "
                                    "global ones: evolution, budget 100, objective synflow.")
     add_space_args(p)
-    p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, reinforce, predictor "
+    p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, linas (NSGA-II guided by ridge "
+                                      "predictions, DyNAS-T), reinforce, predictor "
                                       "(BANANAS: spends --option queries=20 oracle labels; needs --accuracy-table "
                                       "or --labels) (default: the space's choice, else evolution)")
     p.add_argument("--objectives",

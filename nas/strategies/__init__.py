@@ -82,6 +82,11 @@ def NSGA2(**options: Any) -> StrategySpec:  # noqa: N802
     return StrategySpec("nsga2", options)
 
 
+def LINAS(**options: Any) -> StrategySpec:  # noqa: N802
+    """NSGA-II guided by ridge predictions of the objectives (DyNAS-T's LINAS); options: ``population_size``, ..."""
+    return StrategySpec("linas", options)
+
+
 def Reinforce(**options: Any) -> StrategySpec:  # noqa: N802
     """REINFORCE over a factorised categorical policy; options: ``lr``, ``baseline_decay``, ..."""
     return StrategySpec("reinforce", options)
@@ -108,7 +113,7 @@ def require(space: SearchSpace, method: str, strategy: str) -> None:
 from nas.strategies import random_search  # noqa: E402,F401
 
 for _optional in ("evolution", "bayesian", "reinforce", "oneshot", "weight_sharing", "proxyless",
-                  "predictor"):
+                  "predictor", "linas"):
     try:
         __import__(f"nas.strategies.{_optional}")
     except ModuleNotFoundError as _err:
