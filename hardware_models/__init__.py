@@ -116,6 +116,14 @@ def refresh_user_targets() -> list[str]:
     return found
 
 
+def check_space(space: Any) -> None:
+    """Raise ``ValueError`` for a space whose models no latency target describes (simulated circuits)."""
+    if getattr(space, "input_kind", "image") == "circuit":
+        raise ValueError(f"latency targets model neural networks running on a device; the {space.name} "
+                         "space's circuits run on a simulator, so --target and latency do not apply to them "
+                         "(its cost proxies are depth and two_qubit_gates)")
+
+
 def get(name: str) -> Target:
     """The target registered as ``name`` (user-adapted targets included)."""
     if name not in registry:

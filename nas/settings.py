@@ -114,6 +114,7 @@ def validate(config: dict[str, Any], space: SearchSpace) -> None:
         raise ValueError("a latency limit (--latency-ms) needs a target (--target); see `nas targets`")
     if target_name is not None:
         hardware_models.get(target_name)
+        hardware_models.check_space(space)
     check_memory_settings(config)
     check_oracle(space, int(config.get("oracle_queries", 0)))
     if config.get("labels") and "ensemble_fit" not in config["proxies"] and not uses_labels(config):

@@ -216,6 +216,18 @@ def test_cli_score_and_search(tmp_path, capsys):
     assert "fidelity" in json.dumps(best)
 
 
+def test_latency_targets_are_refused_for_circuits(tmp_path, capsys):
+    archs = tmp_path / "a.txt"
+    archs.write_text(GHZ4 + "\n")
+    assert main(["search", "--space", "qcircuit", "--target", "rpi4", "--budget", "1",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "circuits run on a simulator" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["latency", "predict", "--space", "qcircuit", "--target", "rpi4", "--arch-file", str(archs),
+                 "--out", str(tmp_path / "l.csv")]) == 2
+    assert "circuits run on a simulator" in capsys.readouterr().err
+
+
 def test_dag_protocol_feeds_arch2vec():
     arch2vec = pytest.importorskip("predictors.arch2vec")
     space = _space(qubits=3, layers=2)

@@ -57,6 +57,15 @@ def _add_sample_args(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _latency_space(args: argparse.Namespace) -> search_spaces.SearchSpace:
+    """The ``--space`` of a latency command, refused where no latency model applies."""
+    import hardware_models
+
+    space = search_spaces.get(args.space, **space_options(args))
+    hardware_models.check_space(space)
+    return space
+
+
 def _check_n(n: int) -> None:
     if n < 1:
         raise UsageError(f"--n must be at least 1, got {n}")
@@ -66,7 +75,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Write ``arch,latency_ms`` for every line of the arch file, in input order."""
     import hardware_models
 
-    space = search_spaces.get(args.space, **space_options(args))
+    space = _latency_space(args)
     target = hardware_models.get(args.target)
     rows = read_arch_file(space, args.arch_file)
     ms = np.asarray(target.predict(space, [a for _, a in rows]), dtype=float)
@@ -84,7 +93,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from hardware_models.adapt import adapt, read_measurements
     from hardware_models.few_shot import LOO_MARGIN
 
-    space = search_spaces.get(args.space, **space_options(args))
+    space = _latency_space(args)
     rows = read_measurements(args.measurements)
     target = adapt(space, rows, args.name, source=args.measurements, device_class=args.device_class)
     info = target.adaptation
@@ -112,7 +121,7 @@ def run_measure(args: argparse.Namespace) -> int:
     _check_n(args.n)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise UsageError("--threads and --repeats must be >= 1 and --warmup >= 0")
-    space = search_spaces.get(args.space, **space_options(args))
+    space = _latency_space(args)
     archs = sample_unique(space, args.n, np.random.default_rng(args.seed))
     with Progress(disable=args.no_progress) as bar:
         task = bar.add_task("measuring", total=len(archs))
@@ -131,7 +140,7 @@ def run_kit(args: argparse.Namespace) -> int:
     from hardware_models.measure import sample_unique, write_kit
 
     _check_n(args.n)
-    space = search_spaces.get(args.space, **space_options(args))
+    space = _latency_space(args)
     archs = sample_unique(space, args.n, np.random.default_rng(args.seed))
     with Progress(disable=args.no_progress) as bar:
         task = bar.add_task("exporting", total=len(archs))
