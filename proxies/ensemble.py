@@ -62,6 +62,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -222,18 +223,37 @@ def fit(table: Mapping[str, Sequence[float]], accuracy: Sequence[float], referen
     return EnsembleModel(tuple(comps), tuple(best[c] for c in comps), reference)
 
 
-def read_labels(path: str | os.PathLike[str]) -> list[tuple[str, float]]:
-    """Read an ``arch,accuracy`` CSV (header required); rows with a bad accuracy raise naming the line."""
+def read_labels(path: str | os.PathLike[str], space: Any = None) -> list[tuple[str, float]]:
+    """``(arch, accuracy)`` rows of an ``arch,accuracy`` CSV (header required, other columns ignored).
+
+    A missing file, a missing header, an accuracy that is not a finite number or (with ``space``) an
+    architecture the space cannot parse raises ``ValueError`` naming the file and line.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"labels file {path}: no such file")
     rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"arch", "accuracy"} <= set(reader.fieldnames):
+        if not reader.fieldnames or not {"arch", "accuracy"} <= {h.strip() for h in reader.fieldnames}:
             raise ValueError(f"{path}: the labels file needs a header 'arch,accuracy', got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
+        reader.fieldnames = [h.strip() for h in reader.fieldnames]
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            arch, text = (row.get("arch") or "").strip(), row.get("accuracy")
+            if not arch and not (text or "").strip():
+                continue  # a blank line
             try:
-                rows.append((row["arch"], float(row["accuracy"])))
+                value = float(text)  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{line}: accuracy {row['accuracy']!r} is not a number") from None
+                raise ValueError(f"{where}: accuracy {text!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: accuracy {text!r} is not a finite number")
+            if space is not None:
+                try:
+                    space.from_string(arch)
+                except ValueError as err:  # ArchError: the space names the bad part
+                    raise ValueError(f"{where}: {err}") from None
+            rows.append((arch, value))
     if not rows:
         raise ValueError(f"{path}: no labelled architectures")
     return rows

@@ -105,7 +105,7 @@ def test_read_labels(tmp_path):
     assert ens.read_labels(good) == [("x", 91.5), ("y", 80.0)]
     bad = tmp_path / "bad.csv"
     bad.write_text("arch,accuracy\nx,high\n")
-    with pytest.raises(ValueError, match="bad.csv:2"):
+    with pytest.raises(ValueError, match="bad.csv, line 2"):
         ens.read_labels(bad)
     with pytest.raises(ValueError, match="arch,accuracy"):
         (tmp_path / "nohead.csv").write_text("x,1\n")

@@ -13,7 +13,6 @@ import csv
 import inspect
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 import search_spaces
 from nas.cli import UsageError
 from nas.cli.common import add_space_args, parse_options, read_arch_file, space_options
-from search_spaces import ArchError, SearchSpace
+from search_spaces import SearchSpace
 
 DEFAULT_KIND = "ensemble_fit"
 """The kind ``fit`` uses without ``--kind``: the few-label proxy ensemble, which reads any image space."""
@@ -53,36 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def read_labelled(space: SearchSpace, path: str) -> tuple[list[Any], list[float]]:
     """Architectures and accuracies of an ``arch,accuracy`` CSV; a bad row raises naming its line."""
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"--labels {path}: no such file")
-    archs: list[Any] = []
-    accuracy: list[float] = []
-    with open(file, newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header[:2]] != ["arch", "accuracy"]:
-            raise UsageError(f"--labels {path}: the first line must be the header 'arch,accuracy', got {header}")
-        for row in rows:
-            line = rows.line_num
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise UsageError(f"{path}, line {line}: needs an architecture and an accuracy, got {row}")
-            try:
-                archs.append(space.from_string(row[0].strip()))
-            except ArchError as err:
-                raise UsageError(f"{path}, line {line}: {err}") from None
-            try:
-                value = float(row[1])
-            except ValueError:
-                raise UsageError(f"{path}, line {line}: accuracy {row[1]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise UsageError(f"{path}, line {line}: accuracy {row[1]!r} is not a finite number")
-            accuracy.append(value)
-    if len(archs) < 2:
-        raise UsageError(f"--labels {path}: {len(archs)} labelled architecture(s); a fit needs at least 2")
-    return archs, accuracy
+    from proxies.ensemble import read_labels
+
+    rows = read_labels(path, space)
+    if len(rows) < 2:
+        raise UsageError(f"--labels {path}: {len(rows)} labelled architecture(s); a fit needs at least 2")
+    return [space.from_string(a) for a, _ in rows], [y for _, y in rows]
 
 
 def run_fit(args: argparse.Namespace) -> int:
