@@ -10,6 +10,7 @@ differ. A cache hit under the same setting is checked too, so that a cache that 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -170,27 +171,37 @@ def test_cache_values_round_trip_exactly(tmp_path):
     assert cache.get(proxies=list(values), **key) == values
 
 
-def test_one_cache_serves_several_threads(tmp_path):
+def run_threads(work: Callable[[int], None], n: int) -> list[BaseException]:
+    """Run ``work(i)`` for ``i < n`` in ``n`` threads at once (released together); their exceptions."""
     import threading
 
-    cache = ProxyCache(tmp_path)
-    key = {"space": "s", "data": "d", "batch_size": 1, "seed": 0}
-    errors: list[BaseException] = []
+    start, errors = threading.Barrier(n), []
 
-    def work(i: int) -> None:
+    def guarded(i: int) -> None:
         try:
-            for k in range(20):
-                cache.put(arch=f"a{i}-{k}", values={"p@1": float(k)}, **key)
-                assert cache.get(arch=f"a{i}-{k}", proxies=["p@1"], **key) == {"p@1": float(k)}
+            start.wait()
+            work(i)
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
             errors.append(err)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and len(cache) == 60
+    return errors
+
+
+def test_one_cache_serves_several_threads(tmp_path):
+    cache = ProxyCache(tmp_path)
+    key = {"space": "s", "data": "d", "batch_size": 1, "seed": 0}
+
+    def work(i: int) -> None:
+        for k in range(20):
+            cache.put(arch=f"a{i}-{k}", values={"p@1": float(k)}, **key)
+            assert cache.get(arch=f"a{i}-{k}", proxies=["p@1"], **key) == {"p@1": float(k)}
+
+    assert not run_threads(work, 3) and len(cache) == 60
 
 
 def test_a_fully_cached_candidate_builds_no_network(tmp_path, monkeypatch):
@@ -210,24 +221,9 @@ def test_a_fully_cached_candidate_builds_no_network(tmp_path, monkeypatch):
 
 
 def test_threads_opening_a_fresh_cache_together_never_see_it_locked(tmp_path):
-    import threading
-
     # switching a new file to WAL used to fail at once with "database is locked" in about 1 of 150 runs
-    errors: list[BaseException] = []
     for n in range(60):
         cache = ProxyCache(tmp_path / str(n))
-        start = threading.Barrier(6)
-
-        def work(i: int, cache: ProxyCache = cache, start: threading.Barrier = start) -> None:
-            try:
-                start.wait()
-                cache.put(arch=f"a{i}", values={"p@1": 1.0}, space="s", data="d", batch_size=1, seed=0)
-            except BaseException as err:  # noqa: BLE001 - reported by the main thread
-                errors.append(err)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors
+        errors = run_threads(lambda i, cache=cache: cache.put(arch=f"a{i}", values={"p@1": 1.0}, space="s",
+                                                                data="d", batch_size=1, seed=0), 6)
+        assert not errors, errors
