@@ -70,12 +70,14 @@ def test_networks_that_broke_a_constraint_teach_it_to_the_search():
     # a rule on one edge that the objective pushes against: more 3x3 convolutions score higher, but a 3x3
     # convolution on the first edge breaks the (synthetic) constraint; told -inf, as the loop tells it
     space = search_spaces.get("nb201")
-    linas = strategies.get("linas", space, seed=0, population_size=10, inner_population=40, inner_generations=10)
-    broke = []
-    for _ in range(6):
-        archs = linas.ask(10)
-        bad = [a[0] == "nor_conv_3x3" for a in archs]
-        linas.tell(archs, [(-math.inf,) if b else (float(sum(op == "nor_conv_3x3" for op in a)),)
-                           for a, b in zip(archs, bad, strict=True)])
-        broke.append(sum(bad))
-    assert sum(broke[3:]) <= 2, broke  # without the feasibility classifier: 5 of those 30
+    late = 0  # proposals breaking it in generations 5-8, five seeds: 7 of 200 (34 without the classifier)
+    for seed in range(5):
+        linas = strategies.get("linas", space, seed=seed, population_size=10, inner_population=40,
+                               inner_generations=10)
+        for generation in range(8):
+            archs = linas.ask(10)
+            bad = [a[0] == "nor_conv_3x3" for a in archs]
+            linas.tell(archs, [(-math.inf,) if b else (float(sum(op == "nor_conv_3x3" for op in a)),)
+                               for a, b in zip(archs, bad, strict=True)])
+            late += sum(bad) if generation >= 4 else 0
+    assert late <= 17, late
