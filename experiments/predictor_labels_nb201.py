@@ -11,6 +11,9 @@ chosen on draws 100 and up; the reported draws are 0..9.
 Usage:
     python experiments/predictor_labels_nb201.py --kinds graph,parzc,ensemble_fit \\
         --accuracy-table ../shared/data/nb201_accuracy.csv --draws 0-9 --out experiments/out/learned/labels.csv
+
+Draws 0-9 (mean over draws, 20 / 50 / 100 / 200 labels): ``ensemble_parzc`` (:mod:`predictors.stacked`,
+settings from draws 100-109) 0.930 / 0.953 / 0.959 / 0.966; ``ensemble_fit`` 0.920 / 0.941 / 0.944 / 0.946.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def proxy_values(space: SearchSpace, archs: Sequence[Arch], names: Sequence[str]
 
 def _load_kinds() -> None:
     """Import the modules that register kinds (kept lazy: they import torch models)."""
-    for module in ("graph", "parzc", "arch2vec", "simple"):
+    for module in ("graph", "parzc", "arch2vec", "simple", "stacked"):
         try:
             __import__(f"predictors.{module}")
         except ModuleNotFoundError as err:

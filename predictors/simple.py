@@ -3,7 +3,9 @@
 Kind ``ensemble_fit`` is the ``ensemble_fit`` proxy (:mod:`proxies.ensemble`): the weights of a log-CDF
 aggregation of zero-cost proxies, fitted by TPE to maximise Spearman on the labels. The CDFs are taken
 against a label-free reference sample of the space being predicted, drawn with the predictor's seed, so
-the fitted weights carry over to another space (its own reference is drawn there).
+the fitted weights carry over to another space (its own reference is drawn there). With ``bags=B`` the
+weights are fitted on ``B`` bootstrap resamples of the labels and averaged: the score is linear in the
+weights, so this is the mean of the ``B`` bagged scores, and their spread is :meth:`predict_with_std`.
 
 Example:
     >>> import search_spaces
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from predictors.base import ArchPredictor, proxy_values, register
+from predictors.base import ArchPredictor, check_labels, proxy_values, register
 from proxies import ensemble as ens
 from search_spaces import Arch, SearchSpace
 
@@ -38,6 +40,8 @@ class EnsembleFitPredictor:
         components: proxies the fit weighs (default: the ``ensemble_fit`` proxy's pool).
         reference_size: architectures in the label-free reference sample of each space.
         n_trials: TPE trials of the weight fit.
+        bags: 1 fits the weights once on all labels; ``B > 1`` averages fits on ``B`` bootstrap resamples
+            (a Spearman-maximising fit on a few labels is noisy, and bagging smooths it).
         batch_size: calibration batch size of the proxies.
         proxy_seed: seed of the reference sample, the calibration batch and the networks' initialisation
             (kept apart from ``seed`` so that refits with other seeds reuse cached proxy values).
@@ -47,14 +51,19 @@ class EnsembleFitPredictor:
     kind = "ensemble_fit"
 
     def __init__(self, components: tuple[str, ...] = ens.FIT_POOL, reference_size: int = ens.REFERENCE_SIZE,
-                 n_trials: int = 150, batch_size: int = 64, proxy_seed: int = 0, seed: int = 0) -> None:
+                 n_trials: int = 150, batch_size: int = 64, proxy_seed: int = 0, seed: int = 0,
+                 bags: int = 1) -> None:
+        if bags < 1:
+            raise ValueError(f"ensemble_fit: bags must be >= 1, got {bags}")
         self.components = tuple(components)
         self.reference_size = int(reference_size)
         self.n_trials = int(n_trials)
+        self.bags = int(bags)
         self.batch_size = int(batch_size)
         self.proxy_seed = int(proxy_seed)
         self.seed = int(seed)
         self.weights_: tuple[float, ...] | None = None
+        self.bag_weights_: np.ndarray | None = None  # (bags, components) when bags > 1
         self._references: dict[str, ens.Reference] = {}
 
     def _values(self, space: SearchSpace, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
@@ -77,11 +86,29 @@ class EnsembleFitPredictor:
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> EnsembleFitPredictor:
         """Fit the component weights on labelled architectures of ``space``."""
-        model = ens.fit(self._values(space, archs), accuracy, self.reference(space), self.components,
-                        n_trials=self.n_trials, seed=self.seed)
-        weights = dict(zip(model.components, model.weights, strict=True))
-        self.weights_ = tuple(weights.get(c, 0.0) for c in self.components)
+        values, acc, ref = self._values(space, archs), np.asarray(accuracy, dtype=float), self.reference(space)
+        if self.bags == 1:
+            self.weights_ = self._fit_weights(values, acc, ref, self.seed)
+            self.bag_weights_ = None
+            return self
+        check_labels(self.kind, archs, acc, minimum=5)
+        rng = np.random.default_rng(self.seed)
+        bags = []
+        for b in range(self.bags):
+            idx = rng.integers(len(acc), size=len(acc))
+            while np.ptp(acc[idx]) == 0:  # a resample of one accuracy has no ranking to fit
+                idx = rng.integers(len(acc), size=len(acc))
+            bags.append(self._fit_weights({c: v[idx] for c, v in values.items()}, acc[idx], ref,
+                                          self.seed * 1000 + b))
+        self.bag_weights_ = np.array(bags)
+        self.weights_ = tuple(float(w) for w in self.bag_weights_.mean(0))
         return self
+
+    def _fit_weights(self, values: dict[str, np.ndarray], acc: np.ndarray, ref: ens.Reference,
+                     seed: int) -> tuple[float, ...]:
+        model = ens.fit(values, acc, ref, self.components, n_trials=self.n_trials, seed=seed)
+        weights = dict(zip(model.components, model.weights, strict=True))
+        return tuple(weights.get(c, 0.0) for c in self.components)
 
     def predict(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
         """Ensemble score of each architecture (a ranking score, not an accuracy in %)."""
@@ -91,24 +118,31 @@ class EnsembleFitPredictor:
         return model.score_table(self._values(space, archs))
 
     def predict_with_std(self, space: SearchSpace, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
-        """Prediction and a zero uncertainty (one fitted model)."""
+        """Prediction and the standard deviation of the bags' scores (zero with one fit)."""
         mean = self.predict(space, archs)
-        return mean, np.zeros_like(mean)
+        if self.bag_weights_ is None:
+            return mean, np.zeros_like(mean)
+        ref = self.reference(space)
+        values = self._values(space, archs)
+        scores = [ens.EnsembleModel(self.components, tuple(w), ref).score_table(values) for w in self.bag_weights_]
+        return mean, np.std(scores, axis=0)
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Options, fitted weights and the reference samples, as JSON."""
         config = {"components": list(self.components), "reference_size": self.reference_size,
                   "n_trials": self.n_trials, "batch_size": self.batch_size, "proxy_seed": self.proxy_seed, "seed": self.seed,
-                  "weights": None if self.weights_ is None else list(self.weights_),
+                  "bags": self.bags, "weights": None if self.weights_ is None else list(self.weights_),
                   "references": {k: r.to_dict() for k, r in self._references.items()}}
-        return config, {}
+        return config, {} if self.bag_weights_ is None else {"bag_weights": self.bag_weights_}
 
     @classmethod
     def from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ArchPredictor:
         """Rebuild from :meth:`state`."""
         out = cls(tuple(config["components"]), config["reference_size"], config["n_trials"],
-                  config["batch_size"], config["proxy_seed"], config["seed"])
+                  config["batch_size"], config["proxy_seed"], config["seed"], config.get("bags", 1))
         if config["weights"] is not None:
             out.weights_ = tuple(float(w) for w in config["weights"])
+        if "bag_weights" in arrays:
+            out.bag_weights_ = np.asarray(arrays["bag_weights"], dtype=float)
         out._references = {k: ens.Reference.from_values(v) for k, v in config["references"].items()}
         return out
