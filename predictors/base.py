@@ -36,6 +36,8 @@ class ArchPredictor(Protocol):
     """Predicts architectures' accuracy after :meth:`fit` on labelled ones (scikit-learn style)."""
 
     kind: str
+    min_labels: int
+    """The fewest labelled architectures :meth:`fit` accepts."""
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> ArchPredictor:
         """Fit on labelled architectures of ``space``; returns self."""

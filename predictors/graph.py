@@ -438,6 +438,7 @@ class GraphPredictor:
     """
 
     kind = "graph"
+    min_labels = 2
 
     def __init__(self, proxies: tuple[str, ...] = (), members: int = 5, hidden: int = 64, layers: int = 3,
                  pretrain: int = 1500, pretrain_epochs: int = 10, pretrain_structure: bool = True,
@@ -560,7 +561,7 @@ class GraphPredictor:
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> GraphPredictor:
         """Fit on labelled architectures of ``space``; with ``warm_start`` a fitted predictor fine-tunes."""
-        acc = check_labels(self.kind, archs, accuracy, minimum=2)
+        acc = check_labels(self.kind, archs, accuracy, minimum=self.min_labels)
         continuing = self.warm_start and bool(self.nets_)
         start = self._pretrained(space) if not continuing and self.pretrain > 0 else None
         graphs, g_in = self._inputs(space, archs)

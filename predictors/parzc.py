@@ -421,6 +421,7 @@ class ParZCPredictor:
     """
 
     kind = "parzc"
+    min_labels = 3
 
     def __init__(self, bins: int = 16, dim: int = 16, blocks: int = 2, members: int = 5, epochs: int = 200,
                  lr: float = 3e-3, weight_decay: float = 1e-2, dropout: float = 0.0, alpha: float = 4.0,
@@ -483,7 +484,7 @@ class ParZCPredictor:
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> ParZCPredictor:
         """Train the ensemble on labelled architectures of ``space`` (at least 3)."""
-        y = check_labels(self.kind, archs, accuracy, minimum=3)
+        y = check_labels(self.kind, archs, accuracy, minimum=self.min_labels)
         stats = architecture_statistics(space, archs, self.batch_size, self.proxy_seed, self.cache)
         totals = np.stack([x.sum(0) for x in stats])
         median = np.median(totals, 0)

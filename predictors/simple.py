@@ -49,6 +49,7 @@ class EnsembleFitPredictor:
     """
 
     kind = "ensemble_fit"
+    min_labels = 5  # the weight fit's own minimum (proxies.ensemble.fit)
 
     def __init__(self, components: tuple[str, ...] = ens.FIT_POOL, reference_size: int = ens.REFERENCE_SIZE,
                  n_trials: int = 150, batch_size: int = 64, proxy_seed: int = 0, seed: int = 0,
@@ -91,7 +92,7 @@ class EnsembleFitPredictor:
             self.weights_ = self._fit_weights(values, acc, ref, self.seed)
             self.bag_weights_ = None
             return self
-        check_labels(self.kind, archs, acc, minimum=5)
+        check_labels(self.kind, archs, acc, minimum=self.min_labels)
         rng = np.random.default_rng(self.seed)
         bags = []
         for b in range(self.bags):

@@ -77,6 +77,7 @@ class StackedPredictor:
     """
 
     kind = "ensemble_parzc"
+    min_labels = 5  # the ensemble's bootstrap needs a few distinct accuracies per resample
 
     def __init__(self, components: tuple[str, ...] = ens.FIT_POOL, bags: int = 8, n_trials: int = 150,
                  parzc_members: int = 10, parzc_epochs: int = 200, residual: bool = True,
@@ -141,7 +142,7 @@ class StackedPredictor:
 
     def fit(self, space: SearchSpace, archs: Sequence[Arch], accuracy: Sequence[float]) -> StackedPredictor:
         """Fit both members on the labels, then the residual GP on their stacked quantiles."""
-        y = check_labels(self.kind, archs, accuracy, minimum=5)
+        y = check_labels(self.kind, archs, accuracy, minimum=self.min_labels)
         self.ensemble_, self.parzc_ = self._members()
         self.ensemble_.fit(space, archs, y)
         self.parzc_.fit(space, archs, y)

@@ -104,9 +104,13 @@ def test_clear_errors(table):
                    space_options={"accuracy_table": table}, strategy_options={"rounds": 3})
 
 
-def test_a_registered_kind_as_the_ensemble(tmp_path, table):
-    kind_options = {"components": ["params", "flops"], "reference_size": 6, "n_trials": 4}
+def test_a_registered_kind_as_the_ensemble_waits_for_its_labels(tmp_path, table):
+    # ensemble_fit refuses fewer than 5 labels; the told objectives choose until there are 5
+    kind_options = {"components": ["params", "flops"], "reference_size": 6, "n_trials": 4, "bags": 2}
+    strategy = PredictorSearch(search_spaces.get("nb201", accuracy_table=table), queries=8, kind="ensemble_fit",
+                               kind_options=kind_options)
+    assert strategy.min_labels == 5
     result = search(tmp_path, table, strategy_options={"kind": "ensemble_fit", "kind_options": kind_options,
-                                                       "queries": 8, "min_labels": 5})  # its fit needs 5
+                                                       "queries": 8})
     assert len(result.oracle) == 8
     assert result.best.arch == max(result.oracle, key=result.oracle.get)

@@ -98,7 +98,9 @@ class PredictorSearch:
         if kind is not None:
             from predictors.base import create
 
-            create(kind, **dict(kind_options or {}))  # an unknown kind or option fails now, naming the valid ones
+            probe = create(kind, **dict(kind_options or {}))  # an unknown kind or option fails now, naming the valid ones
+            # before the kind's own minimum the told objectives choose, as before min_labels
+            min_labels = max(int(min_labels), int(getattr(probe, "min_labels", 2)))
         self.space = space
         self.rng = np.random.default_rng(seed)
         self.init, self.init_queries, self.per_round = int(init), int(init_queries), int(per_round)
