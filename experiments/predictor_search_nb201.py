@@ -13,6 +13,10 @@ seeds 1000-1039; with ``synflow`` alone two of five tuning seeds stopped at one 
 neighbour (94.36 %, a skip connection from the input to the output node) synflow scores the same, while
 ``zen`` (and ``az_trainability``) score that neighbour well above its siblings, so the told objectives
 became ``synflow,zen`` (tuning seeds: synflow 94.21, synflow,az_trainability 94.34, synflow,zen 94.37+).
+Seeds 0-9 gave 94.19 (synflow) and 94.17 (synflow,zen). The stacked few-label predictor as the strategy's
+model (``--option kind=ensemble_parzc``) gave 94.27 on the tuning seeds, 94.32 with ``--option local=false``
+(every told candidate scored, not only mutations of the best); that second variant, run once on seeds
+0-9 (tag ``final_parzc_stack_global``), gave 94.20 (sd 0.22): three seeds stop at 93.89-93.98 cells.
 
 Usage (tuning seeds first, then the reported ones):
     OMP_NUM_THREADS=1 nice python experiments/predictor_search_nb201.py --seeds 100-104 --tag tune
