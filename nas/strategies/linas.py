@@ -144,22 +144,32 @@ class LINAS:
 
     # -- one generation ------------------------------------------------------------------------------
     def _generation(self) -> list[Arch]:
-        fitted = [(a, v) for a, v in self._told.values() if all(math.isfinite(x) for x in v)]
+        fitted: list[tuple[Arch, tuple[float, ...]]] = []
+        infeasible: list[Arch] = []
+        for arch, value in self._told.values():
+            if all(math.isfinite(x) for x in value):
+                fitted.append((arch, value))
+            else:
+                infeasible.append(arch)
         if len(fitted) < 2:
             return self._fresh([self.space.sample(self.rng) for _ in range(4 * self.population_size)])
-        models = self._fit(fitted, [a for a, v in self._told.values() if not all(math.isfinite(x) for x in v)])
+        models = self._fit(fitted, infeasible)
         # the inner search starts from the best measured architectures, filled up with uniform samples
         known = np.array([v for _, v in fitted])
-        start = [fitted[i][0] for i in nsga2_order(known)[: self.inner_population]]
-        start += [self.space.sample(self.rng) for _ in range(self.inner_population - len(start))]
-        population, scores = start, self._score(start, models)
+        population = [fitted[i][0] for i in nsga2_order(known)[: self.inner_population]]
+        population += [self.space.sample(self.rng) for _ in range(self.inner_population - len(population))]
+        keys = [self.space.to_string(a) for a in population]  # each network's string, made once
+        scores = self._score(population, keys, models)
         for _ in range(self.inner_generations):
             place = np.empty(len(population), dtype=int)
             place[nsga2_order(scores)] = np.arange(len(population))
             children = [self._child(population, place) for _ in range(self.inner_population)]
-            pool, pool_scores = self._unique(population + children, np.vstack([scores, self._score(children, models)]))
-            keep = nsga2_order(pool_scores)[: self.inner_population]
-            population, scores = [pool[i] for i in keep], pool_scores[keep]
+            child_keys = [self.space.to_string(a) for a in children]
+            pool, pool_keys = population + children, keys + child_keys
+            pool_scores = np.vstack([scores, self._score(children, child_keys, models)])
+            first = sorted({k: i for i, k in reversed(list(enumerate(pool_keys)))}.values())  # drop repeats
+            keep = [first[i] for i in nsga2_order(pool_scores[first])[: self.inner_population]]
+            population, keys, scores = [pool[i] for i in keep], [pool_keys[i] for i in keep], pool_scores[keep]
         ranked = [population[i] for i in nsga2_order(scores)]
         # architectures the inner search keeps from the measured ones fill nothing; mutations of its best do
         extra = [self.space.mutate(ranked[i % len(ranked)], self.rng) for i in range(4 * self.population_size)]
@@ -196,7 +206,7 @@ class LINAS:
             feasible = (LogisticRegression(class_weight="balanced", max_iter=1000).fit(x_all[:, columns], label), columns)
         return _Models(ridges, varying, mean, std, feasible)
 
-    def _score(self, archs: Sequence[Arch], models: _Models) -> np.ndarray:
+    def _score(self, archs: Sequence[Arch], keys: Sequence[str], models: _Models) -> np.ndarray:
         """Measured values where known, else the models' predictions (standardised, rounded); networks
         told or predicted infeasible score below every other."""
         x = np.array([self.space.encode(a) for a in archs], dtype=float)
@@ -205,8 +215,8 @@ class LINAS:
         if models.feasible is not None:
             classifier, columns = models.feasible
             bad = np.round(classifier.predict_proba(x[:, columns])[:, 1], 9) < 0.5
-        for i, arch in enumerate(archs):
-            told = self._told.get(self.space.to_string(arch))
+        for i, key in enumerate(keys):
+            told = self._told.get(key)
             if told is not None:
                 finite = all(math.isfinite(v) for v in told[1])
                 bad[i] = not finite
@@ -218,11 +228,6 @@ class LINAS:
         if bad.any():
             pred[bad] = pred[~bad].min(axis=0) - 1.0 if (~bad).any() else -1.0
         return pred
-
-    def _unique(self, archs: list[Arch], scores: np.ndarray) -> tuple[list[Arch], np.ndarray]:
-        keys = [self.space.to_string(a) for a in archs]
-        first = sorted({k: i for i, k in reversed(list(enumerate(keys)))}.values())
-        return [archs[i] for i in first], scores[first]
 
     def _child(self, population: list[Arch], place: np.ndarray) -> Arch:
         parent = self._tournament(population, place)
