@@ -113,20 +113,27 @@ class EnsembleFitPredictor:
 
     def predict(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
         """Ensemble score of each architecture (a ranking score, not an accuracy in %)."""
-        if self.weights_ is None:
-            raise RuntimeError("ensemble_fit predictor: call fit() before predict()")
-        model = ens.EnsembleModel(self.components, self.weights_, self.reference(space))
-        return model.score_table(self._values(space, archs))
+        weights = self._weights()
+        return self._score(space, self._values(space, archs), weights)
 
     def predict_with_std(self, space: SearchSpace, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
         """Prediction and the standard deviation of the bags' scores (zero with one fit)."""
-        mean = self.predict(space, archs)
+        weights = self._weights()
+        values = self._values(space, archs)  # read once for the mean and every bag
+        mean = self._score(space, values, weights)
         if self.bag_weights_ is None:
             return mean, np.zeros_like(mean)
-        ref = self.reference(space)
-        values = self._values(space, archs)
-        scores = [ens.EnsembleModel(self.components, tuple(w), ref).score_table(values) for w in self.bag_weights_]
+        scores = [self._score(space, values, tuple(w)) for w in self.bag_weights_]
         return mean, np.std(scores, axis=0)
+
+    def _weights(self) -> tuple[float, ...]:
+        """The fitted weights (checked before any proxy value is read)."""
+        if self.weights_ is None:
+            raise RuntimeError("ensemble_fit predictor: call fit() before predict()")
+        return self.weights_
+
+    def _score(self, space: SearchSpace, values: dict[str, np.ndarray], weights: tuple[float, ...]) -> np.ndarray:
+        return ens.EnsembleModel(self.components, weights, self.reference(space)).score_table(values)
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Options, fitted weights and the reference samples, as JSON."""
