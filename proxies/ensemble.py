@@ -234,9 +234,11 @@ def read_labels(path: str | os.PathLike[str], space: Any = None) -> list[tuple[s
     rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"arch", "accuracy"} <= {h.strip() for h in reader.fieldnames}:
-            raise ValueError(f"{path}: the labels file needs a header 'arch,accuracy', got {reader.fieldnames}")
-        reader.fieldnames = [h.strip() for h in reader.fieldnames]
+        header = reader.fieldnames
+        fields = [h.strip() for h in header or []]
+        if not {"arch", "accuracy"} <= set(fields):
+            raise ValueError(f"{path}: the labels file needs a header 'arch,accuracy', got {header}")
+        reader.fieldnames = fields
         for row in reader:
             where = f"{path}, line {reader.line_num}"
             arch, text = (row.get("arch") or "").strip(), row.get("accuracy")
