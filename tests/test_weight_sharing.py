@@ -1,11 +1,13 @@
 """SPOS and ENAS on tiny data: single-path steps, BN recalibration, the controller, resume, the CLI.
 
-Data: 200 random 3x16x16 uint8 images in 10 classes (an .npz); supernet with C=4, N=1. What is checked is
-the machinery, not accuracy.
+Data: 200 random 3x16x16 uint8 images in 10 classes (an .npz); nb201 supernet with C=4, N=1; DARTS' search
+network with C=4 and 3 cells (a normal cell, then two reductions). What is checked is the machinery, not
+accuracy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,14 +20,30 @@ import torch
 import nas
 import search_spaces
 from nas import strategies
+from nas.cli import main
+from nas.datasets import normalise
 from nas.errors import ResumeConflict
-from nas.strategies.weight_sharing import ENAS, SPOS, Controller
+from nas.strategies.weight_sharing import (
+    DARTS_OPTION_NAMES,
+    ENAS,
+    SPOS,
+    Controller,
+    controller_decisions,
+    decode_choices,
+)
+from search_spaces.darts import OPS as DARTS_OPS
+from search_spaces.darts import DartsGenotype
+from search_spaces.darts_supernet import DartsSuperNet
 from search_spaces.nb201 import OPS
 
 SPACE = search_spaces.get("nb201", channels=4, cells_per_stage=1, input_shape=(3, 16, 16))
 TINY = {"train_size": 200, "batch_size": 32, "epochs": 2, "eval_batch_size": 50}
 SPOS_OPTS = {**TINY, "population_size": 4, "sample_size": 2, "bn_batches": 1}
 ENAS_OPTS = {**TINY, "epochs": 3, "final_samples": 4}
+DARTS = search_spaces.get("darts", channels=4, layers=3, input_shape=(3, 16, 16))
+DARTS_TINY = {"train_size": 100, "batch_size": 25, "epochs": 2, "eval_batch_size": 50}  # 2 steps per pass
+DARTS_SPOS = {**DARTS_TINY, "population_size": 3, "sample_size": 2, "bn_batches": 1}
+DARTS_ENAS = {**DARTS_TINY, "hidden": 16, "final_samples": 3}
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +257,193 @@ def test_spos_default_budget_counts_phase_two_cells(data, tmp_path):
     study = nas.create_study(SPACE, None, "spos", storage=tmp_path / "r", strategy_options={**SPOS_OPTS, "data": data})
     assert study.config["budget"] == SPOS.default_budget and study.config["objectives"] == ["max:acc_ws"]
     study.close()
+
+
+# -- the darts space --------------------------------------------------------------------------------------
+def test_spaces_other_than_nb201_and_darts_are_refused(data):
+    for name in ("spos", "enas"):
+        with pytest.raises(ValueError, match=r"searches the space\(s\) nb201, darts, not 'nb101'"):
+            strategies.get(name, search_spaces.get("nb101"), data=data)
+
+
+def test_spos_step_on_darts_trains_only_the_sampled_path(data):
+    s = SPOS(DARTS, seed=0, data=data, **DARTS_SPOS)
+    s._setup()
+    assert all(m.track_running_stats and m.running_mean is not None
+               for m in s._model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    gen = torch.Generator().manual_seed(0)
+    paths = [s._uniform_path(gen) for _ in range(2)]
+    assert paths[0] != paths[1] and paths[0] == s._uniform_path(torch.Generator().manual_seed(0))
+    xw, yw = s._halves[0]
+    for path in paths:  # the second step also has momentum buffers for the first path's weights
+        assert isinstance(path, DartsGenotype) and DARTS.from_string(DARTS.to_string(path)) == path
+        before = _darts_op_params(s._model)
+        s._path_step((normalise(xw[:25]), yw[:25]), path)
+        after = _darts_op_params(s._model)
+        index = DartsSuperNet._indices(path)  # per cell type, the op of each of the 14 edges (-1: off the path)
+        on_path = 0
+        for (c, e, j), ps in before.items():
+            moved = any(not torch.equal(p, q) for p, q in zip(ps, after[(c, e, j)], strict=True))
+            sampled = index[int(s._model.cells[c].reduction)][e] == j
+            assert moved == (bool(ps) and sampled), (c, e, j)
+            on_path += moved
+        assert on_path > 0
+
+
+def test_spos_scores_darts_genotypes_after_recalibration(data):
+    s = SPOS(DARTS, seed=0, data=data, **DARTS_SPOS)
+    s._setup()
+    a, b = DARTS.sample(np.random.default_rng(1)), DARTS.sample(np.random.default_rng(2))
+    first = s._score(a)
+    s._score(b)
+    assert s._score(a) == first and 0 <= first["acc_ws"] <= 100
+    assert first["param_free_edges"] == DartsSuperNet.param_free_edges(a)
+
+
+def _darts_op_params(model) -> dict[tuple[int, int, int], list[torch.Tensor]]:
+    """The weights of each (cell, edge, op) of DARTS' search network, copied."""
+    return {(c, e, j): [p.detach().clone() for p in op.parameters()]
+            for c, cell in enumerate(model.cells) for e, edge in enumerate(cell.edges) for j, op in enumerate(edge.ops)}
+
+
+def test_enas_controller_samples_valid_darts_genotypes():
+    decisions = controller_decisions(DARTS)
+    assert len(decisions) == 2 * 4 * 4  # 2 cell types x 4 nodes x (2 inputs, 2 ops)
+    c = Controller(hidden=16, seed=0, decisions=decisions)
+    assert tuple(c.head.weight.shape) == (5 + len(DARTS_OPS), 16)  # inputs 0..4, then the 7 ops
+    seen = set()
+    for k in range(6):
+        choices, log_prob, entropy, probs = c.sample(torch.Generator().manual_seed(k))
+        genotype = decode_choices(DARTS, choices)
+        text = DARTS.to_string(genotype)
+        assert DARTS.to_string(DARTS.from_string(text)) == text  # the space's canonical form
+        for cell in (genotype.normal, genotype.reduce):
+            for node in range(4):
+                (_, lo), (_, hi) = cell[2 * node], cell[2 * node + 1]
+                assert 0 <= lo < hi < node + 2  # two different earlier states, sorted as the space keeps them
+            assert all(op in DARTS_OPS for op, _ in cell)
+        seen.add(text)
+        assert probs.shape == (32, len(DARTS_OPTION_NAMES)) and torch.allclose(probs.sum(-1), torch.ones(32))
+        cols = []
+        for step, (d, choice) in enumerate(zip(decisions, choices, strict=True)):
+            start = 0 if d.vocab == "input" else 5
+            cols.append(start + choice)
+            offered = torch.zeros(len(DARTS_OPTION_NAMES), dtype=torch.bool)
+            offered[start:start + d.size] = True
+            if d.differ is not None:
+                offered[choices[d.differ]] = False  # a node's second input is never its first
+            assert (probs[step][~offered] == 0).all() and (probs[step][offered] > 0).all()
+        picked = probs[torch.arange(32), torch.tensor(cols)]
+        assert torch.allclose(log_prob, picked.log().sum(), atol=1e-5)
+        assert torch.allclose(entropy, -(probs[probs > 0] * probs[probs > 0].log()).sum(), atol=1e-5)
+    assert len(seen) > 1
+    (-log_prob - 0.1 * entropy).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in c.parameters())
+    greedy, *_, probs = c.sample(greedy=True)
+    assert greedy == [int(p.argmax()) - (0 if d.vocab == "input" else 5)
+                      for p, d in zip(probs, decisions, strict=True)]
+
+
+def test_enas_on_darts_end_to_end_and_resumed_mid_epoch(data, tmp_path, monkeypatch):
+    # A plot of 32 panels costs a second or two; the CLI test below draws a real one.
+    monkeypatch.setattr(ENAS, "_plot_alpha", lambda self, path, *a: Path(path).touch())
+    s = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "full" / "optuna.journal", **DARTS_ENAS)
+    study = nas.create_study(DARTS, ["acc_ws"], s, storage=tmp_path / "full", evaluator="custom")
+    study.optimize(evaluate=s.evaluate, budget=10**6)
+    full = [(c.arch, c.scores) for c in study.candidates]
+    assert len(full) == 2 and all(isinstance(DARTS.from_string(a), DartsGenotype) for a, _ in full)
+    assert isinstance(s.final, DartsGenotype) and study.result.pick == DARTS.to_string(s.final)
+    assert DARTS.to_string(s.final) == max(s._final["samples"], key=lambda t: t[1])[0]
+    assert full[-1][1]["param_free_edges"] == DartsSuperNet.param_free_edges(DARTS.from_string(full[-1][0]))
+    study.close()
+    out = tmp_path / "full"
+    assert {"supernet.pt", "alpha.csv", "alpha.png", "oneshot.csv"} <= {p.name for p in out.iterdir()}
+    rows = (out / "alpha.csv").read_text().splitlines()
+    assert rows[0].split(",")[2:] == list(DARTS_OPTION_NAMES) and len(rows) == 1 + 2 * 32
+    assert rows[1].startswith("1,normal node2 input_a,")
+
+    # Killed in epoch 2, after its weight pass.
+    first = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_ENAS)
+    study = nas.create_study(DARTS, ["acc_ws"], first, storage=tmp_path / "cut", evaluator="custom")
+    real, calls = ENAS._controller_pass, []
+
+    def dies(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Killed
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(ENAS, "_controller_pass", dies)
+    with pytest.raises(_Killed):
+        study.optimize(evaluate=first.evaluate, budget=10**6)
+    study.close()
+    monkeypatch.setattr(ENAS, "_controller_pass", real)
+
+    fresh = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_ENAS)
+    resumed = nas.load_study(tmp_path / "cut", strategy=fresh)
+    resumed.optimize(evaluate=fresh.evaluate, budget=10**6)
+    assert [(c.arch, c.scores) for c in resumed.candidates] == full
+    assert [r["alpha"] for r in fresh.history] == [r["alpha"] for r in s.history]
+    assert fresh._final == s._final and fresh._baseline == s._baseline and fresh.final == s.final
+    assert all(torch.equal(a, b) for a, b in zip(fresh._controller.state_dict().values(),
+                                                 s._controller.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(fresh._model.state_dict().values(),
+                                                 s._model.state_dict().values(), strict=True))
+    resumed.close()
+    # A fresh instance on the finished checkpoint answers without training.
+    again = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_ENAS)
+    assert again.ask(2) == [DARTS.from_string(a) for a, _ in full] and again._model is None
+    assert again.final == s.final and again.evaluate(DARTS.to_string(s.final)) == s.evaluate(DARTS.to_string(s.final))
+
+
+def test_spos_on_darts_interrupted_in_phase_one_resumes_to_the_uninterrupted_run(data, tmp_path, monkeypatch):
+    def study_of(name: str):
+        s = SPOS(DARTS, seed=0, data=data, storage=tmp_path / name / "optuna.journal", **DARTS_SPOS)
+        return nas.create_study(DARTS, ["acc_ws"], s, storage=tmp_path / name, evaluator="custom"), s
+
+    study, full = study_of("full")
+    study.optimize(evaluate=full.evaluate, budget=5)  # past the first population: the space's mutate
+    done = [(c.arch, c.scores) for c in study.candidates]
+    assert len(done) == 5 and study.result.pick == DARTS.to_string(full.final)
+    study.close()
+
+    study, s = study_of("cut")
+    real, calls = SPOS._path_step, []
+
+    def dies(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # the second step of the second epoch (2 steps per epoch)
+            raise _Killed
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(SPOS, "_path_step", dies)
+    with pytest.raises(_Killed):
+        study.optimize(evaluate=s.evaluate, budget=5)
+    study.close()
+    monkeypatch.setattr(SPOS, "_path_step", real)
+    assert len(s.history) == 1
+
+    s2 = SPOS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_SPOS)
+    study = nas.load_study(tmp_path / "cut", strategy=s2)
+    study.optimize(evaluate=s2.evaluate, budget=5)
+    assert [(c.arch, c.scores) for c in study.candidates] == done and s2.final == full.final
+    assert all(torch.equal(a, b) for a, b in zip(s2._model.state_dict().values(), full._model.state_dict().values(),
+                                                 strict=True))
+    study.close()
+
+
+def test_cli_search_with_spos_and_enas_on_darts(data, tmp_path):
+    common = ["--space", "darts", "--data", data, "--epochs", "1", "--train-size", "100", "--space-option",
+              "channels=4", "--space-option", "layers=3", "--space-option", "input_shape=[3,16,16]", "--option",
+              "batch_size=50", "--option", "eval_batch_size=50", "--no-progress", "--no-onnx"]
+    assert main(["search", "--strategy", "spos", "--budget", "2", "--option", "population_size=2", "--option",
+                 "sample_size=1", "--option", "bn_batches=1", "--out", str(tmp_path / "spos"), *common]) == 0
+    assert main(["search", "--strategy", "enas", "--option", "hidden=8", "--option", "final_samples=2",
+                 "--out", str(tmp_path / "enas"), *common]) == 0
+    for name, n in (("spos", 2), ("enas", 1)):
+        run = nas.load_run(tmp_path / name)
+        assert len(run.candidates) == n and all(isinstance(DARTS.from_string(c.arch), DartsGenotype)
+                                                for c in run.candidates)
+        assert isinstance(DARTS.from_string(json.loads((tmp_path / name / "best.json").read_text())["arch"]),
+                          DartsGenotype)
+    assert (tmp_path / "enas" / "alpha.png").stat().st_size > 0

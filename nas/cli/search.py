@@ -55,8 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oracle-queries", type=int, metavar="K",
                    help="RoBoT exploitation: query the true accuracy of the top K candidates and pick the "
                         "best (needs an oracle, e.g. nb201 with --accuracy-table)")
-    p.add_argument("--epochs", type=int, help="one-shot strategies (darts, pcdarts, gdas): supernet training "
-                                              "epochs (default 50); --data is then their training set")
+    p.add_argument("--epochs", type=int, help="one-shot strategies (darts, pcdarts, gdas, spos, enas, ...): "
+                                              "supernet training epochs (default 50); --data is then their "
+                                              "training set")
     p.add_argument("--train-size", type=int, metavar="N",
                    help="one-shot strategies: a class-balanced subset of N training images, split in halves "
                         "for the weights and the architecture (default 10000)")

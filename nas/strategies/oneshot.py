@@ -425,10 +425,15 @@ class _Differentiable:
         # (seed, epoch), so no generator state is needed to continue at an epoch boundary.
         _atomic(self.run_dir / CHECKPOINT, lambda p: torch.save(state, p))
 
+    def _alpha_labels(self) -> tuple[Sequence[str], Sequence[str]]:
+        """Names of the rows (edges) and columns (ops) of an epoch's ``alpha`` in the reports."""
+        assert self._model is not None
+        return self._model.edge_names, self._model.op_names
+
     def _write_reports(self) -> None:
         """alpha.csv, oneshot.csv and alpha.png from the history (rewritten whole, atomically)."""
         assert self.run_dir is not None and self._model is not None
-        edges, ops = self._model.edge_names, self._model.op_names
+        edges, ops = self._alpha_labels()
 
         def alpha_csv(path: Path) -> None:
             with open(path, "w", newline="") as f:
@@ -455,7 +460,11 @@ class _Differentiable:
                                                    "rss_mb"])
         n = len(self.history)
         if n == 1 or n % PLOT_EVERY == 0 or n == self.recipe.epochs:  # a plot costs ~0.3 s, an epoch may not
-            _atomic(self.run_dir / "alpha.png", lambda p: plot_alpha(self.history, p, title=self.name, edges=edges, ops=ops))
+            _atomic(self.run_dir / "alpha.png", lambda p: self._plot_alpha(p, edges, ops))
+
+    def _plot_alpha(self, path: Path, edges: Sequence[str], ops: Sequence[str]) -> None:
+        """Draw ``alpha.png`` from the history (a subclass may draw its rows otherwise)."""
+        plot_alpha(self.history, path, title=self.name, edges=edges, ops=ops)
 
 
 @register("darts")
@@ -659,8 +668,13 @@ def _atomic(path: Path, write: Any) -> None:
 
 def plot_alpha(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "",
                edges: Sequence[str] = tuple(f"{frm}->{to}" for to, frm in EDGES),
-               ops: Sequence[str] = OPS) -> None:
-    """Op weights (softmax of alpha) per edge over epochs, one panel per edge, saved as PNG (nb201 by default)."""
+               ops: Sequence[str] = OPS, decisions: bool = False) -> None:
+    """Op weights (softmax of alpha) per edge over epochs, one panel per edge, saved as PNG (nb201 by default).
+
+    ``decisions``: the rows are a controller's decisions and the columns their options (ENAS on darts): a
+    panel leaves out the options its decision never offers (0 at every epoch) and one legend serves all.
+    """
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -671,18 +685,33 @@ def plot_alpha(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     epochs = [rec["epoch"] + 1 for rec in history]
     weights = np.array([rec["alpha"] for rec in history])  # (epochs, edges, ops)
+    # One colour per column in every panel. The default cycle has 10; beyond (ENAS's 12 on darts) tab20's
+    # dark shades come first, then its light ones, so that neighbouring columns stay easy to tell apart.
+    colours = [f"C{j}" for j in range(len(ops))] if len(ops) <= 10 else [
+        matplotlib.colormaps["tab20"]((2 * j) % 20 + (j // 10) % 2) for j in range(len(ops))]
     for k, (edge, ax) in enumerate(zip(edges, axes.flat, strict=False)):
         for j, op in enumerate(ops):
-            ax.plot(epochs, weights[:, k, j], label=op, marker="." if len(epochs) < 20 else None)
-        ax.set_title(f"edge {edge}", fontsize=9)
+            if decisions and not weights[:, k, j].any():
+                continue
+            ax.plot(epochs, weights[:, k, j], label=op, color=colours[j], marker="." if len(epochs) < 20 else None)
+        ax.set_title(edge if decisions else f"edge {edge}", fontsize=9)
+        if decisions:
+            ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(edges):]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
     for ax in axes[:, 0]:
-        ax.set_ylabel("softmax(alpha)")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{title}: op weights per edge" if title else "op weights per edge")
-    fig.tight_layout()
+        ax.set_ylabel("probability" if decisions else "softmax(alpha)")
+    heading = "choice probabilities per decision" if decisions else "op weights per edge"
+    fig.suptitle(f"{title}: {heading}" if title else heading)
+    if decisions:  # a panel shows only its decision's options: gather one legend entry per option
+        lines = {line.get_label(): line for ax in axes.flat for line in ax.get_lines()}
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        fig.legend([lines[o] for o in ops if o in lines], [o for o in ops if o in lines], loc="center right",
+                   fontsize=8)
+    else:
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
     fig.savefig(path, format="png")

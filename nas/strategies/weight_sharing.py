@@ -1,16 +1,21 @@
-"""Single-path weight-sharing search on NAS-Bench-201 (SPOS, ENAS), as ask/tell strategies.
+"""Single-path weight-sharing search (SPOS, ENAS) on nb201 and darts, as ask/tell strategies.
 
-Both train the supernet of :mod:`search_spaces.nb201_supernet` one fixed path per batch (``net(x, arch=...)``:
-only that path's ops run, so only their weights get a gradient and move) and reuse the data halves,
-recipe, checkpoint and resume machinery of :mod:`nas.strategies.oneshot`: weights train on the first half
-of the class-balanced ``train_size`` subset with the DARTS recipe's SGD (lr 0.025 cosine to 0.001, momentum
-0.9, weight decay 3e-4, gradient norm clipped at 5, batches of 64 with crop and flip); the second half
-scores paths. Every epoch draws its data order, augmentation and paths from generators seeded by
-(seed, epoch), and ``supernet.pt`` (beside the study's ``optuna.journal``) holds the whole state after each
-epoch, so an interrupted and resumed run ends as an uninterrupted one (bit for bit on CPU).
+Both train the space's supernet (``space.supernet()``: :mod:`search_spaces.nb201_supernet`, or DARTS' search
+network :mod:`search_spaces.darts_supernet` at the space's channels and cells) one fixed path per batch
+(``net(x, arch=...)``: only that path's ops run, so only their weights get a gradient and move) and reuse
+the data halves, recipe, checkpoint and resume machinery of :mod:`nas.strategies.oneshot`: weights train on
+the first half of the class-balanced ``train_size`` subset with the DARTS recipe's SGD (lr 0.025 cosine to
+0.001, momentum 0.9, weight decay 3e-4, gradient norm clipped at 5, batches of 64 with crop and flip); the
+second half scores paths. Every epoch draws its data order, augmentation and paths from generators seeded
+by (seed, epoch), and ``supernet.pt`` (beside the study's ``optuna.journal``) holds the whole state after
+each epoch, so an interrupted and resumed run ends as an uninterrupted one (bit for bit on CPU).
+``param_free_edges`` counts the path's parameter-free ops as the space's supernet does (nb201: of its 6
+edges; darts: of the genotype's 16).
 
 * ``spos`` (Guo et al. 2020, single-path one-shot). Phase 1 trains the supernet for ``epochs`` epochs
-  with one uniformly drawn path per batch (``none`` included, as NAS-Bench-201's SPOS). Phase 2 is a
+  with one uniformly drawn path per batch: on nb201 an op per edge, ``none`` included (NAS-Bench-201's
+  SPOS); on darts the space's own uniform ``sample`` (per node 2 different inputs and an op for each, no
+  ``none``), from a numpy generator seeded by the epoch's torch generator. Phase 2 is a
   search over architectures scored by inherited-weight accuracy: ``evaluate(arch)`` gives ``acc_ws``, the
   accuracy (%) of the path on the held-out half in eval mode after BN recalibration (running statistics
   reset, then ``bn_batches`` fixed training batches forwarded in train mode with the path fixed: the same
@@ -18,12 +23,18 @@ epoch, so an interrupted and resumed run ends as an uninterrupted one (bit for b
   ``val_size`` > 0 scores on a seeded subset of the held-out half, for speed).
   Ask/tell: epochs are not trials. The first ``ask`` trains the epochs the checkpoint lacks (none on a
   resume past phase 1); every ``ask`` proposes cells of an inner :class:`RegularizedEvolution`
-  (``population_size``, ``sample_size``) that ``tell`` feeds with the scores, so the study's budget is
-  the number of architectures phase 2 scores. ``final`` is the told cell of the best first objective.
-  A study given no budget scores ``default_budget`` (100) cells in phase 2.
-* ``enas`` (Pham et al. 2018). An LSTM controller (``hidden`` units) emits the six edge ops in order,
-  each step fed the embedding of the previous op; logits are ``2.5 * tanh(h / 5)`` (NAS-Bench-201's ENAS
-  settings). Per epoch: one pass over the weight half, each batch on a path sampled from the controller;
+  (``population_size``, ``sample_size``; the space's ``mutate``) that ``tell`` feeds with the scores, so
+  the study's budget is the number of architectures phase 2 scores. ``final`` is the told cell of the best
+  first objective. A study given no budget scores ``default_budget`` (100) cells in phase 2.
+* ``enas`` (Pham et al. 2018). An LSTM controller (``hidden`` units) emits the architecture as a sequence
+  of categorical decisions (:func:`controller_decisions`), each step fed the embedding of the previous
+  choice; logits are ``2.5 * tanh(h / 5)`` (NAS-Bench-201's ENAS settings). On nb201 the decisions are
+  the six edge ops in order; on darts they follow ENAS's micro search space: per cell type (normal, then
+  reduce) and node, two inputs among the node's earlier states (the second masked to differ from the
+  first, as a darts node takes two different inputs), then an op (the space's 7, no ``none``) per input.
+  (ENAS scores a node's inputs by attention over the earlier nodes' LSTM states; here a linear layer over
+  state indices scores them, as it scores ops, which keeps one controller for both spaces.)
+  Per epoch: one pass over the weight half, each batch on a path sampled from the controller;
   then one pass over the architecture half, one REINFORCE step per batch with reward = the sampled path's
   accuracy on that (unaugmented) batch, a moving-average baseline (``baseline_decay``) and an entropy
   bonus (``entropy_weight``); Adam at ``controller_lr``. ``ask(1)`` = one epoch, returning the
@@ -31,7 +42,9 @@ epoch, so an interrupted and resumed run ends as an uninterrupted one (bit for b
   last epoch ``final_samples`` cells are sampled from the controller and the one of highest ``acc_ws``
   is ``final`` (ENAS's derivation). ``acc_ws`` for ENAS is the oneshot module's: BN on batch statistics
   (the supernet keeps none), as ENAS scores its children. ``alpha.csv``/``alpha.png`` hold the greedy
-  decode's op probabilities per edge.
+  decode's probabilities per decision: nb201's op per edge; on darts one row per decision (e.g. ``normal
+  node3 input_b``) over the columns ``input 0``..``input 4`` and the 7 ops, 0 where the step has no such
+  option.
 
 Example:
     >>> import search_spaces
@@ -39,16 +52,23 @@ Example:
     >>> spos = SPOS(space, seed=0, data="cifar10_jpeg", epochs=10)  # doctest: +SKIP
     >>> (cell,) = spos.ask(1)                 # trains phase 1 first, then proposes  # doctest: +SKIP
     >>> spos.evaluate(space.to_string(cell))  # {'acc_ws': ..., 'param_free_edges': ...}  # doctest: +SKIP
+    >>> darts = search_spaces.get("darts", channels=8, layers=5)
+    >>> ENAS(darts, seed=0, data="cifar10_jpeg", epochs=10).ask(1)  # a DartsGenotype  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,12 +77,17 @@ from nas.datasets import augment, normalise
 from nas.inherited import recalibrate_bn
 from nas.strategies import Values, register
 from nas.strategies.evolution import RegularizedEvolution
-from nas.strategies.oneshot import _derive, _Differentiable, _rss_mb, write_history
+from nas.strategies.oneshot import _derive, _Differentiable, _plain, _rss_mb, plot_alpha, write_history
 from search_spaces import Arch, SearchSpace
+from search_spaces.darts import CELL_TYPES as DARTS_CELL_TYPES
+from search_spaces.darts import NODES as DARTS_NODES
+from search_spaces.darts import OPS as DARTS_OPS
+from search_spaces.darts_supernet import DartsSuperNet
 from search_spaces.nb201 import EDGES, OPS
-from search_spaces.nb201_supernet import PARAM_FREE, NB201SuperNet, supernet
+from search_spaces.nb201_supernet import NB201SuperNet
 
-__all__ = ["ENAS", "SPOS", "Controller", "track_running_stats"]
+__all__ = ["DARTS_DECISIONS", "ENAS", "NB201_DECISIONS", "SPOS", "Controller", "Decision", "controller_decisions",
+           "decode_choices", "track_running_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +111,16 @@ def track_running_stats(net: nn.Module) -> nn.Module:
     return net
 
 
+def _param_free_edges(space: SearchSpace, arch: Arch) -> float:
+    """The parameter-free ops of ``arch`` as the space's supernet counts them (nb201: of 6 edges, darts: of 16)."""
+    net = DartsSuperNet if getattr(space, "name", None) == "darts" else NB201SuperNet
+    return float(net.param_free_edges(arch))  # type: ignore[arg-type]
+
+
 class _SinglePath(_Differentiable):
     """Weight steps on one fixed path per batch; the method's search lives in the subclass."""
+
+    spaces = ("nb201", "darts")
 
     def __init__(self, space: SearchSpace, seed: int, storage: str | os.PathLike[str] | None,
                  method: dict[str, Any], options: dict[str, Any]) -> None:
@@ -97,7 +130,7 @@ class _SinglePath(_Differentiable):
                              f"{', '.join(unused)} do not apply")
         super().__init__(space, seed, storage, method, options)
 
-    def _path_step(self, batch: tuple[torch.Tensor, torch.Tensor], path: Sequence[int]) -> torch.Tensor:
+    def _path_step(self, batch: tuple[torch.Tensor, torch.Tensor], path: Any) -> torch.Tensor:
         """One SGD step on the weights of ``path`` only; returns (loss sum, correct) for the log."""
         assert self._model is not None
         # set_to_none: ops off the path keep grad None, so SGD skips them (no momentum or weight decay).
@@ -182,8 +215,16 @@ class SPOS(_SinglePath):
         return max(self._told, key=lambda t: t[1][0])[0]  # max keeps the first of equal values
 
     # -- phase 1 -------------------------------------------------------------------------------------
-    def _build(self) -> NB201SuperNet:
-        return track_running_stats(supernet(self.space, seed=_derive(self.seed, 0, 1)))  # type: ignore[return-value]
+    def _build(self) -> nn.Module:
+        return track_running_stats(super()._build())
+
+    def _uniform_path(self, gen: torch.Generator) -> Any:
+        """A uniformly drawn path for the next batch, from the epoch's generator ``gen``."""
+        if self.space.name == "nb201":  # an op index per edge, none included (nb201 runs have always drawn so)
+            return torch.randint(len(OPS), (len(EDGES),), generator=gen).tolist()
+        # The space's own sampler keeps its distribution in one place; seeding it from ``gen`` keeps every
+        # draw a function of (seed, epoch), so a resumed epoch draws the same genotypes.
+        return self.space.sample(np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen))))
 
     def _train_supernet(self) -> None:
         while len(self.history) < self.recipe.epochs:
@@ -194,8 +235,7 @@ class SPOS(_SinglePath):
         self._setup()
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(_derive(self.seed, epoch, 2))
-        loss, acc, lr = self._weight_pass(epoch, gen, lambda g: torch.randint(len(OPS), (len(EDGES),),
-                                                                              generator=g).tolist())
+        loss, acc, lr = self._weight_pass(epoch, gen, self._uniform_path)
         self.history.append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "lr": lr,
                              "seconds": time.perf_counter() - start, "rss_mb": _rss_mb()})
         log.info("spos epoch %d/%d: loss %.3f, train acc %.2f%% (%.1f s)", epoch + 1, self.recipe.epochs, loss,
@@ -233,7 +273,7 @@ class SPOS(_SinglePath):
         for i in range(0, len(y), ebs):
             correct += int((model(normalise(x[i:i + ebs]), arch=arch).argmax(1) == y[i:i + ebs]).sum())
         model.train()
-        return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(sum(op in PARAM_FREE for op in arch))}
+        return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": _param_free_edges(self.space, arch)}
 
     def _write_reports(self) -> None:
         """``oneshot.csv``: per supernet epoch, loss, accuracy, lr, seconds and memory."""
@@ -241,49 +281,143 @@ class SPOS(_SinglePath):
         write_history(self.run_dir, self.history, ["epoch", "train_loss", "train_acc", "lr", "seconds", "rss_mb"])
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One categorical step of the :class:`Controller`: the first ``size`` options of the vocabulary ``vocab``.
+
+    Steps of one vocabulary share its embedding rows and output logits (every darts node picks its inputs
+    among state indices 0, 1, ...). ``differ`` names an earlier step of the same vocabulary whose choice
+    this step may not repeat: it is masked out (probability 0), as a darts node takes two different inputs.
+    """
+
+    vocab: str
+    size: int
+    differ: int | None = None
+
+
+NB201_DECISIONS: tuple[Decision, ...] = tuple(Decision("op", len(OPS)) for _ in EDGES)
+"""nb201: the op of each of the six edges, in the space's edge order."""
+
+
+def _darts_decisions() -> tuple[Decision, ...]:
+    out: list[Decision] = []
+    for _ in DARTS_CELL_TYPES:
+        for k in range(DARTS_NODES):
+            first = len(out)
+            # ENAS's micro controller: a node's two inputs first, then the op applied to each.
+            out += [Decision("input", k + 2), Decision("input", k + 2, differ=first),
+                    Decision("op", len(DARTS_OPS)), Decision("op", len(DARTS_OPS))]
+    return tuple(out)
+
+
+DARTS_DECISIONS: tuple[Decision, ...] = _darts_decisions()
+"""darts: per cell type (normal, reduce) and node 2..5: input a, input b (not a), op on a, op on b (32 steps)."""
+DARTS_STEP_NAMES: tuple[str, ...] = tuple(f"{t} node{k + 2} {step}" for t in DARTS_CELL_TYPES for k in range(DARTS_NODES)
+                                          for step in ("input_a", "input_b", "op_a", "op_b"))
+"""A name per darts decision (the rows of ENAS's ``alpha.csv`` on darts)."""
+DARTS_OPTION_NAMES: tuple[str, ...] = (*(f"input {i}" for i in range(DARTS_NODES + 1)), *DARTS_OPS)
+"""The controller's options on darts, vocabulary by vocabulary (the columns of ``alpha.csv``)."""
+
+
+def controller_decisions(space: SearchSpace) -> tuple[Decision, ...]:
+    """The decisions ENAS's controller takes for an architecture of ``space`` (nb201 or darts)."""
+    name = getattr(space, "name", None)
+    if name == "nb201":
+        return NB201_DECISIONS
+    if name == "darts":
+        return DARTS_DECISIONS
+    raise ValueError(f"ENAS's controller emits architectures of the spaces nb201, darts, not {name!r}")
+
+
+def decode_choices(space: SearchSpace, choices: Sequence[int]) -> Arch:
+    """The architecture of ``space`` that the controller's ``choices`` (one per decision) describe."""
+    decisions = controller_decisions(space)
+    if len(choices) != len(decisions):
+        raise ValueError(f"{space.name} needs {len(decisions)} controller choices, got {len(choices)}")
+    if space.name == "nb201":
+        return tuple(OPS[int(i)] for i in choices)  # type: ignore[return-value]
+    it = iter(int(c) for c in choices)
+    cells = []
+    for _ in DARTS_CELL_TYPES:
+        entries: list[tuple[str, int]] = []
+        for _node in range(DARTS_NODES):
+            a, b, op_a, op_b = next(it), next(it), next(it), next(it)
+            entries += [(DARTS_OPS[op_a], a), (DARTS_OPS[op_b], b)]
+        cells.append(entries)
+    # The space's own normalisation (each node's pair sorted by input), so strings equal the space's.
+    return space.make(*cells)  # type: ignore[attr-defined,no-any-return]
+
+
 class Controller(nn.Module):
-    """ENAS's LSTM controller over the six NAS-Bench-201 edges: step k embeds op k-1 and emits op k's logits.
+    """ENAS's LSTM controller over a sequence of categorical decisions: step k embeds decision k-1's choice
+    and emits decision k's logits. The default is NAS-Bench-201's: ``n_edges`` steps of ``n_ops`` ops;
+    ``decisions`` (:class:`Decision`) gives any other sequence, e.g. :data:`DARTS_DECISIONS`.
+
+    One embedding table and one output layer span all vocabularies (a step reads the rows and logits of
+    its own), so the NAS-Bench-201 controller has exactly the parameters it always had.
 
     Example:
         >>> c = Controller(hidden=64, seed=0)
         >>> ops, log_prob, entropy, probs = c.sample(torch.Generator().manual_seed(0))
         >>> len(ops), tuple(probs.shape)
         (6, (6, 5))
+        >>> d = Controller(hidden=64, decisions=DARTS_DECISIONS)
+        >>> choices, *_, probs = d.sample(torch.Generator().manual_seed(0))
+        >>> len(choices), tuple(probs.shape)
+        (32, (32, 12))
     """
 
     def __init__(self, hidden: int = 64, n_edges: int = len(EDGES), n_ops: int = len(OPS),
-                 temperature: float = 5.0, tanh_constant: float = 2.5, seed: int = 0) -> None:
+                 temperature: float = 5.0, tanh_constant: float = 2.5, seed: int = 0,
+                 decisions: Sequence[Decision] | None = None) -> None:
         super().__init__()
-        self.n_edges, self.temperature, self.tanh_constant = n_edges, temperature, tanh_constant
+        self.decisions = (tuple(decisions) if decisions is not None
+                          else tuple(Decision("op", n_ops) for _ in range(n_edges)))
+        sizes: dict[str, int] = {}  # per vocabulary its largest step, in order of first use
+        for k, d in enumerate(self.decisions):
+            if d.size < 1 or (d.differ is not None and not (0 <= d.differ < k and d.size >= 2
+                                                             and self.decisions[d.differ].vocab == d.vocab)):
+                raise ValueError(f"decision {k} ({d}) needs size >= 1, and a 'differ' that names an earlier step "
+                                 "of the same vocabulary with size >= 2")
+            sizes[d.vocab] = max(sizes.get(d.vocab, 0), d.size)
+        offsets = dict(zip(sizes, itertools.accumulate([0, *sizes.values()]), strict=False))
+        self.n_options = sum(sizes.values())
+        self._offsets = [offsets[d.vocab] for d in self.decisions]
+        self.temperature, self.tanh_constant = temperature, tanh_constant
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.embed = nn.Embedding(n_ops + 1, hidden)  # the last row is the start token
+            self.embed = nn.Embedding(self.n_options + 1, hidden)  # the last row is the start token
             self.lstm = nn.LSTMCell(hidden, hidden)
-            self.head = nn.Linear(hidden, n_ops)
+            self.head = nn.Linear(hidden, self.n_options)
             for p in self.parameters():  # ENAS initialises the controller uniformly in [-0.1, 0.1]
                 nn.init.uniform_(p, -0.1, 0.1)
 
     def sample(self, generator: torch.Generator | None = None, greedy: bool = False
                ) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ops drawn (or the argmax when ``greedy``), their summed log-probability and entropy, and the
-        per-step probabilities (6, 5)."""
+        """Choices drawn (or the argmax when ``greedy``), their summed log-probability and entropy, and the
+        per-step probabilities (steps, options: each step's in its vocabulary's columns, 0 elsewhere)."""
         token = torch.tensor([self.embed.num_embeddings - 1])
         state = None
-        ops: list[int] = []
+        choices: list[int] = []
         log_prob, entropy, probs = torch.zeros(()), torch.zeros(()), []
-        for _ in range(self.n_edges):
+        for d, start in zip(self.decisions, self._offsets, strict=True):
             h, c = self.lstm(self.embed(token), state)
             state = (h, c)
-            logits = self.tanh_constant * torch.tanh(self.head(h)[0] / self.temperature)
+            logits = self.tanh_constant * torch.tanh(self.head(h)[0, start:start + d.size] / self.temperature)
+            taken = None
+            if d.differ is not None:
+                taken = torch.arange(d.size) == choices[d.differ]
+                logits = logits.masked_fill(taken, -math.inf)
             logp = F.log_softmax(logits, dim=-1)
             p = logp.exp()
-            op = int(p.argmax()) if greedy else int(torch.multinomial(p.detach(), 1, generator=generator))
-            ops.append(op)
-            log_prob = log_prob + logp[op]
-            entropy = entropy - (p * logp).sum()
-            probs.append(p)
-            token = torch.tensor([op])
-        return ops, log_prob, entropy, torch.stack(probs)
+            choice = int(p.argmax()) if greedy else int(torch.multinomial(p.detach(), 1, generator=generator))
+            choices.append(choice)
+            log_prob = log_prob + logp[choice]
+            # A masked option has p = 0 and log p = -inf; it adds 0 to the entropy, not 0 * -inf = NaN.
+            entropy = entropy - (p * (logp if taken is None else logp.masked_fill(taken, 0.0))).sum()
+            probs.append(F.pad(p, (start, self.n_options - start - d.size)))
+            token = torch.tensor([start + choice])
+        return choices, log_prob, entropy, torch.stack(probs)
 
 
 @register("enas")
@@ -294,6 +428,8 @@ class ENAS(_SinglePath):
         >>> import search_spaces
         >>> space = search_spaces.get("nb201", channels=8, cells_per_stage=1)
         >>> ENAS(space, seed=0, data="data.npz", epochs=2).ask(1)  # doctest: +SKIP
+        >>> darts = search_spaces.get("darts", channels=8, layers=5)
+        >>> ENAS(darts, seed=0, data="data.npz", epochs=2).ask(1)  # [DartsGenotype(...)]  # doctest: +SKIP
     """
 
     name = "enas"
@@ -315,7 +451,7 @@ class ENAS(_SinglePath):
     def final(self) -> Arch | None:
         """The best of ``final_samples`` controller samples after the last epoch; before it, the greedy cell."""
         if self._final is not None:
-            return tuple(self._final["genotype"])  # type: ignore[return-value]
+            return self.space.from_string(self._final["arch"])
         return super().final
 
     # -- training ------------------------------------------------------------------------------------
@@ -325,7 +461,8 @@ class ENAS(_SinglePath):
         stored = self._stored
         super()._setup()
         # The controller is tiny and samples from CPU generators: it stays on the CPU whatever the device.
-        self._controller = Controller(self.method["hidden"], seed=_derive(self.seed, 0, 7))
+        self._controller = Controller(self.method["hidden"], seed=_derive(self.seed, 0, 7),
+                                      decisions=controller_decisions(self.space))
         self._c_opt = torch.optim.Adam(self._controller.parameters(), lr=self.method["controller_lr"])
         self._baseline: float | None = None
         if stored is not None:
@@ -340,17 +477,17 @@ class ENAS(_SinglePath):
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(_derive(self.seed, epoch, 2))
 
-        def draw(g: torch.Generator) -> list[int]:
+        def draw(g: torch.Generator) -> Arch:
             with torch.no_grad():
-                return self._controller.sample(g)[0]
+                return decode_choices(self.space, self._controller.sample(g)[0])
 
         loss, acc, lr = self._weight_pass(epoch, gen, draw)
         c_loss, reward, entropy = self._controller_pass(gen)
         with torch.no_grad():
-            ops, _, _, probs = self._controller.sample(greedy=True)
-        genotype = tuple(OPS[i] for i in ops)
+            choices, _, _, probs = self._controller.sample(greedy=True)
+        genotype = decode_choices(self.space, choices)
         record = {
-            "epoch": epoch, "genotype": list(genotype), "arch": self.space.to_string(genotype),
+            "epoch": epoch, "genotype": _plain(genotype), "arch": self.space.to_string(genotype),
             **self._score(genotype), "train_loss": loss, "train_acc": acc, "arch_loss": c_loss,
             "arch_acc": 100.0 * reward, "lr": lr, "tau": None, "alpha": probs.tolist(), "beta": [],
             "baseline": self._baseline, "entropy": entropy,
@@ -377,9 +514,10 @@ class ENAS(_SinglePath):
         totals = [0.0, 0.0, 0.0]
         for s in range(steps):
             idx = order[s * bs:(s + 1) * bs].to(self.device)
-            ops, log_prob, entropy, _ = self._controller.sample(gen)
+            choices, log_prob, entropy, _ = self._controller.sample(gen)
+            path = decode_choices(self.space, choices)
             with torch.no_grad():  # the reward: the sampled child's accuracy on this batch (batch-stat BN)
-                reward = float((self._model(normalise(xa[idx]), arch=ops).argmax(1) == ya[idx]).float().mean())
+                reward = float((self._model(normalise(xa[idx]), arch=path).argmax(1) == ya[idx]).float().mean())
             if self._baseline is None:
                 self._baseline = reward
             loss = -(reward - self._baseline) * log_prob - m["entropy_weight"] * entropy
@@ -398,16 +536,25 @@ class ENAS(_SinglePath):
         samples = []
         for _ in range(self.method["final_samples"]):
             with torch.no_grad():
-                genotype = tuple(OPS[i] for i in self._controller.sample(gen)[0])
+                genotype = decode_choices(self.space, self._controller.sample(gen)[0])
             arch = self.space.to_string(genotype)
             if arch not in self._cache:
                 self._cache[arch] = self._score(genotype)
-            samples.append((arch, list(genotype), self._cache[arch]["acc_ws"]))
+            samples.append((arch, _plain(genotype), self._cache[arch]["acc_ws"]))
         arch, genotype, acc = max(samples, key=lambda s: s[2])  # the first of equal scores
         return {"arch": arch, "genotype": genotype, "acc_ws": acc,
                 "samples": [[a, s] for a, _, s in samples]}
 
     # -- storage -------------------------------------------------------------------------------------
+    def _alpha_labels(self) -> tuple[Sequence[str], Sequence[str]]:
+        """nb201: the supernet's edges and ops (a step per edge); darts: the 32 decisions and their options."""
+        if self.space.name == "darts":
+            return DARTS_STEP_NAMES, DARTS_OPTION_NAMES
+        return super()._alpha_labels()
+
+    def _plot_alpha(self, path: Path, edges: Sequence[str], ops: Sequence[str]) -> None:
+        plot_alpha(self.history, path, title=self.name, edges=edges, ops=ops, decisions=self.space.name == "darts")
+
     def _extra_state(self) -> dict[str, Any]:
         return {"controller": self._controller.state_dict(), "c_opt": self._c_opt.state_dict(),
                 "baseline": self._baseline, "final": self._final}
@@ -417,5 +564,5 @@ class ENAS(_SinglePath):
         assert self._stored is not None
         self._final = self._stored.get("final")
         for arch, acc in (self._final or {}).get("samples", []):
-            self._cache.setdefault(arch, {"acc_ws": acc, "param_free_edges": float(
-                sum(op in PARAM_FREE for op in self.space.from_string(arch)))})
+            self._cache.setdefault(arch, {"acc_ws": acc, "param_free_edges": _param_free_edges(
+                self.space, self.space.from_string(arch))})
