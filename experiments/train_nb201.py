@@ -13,6 +13,11 @@ reported accuracy only). A run folder that exists is resumed (``--resume``), a f
 ``--kill-resume K`` also runs the top cell again, SIGKILLs it once K epochs are checkpointed, resumes it
 with ``nas train --resume`` and compares it with the uninterrupted run of the same seed.
 
+Measured on a 2-core CPU (``--device cpu --epochs 12 --channels 8 --cells-per-stage 1 --train-size 6000
+--kill-resume 6``): test accuracies 55.01 / 43.85 / 43.12 / 46.97 / 54.39 % against the benchmark's 94.36 /
+69.98 / 80.65 / 88.78 / 91.57 %, Spearman 0.90; 24-48 s per epoch; the top cell SIGKILLed after epoch 6 and
+resumed ends at 55.01 % like the uninterrupted run (largest weight difference 0).
+
 Usage:
     # one GPU, 5 cells x 30 epochs at C=16, N=5, all five at once
     python experiments/train_nb201.py --device cuda --amp --epochs 30 --channels 16 --cells-per-stage 5 \\
