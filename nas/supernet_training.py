@@ -33,14 +33,28 @@ over all steps (OFA restarts the learning rate per phase) and in-place distillat
 separately trained teacher. ``progressive=False`` trains every choice from the start.
 
 Data, augmentation, held-out validation split, recipe and reproducibility follow :mod:`nas.training`:
-every random draw of an epoch comes from generators seeded by ``(seed, epoch)``, and the checkpoint after
-each epoch (``checkpoint.pt``: the supernet in :func:`nas.supernets.save_supernet`'s format plus
+every random draw of an epoch comes from generators seeded by ``(seed, epoch, rank)``, and the checkpoint
+after each epoch (``checkpoint.pt``: the supernet in :func:`nas.supernets.save_supernet`'s format plus
 optimiser, scheduler, epoch and history) lets ``resume=True`` continue to the very weights an
 uninterrupted run reaches on the CPU. Outputs in ``out``: ``config.json``, ``train.csv`` (per epoch:
 phase, loss of the largest, validation accuracy of the largest and the smallest subnet after BN
 recalibration, learning rate, seconds), ``curve.png``, and at the end ``supernet.pt``, which
 ``nas.supernets.load_supernet(path, space)`` reads for the space with the run's options (the number of
-classes is the data's: ``num_classes`` is among the stored options). One process (no DDP).
+classes is the data's: ``num_classes`` is among the stored options).
+
+**Data-parallel** as ``nas train``: under ``torchrun --nproc_per_node N -m nas supernet train ...`` each
+process joins a ``torch.distributed`` group (gloo on CPU, NCCL on CUDA, each rank on ``cuda:LOCAL_RANK``)
+and takes a disjoint ``batch_size / N`` images of each step's global batch (the union over the ranks is a
+single process's batch), augmented from its own ``(seed, epoch, rank)`` stream. The subnets of the sandwich
+are drawn from a stream without the rank, so every rank runs the same ones. There is no
+``DistributedDataParallel``: a step accumulates gradients over several subnets that touch different
+parameters, so after its backward passes the gradients that exist (the same ones on every rank) are
+averaged in one all-reduce before clipping and the optimiser step, and the weights stay identical on every
+rank. BN statistics are averaged at the end of each epoch, the validation images are split over the ranks
+(each recalibrates on all ``recalibration_images``, so the accuracies are a single process's) and only rank
+0 writes files. The number of processes is a stored setting: ``--resume`` needs the same. With N > 1 the
+weights are not a single process's: batch norm normalises over each rank's part of the batch and the
+augmentation draws differ.
 """
 
 from __future__ import annotations
@@ -65,6 +79,7 @@ from nas.errors import ResumeConflict
 from nas.recipes import Recipe, recipe_for
 from nas.supernets import save_supernet, supernet_of, weight_sharing_spaces
 from nas.training import (
+    Distributed,
     EpochBar,
     data_path,
     hold_out,
@@ -98,7 +113,7 @@ _ORDER, _AUGMENT, _GLOBAL, _ARCHS = 0, 1, 3, 4  # random streams of an epoch (na
 _CSV_FIELDS = ("epoch", "phase", "loss", "largest_val_acc", "smallest_val_acc", "lr", "seconds")
 _FLAGS = {"space": "--space", "space_options": "--space-option", "data": "--data", "recipe": "recipe",
           "train_size": "--train-size", "val_size": "--val-size", "seed": "--seed", "num_random": "num_random",
-          "progressive": "--no-progressive"}
+          "progressive": "--no-progressive", "world_size": "the number of processes (torchrun --nproc_per_node)"}
 
 
 @dataclass
@@ -207,7 +222,8 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
             out for validation (default 10%), as in :func:`nas.train`.
         seed: initial weights, data order, augmentation, sampled subnets (default 0).
         out: output folder (required); must not hold a run unless ``resume``.
-        resume: continue the run in ``out`` from its last checkpoint; settings given must agree.
+        resume: continue the run in ``out`` from its last checkpoint; settings given must agree, and so must
+            the number of processes (torchrun's ``--nproc_per_node``; see the module doc).
         progressive: ofa's progressive shrinking (default on; ignored by the other spaces).
         recalibration_images: training images the per-epoch validation recalibrates BN on.
         callback: called with each epoch's row after its checkpoint is written.
@@ -221,30 +237,40 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
     if num_random < 0:
         raise ValueError(f"num_random must be 0 or more, got {num_random}")
     out_dir = Path(out)
-    settings = _settings(space, data, epochs, batch_size, lr, train_size, val_size, seed, space_options, resume,
-                         num_random, progressive, out_dir)
-    trainer = _SupernetTrainer(settings, out_dir, resolve_device(device), progress, recalibration_images, callback)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {"settings": settings})
-    return trainer.run()
+    dev = resolve_device(device)
+    dist = Distributed.start(dev)
+    try:
+        dev = dist.local_device(dev)
+        settings = _settings(space, data, epochs, batch_size, lr, train_size, val_size, seed, space_options,
+                             resume, num_random, progressive, out_dir, dist.world)
+        trainer = _SupernetTrainer(settings, out_dir, dev, dist, progress and dist.rank == 0, recalibration_images,
+                                   callback)
+        dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
+        if dist.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / "config.json", {"settings": settings})
+        return trainer.run()
+    finally:
+        dist.stop()
 
 
 def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int | None, lr: float | None,
               train_size: int | None, val_size: int | None, seed: int | None,
               space_options: dict[str, Any] | None, resume: bool, num_random: int, progressive: bool | None,
-              out_dir: Path) -> dict[str, Any]:
+              out_dir: Path, world: int = 1) -> dict[str, Any]:
     """The run's settings: fresh, or the stored ones checked against those given."""
     config = out_dir / "config.json"
     if resume:
         if not config.is_file():
             raise ValueError(f"--resume {out_dir}: no config.json there; not a `nas supernet train` output folder")
-        stored = json.loads(config.read_text())["settings"]
+        stored = {"world_size": 1, **json.loads(config.read_text())["settings"]}  # runs before DDP had one process
         base = Recipe(**stored["recipe"])
         given = {"space": space, "space_options": None if not space_options else
                  {**stored["space_options"], **space_options},
                  "data": None if data is None else data_path(data),
                  "recipe": recipe_for(stored["space"], epochs, batch_size, lr, base=base).to_dict(),
-                 "train_size": train_size, "val_size": val_size, "seed": seed, "progressive": progressive}
+                 "train_size": train_size, "val_size": val_size, "seed": seed, "progressive": progressive,
+                 "world_size": world}
         for key, value in given.items():
             if value is not None and value != stored[key]:
                 raise ResumeConflict(f"{_FLAGS[key]} {value!r} differs from {stored[key]!r} of the run stored in "
@@ -266,15 +292,16 @@ def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int 
     return {"space": space, "space_options": dict(space_options or {}), "data": data_path(data),
             "recipe": recipe_for(space, epochs, batch_size, lr).to_dict(), "train_size": train_size,
             "val_size": val_size, "seed": seed, "num_random": int(num_random),
-            "progressive": True if progressive is None else bool(progressive)}
+            "progressive": True if progressive is None else bool(progressive), "world_size": world}
 
 
 class _SupernetTrainer:
     """One supernet training run: data, supernet, optimiser, the epoch loop and the outputs."""
 
-    def __init__(self, settings: dict[str, Any], out: Path, dev: torch.device, progress: bool,
+    def __init__(self, settings: dict[str, Any], out: Path, dev: torch.device, dist: Distributed, progress: bool,
                  recalibration_images: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
-        self.s, self.out, self.dev, self.progress, self.callback = settings, out, dev, progress, callback
+        self.s, self.out, self.dev, self.dist, self.progress = settings, out, dev, dist, progress
+        self.callback = callback
         self.recipe = Recipe(**settings["recipe"])
         self.seed = int(settings["seed"])
         pool = balanced_subset(load_split(settings["data"], "train"), settings["train_size"], self.seed)
@@ -286,12 +313,24 @@ class _SupernetTrainer:
         options.setdefault("num_classes", pool.num_classes)  # the data's classes, stored with the weights
         self.space = search_spaces.get(settings["space"], **options)
         self.supernet = supernet_of(self.space, seed=self.seed).to(dev)
-        self.steps = max(1, len(self.train_set) // self.recipe.batch_size
-                         + (len(self.train_set) % self.recipe.batch_size > 1))  # no last batch of one image
+        # Each rank takes its share of every global batch, as nas.training does
+        self.per_rank_batch = self.recipe.batch_size // dist.world
+        if self.per_rank_batch < 1:
+            raise ValueError(f"--batch-size {self.recipe.batch_size}: at least one image per process "
+                             f"({dist.world} processes)")
+        self.shard_size = len(self.train_set) // dist.world
+        if self.shard_size < 1:
+            raise ValueError(f"{len(self.train_set)} training images cannot be shared by {dist.world} processes; "
+                             "give a larger --train-size or fewer processes")
+        steps = math.ceil(self.shard_size / self.per_rank_batch)
+        if steps > 1 and self.shard_size % self.per_rank_batch == 1:
+            steps -= 1  # a last batch of one image would give batch norm no statistics
+        self.steps = steps
         self.optimizer = make_optimizer(self.supernet, self.recipe)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.recipe.epochs * self.steps, eta_min=0.0)
         self.recal = self.train_set.take(np.arange(min(recalibration_images, len(self.train_set))))
+        self.val_shard = self.val_set.take(np.arange(dist.rank, len(self.val_set), dist.world))
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
@@ -311,8 +350,9 @@ class _SupernetTrainer:
             for epoch in range(self.start_epoch, self.recipe.epochs):
                 row = self._epoch(epoch, x, y, bar)
                 self.history.append(row)
-                save_supernet(self.out / "checkpoint.pt", self.space, self.supernet, self._state(epoch + 1))
-                write_csv(self.out / "train.csv", self.history, _CSV_FIELDS)
+                if self.dist.rank == 0:
+                    save_supernet(self.out / "checkpoint.pt", self.space, self.supernet, self._state(epoch + 1))
+                    write_csv(self.out / "train.csv", self.history, _CSV_FIELDS)
                 log.info("supernet epoch %d/%d (%s): loss %.4f, largest %.2f%%, smallest %.2f%%, %.1f s",
                          epoch + 1, self.recipe.epochs, row["phase"], row["loss"], row["largest_val_acc"],
                          row["smallest_val_acc"], row["seconds"])
@@ -320,10 +360,12 @@ class _SupernetTrainer:
                     self.callback(row)
         finally:
             bar.close()
-        save_supernet(self.out / "supernet.pt", self.space, self.supernet,
-                      {"settings": json.dumps(self.s), "history": self.history})
-        plot_history(self.history, self.out / "curve.png", f"supernet {self.s['space']}",
-                     (("largest_val_acc", "largest (val)"), ("smallest_val_acc", "smallest (val)")))
+        if self.dist.rank == 0:
+            save_supernet(self.out / "supernet.pt", self.space, self.supernet,
+                          {"settings": json.dumps(self.s), "history": self.history})
+            plot_history(self.history, self.out / "curve.png", f"supernet {self.s['space']}",
+                         (("largest_val_acc", "largest (val)"), ("smallest_val_acc", "smallest (val)")))
+        self.dist.barrier()  # no rank returns before the outputs are written
         seconds = float(np.mean([r["seconds"] for r in self.history])) if self.history else math.nan
         self.supernet.eval()
         return SupernetTrainResult(self.out, self.space.name, _stored_options(self.space), list(self.history),
@@ -334,7 +376,7 @@ class _SupernetTrainer:
                 "epoch": epoch, "history": self.history}
 
     def _restore(self) -> None:
-        """Load the last checkpoint, if there is one."""
+        """Load the last checkpoint, if there is one (every rank reads rank 0's)."""
         restored = restore_training(self.out, self.dev, self.supernet, self.optimizer, self.scheduler, "state_dict")
         if restored is not None:
             self.start_epoch, self.history = restored
@@ -342,28 +384,33 @@ class _SupernetTrainer:
     def _epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: EpochBar) -> dict[str, Any]:
         """Train one epoch of sandwich steps and validate; returns its row of ``train.csv``."""
         start = time.perf_counter()
-        r, bs = self.recipe, self.recipe.batch_size
-        # Every draw of the epoch depends on (seed, epoch) alone, so a resumed run repeats it exactly
-        order = torch.randperm(len(self.train_set),
-                               generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0, _ORDER)))
-        aug = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0, _AUGMENT))
+        r, bs, rank, world = self.recipe, self.per_rank_batch, self.dist.rank, self.dist.world
+        # Every draw of the epoch depends on (seed, epoch, rank) alone, so a resumed run repeats it exactly.
+        # The order and the subnets leave the rank out: every rank shards the same permutation (so a step's
+        # shards make up a single process's batch) and runs the same subnets (so the same gradients exist)
+        order = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0, _ORDER))
+        shard = torch.randperm(len(self.train_set), generator=order)[rank::world][: self.shard_size]
+        aug = torch.Generator().manual_seed(stream_seed(self.seed, epoch, rank, _AUGMENT))
         rng = np.random.default_rng(stream_seed(self.seed, epoch, 0, _ARCHS))
         lr = float(self.optimizer.param_groups[0]["lr"])
         loss_sum, seen, phase = torch.zeros((), dtype=torch.float64, device=self.dev), 0, ""
         self.supernet.train()
         bar.start(epoch, r.epochs, self.steps)
-        with seeded_global(stream_seed(self.seed, epoch, 0, _GLOBAL), self.dev):
+        with seeded_global(stream_seed(self.seed, epoch, rank, _GLOBAL), self.dev):
             for step in range(self.steps):
                 g = epoch * self.steps + step
                 phase, allowed = self.phase(g)
                 if phase == "expand" and self.phase(g - 1)[0] != "expand":
                     self.supernet.sort_channels()  # type: ignore[operator]
                     self.optimizer.state.clear()  # momentum of the unsorted channels; OFA's phases start fresh
-                idx = order[step * bs:(step + 1) * bs].to(self.dev)
+                idx = shard[step * bs:(step + 1) * bs].to(self.dev)
                 images = augment(normalise(x[idx]), aug, pad=r.pad, flip=r.flip, cutout=r.cutout)
                 archs = sandwich_archs(self.space, self.supernet, rng, int(self.s["num_random"]), allowed)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss, _ = sandwich_step(self.supernet, self.space, images, y[idx], archs, r.label_smoothing)
+                # Not DDP: it would all-reduce after each subnet's backward and need find_unused_parameters
+                # for the weights a subnet skips; one average of the step's summed gradients does the same
+                self.dist.average_gradients(self.supernet.parameters())
                 if r.grad_clip:
                     nn.utils.clip_grad_norm_(self.supernet.parameters(), r.grad_clip)
                 self.optimizer.step()
@@ -371,19 +418,28 @@ class _SupernetTrainer:
                 loss_sum += loss.double() * len(idx)
                 seen += len(idx)
                 bar.advance(loss if step % 10 == 0 else None)
+        # Training never reads the running statistics (batch norm uses the batch's, and every evaluation
+        # recalibrates a copy), but each rank updated them from its own images: averaged, every rank holds
+        # rank 0's checkpoint, so a resumed rank goes on exactly as it would have
+        self.dist.average_buffers(self.supernet)
+        total_loss, total_seen = self.dist.sum([loss_sum.item(), float(seen)], self.dev)
         # The largest and smallest of the phase the epoch ended in (ofa: the subnets trained so far)
         ends = sandwich_archs(self.space, self.supernet, np.random.default_rng(0), 0,
                               self.phase((epoch + 1) * self.steps - 1)[1])
         accs = [self.accuracy(a) if len(self.val_set) else math.nan for a in ends[:2]]
         if self.space.name == "nb201":
             accs[1] = math.nan  # no smallest subnet in nb201's sandwich
-        return {"epoch": epoch + 1, "phase": phase, "loss": loss_sum.item() / max(seen, 1),
+        return {"epoch": epoch + 1, "phase": phase, "loss": total_loss / max(total_seen, 1),
                 "largest_val_acc": accs[0], "smallest_val_acc": accs[1], "lr": lr,
                 "seconds": time.perf_counter() - start}
 
     def accuracy(self, arch: Any) -> float:
         """Validation accuracy (%) of subnet ``arch`` (inherited weights, recalibrated BN; supernet untouched)."""
-        return evaluate_subnet(self.supernet, self.space, arch, self.recal.x, self.val_set, self.recipe.batch_size)
+        # Each rank recalibrates on all the images (so the statistics are a single process's) and counts
+        # the hits on its share of the validation images
+        hits = _subnet_hits(self.supernet, self.space, arch, self.recal.x, self.val_shard, self.recipe.batch_size)
+        total_hits, total = self.dist.sum([float(hits), float(len(self.val_shard))], self.dev)
+        return 100.0 * total_hits / total
 
 
 def _stored_options(space: Any) -> dict[str, Any]:
@@ -395,6 +451,12 @@ def _stored_options(space: Any) -> dict[str, Any]:
 def evaluate_subnet(supernet: nn.Module, space: Any, arch: Any, recal: torch.Tensor, val: ImageData,
                     batch_size: int = 256) -> float:
     """Top-1 accuracy (%) on ``val`` of ``arch`` cut from ``supernet``, BN recalibrated on uint8 ``recal``."""
+    return 100.0 * _subnet_hits(supernet, space, arch, recal, val, batch_size) / len(val)
+
+
+def _subnet_hits(supernet: nn.Module, space: Any, arch: Any, recal: torch.Tensor, val: ImageData,
+                 batch_size: int) -> int:
+    """The number of ``val`` images that subnet ``arch`` (BN recalibrated on ``recal``) classifies right."""
     from nas.inherited import recalibrate_bn
 
     dev = next(supernet.parameters()).device
@@ -405,4 +467,4 @@ def evaluate_subnet(supernet: nn.Module, space: Any, arch: Any, recal: torch.Ten
         for i in range(0, len(val), batch_size):
             images = _input_for(space, normalise(val.x[i:i + batch_size].to(dev)), arch)
             correct += int((net(images).argmax(1).cpu() == val.y[i:i + batch_size]).sum())
-    return 100.0 * correct / len(val)
+    return correct

@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,13 +123,9 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
         >>> result.test_accuracy  # doctest: +SKIP
     """
     dev = resolve_device(device)
-    dist = _Distributed.start(dev)
+    dist = Distributed.start(dev)
     try:
-        if dev.type == "cuda" and dev.index is None:  # one GPU per process under torchrun
-            local = int(os.environ.get("LOCAL_RANK", dist.rank)) if dist.world > 1 else torch.cuda.current_device()
-            dev = torch.device("cuda", local)
-        if dev.type == "cuda" and dist.world > 1:
-            torch.cuda.set_device(dev)  # NCCL's collectives run on the current device
+        dev = dist.local_device(dev)
         kd = _kd_settings(teacher, kd_temperature, kd_alpha)
         settings, out_dir = _settings(space, arch, data, epochs, batch_size, lr, train_size, val_size, seed,
                                       out, space_options, resume, recipe, amp, dist.world, kd, _init_settings(init))
@@ -300,14 +296,14 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-class _Distributed:
+class Distributed:
     """This process's place in a ``torch.distributed`` group (rank 0 of 1 when there is none)."""
 
     def __init__(self, rank: int, world: int, owned: bool) -> None:
         self.rank, self.world, self._owned = rank, world, owned
 
     @classmethod
-    def start(cls, dev: torch.device) -> _Distributed:
+    def start(cls, dev: torch.device) -> Distributed:
         """Join the group a launcher (torchrun) describes in the environment, or the one already set up."""
         import torch.distributed as tdist
 
@@ -317,6 +313,15 @@ class _Distributed:
             tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")  # env:// as torchrun sets it
             return cls(tdist.get_rank(), tdist.get_world_size(), True)
         return cls(0, 1, False)
+
+    def local_device(self, dev: torch.device) -> torch.device:
+        """This rank's device: a bare ``cuda`` means ``cuda:LOCAL_RANK`` under a launcher (one GPU per process)."""
+        if dev.type == "cuda" and dev.index is None:
+            local = int(os.environ.get("LOCAL_RANK", self.rank)) if self.world > 1 else torch.cuda.current_device()
+            dev = torch.device("cuda", local)
+        if dev.type == "cuda" and self.world > 1:
+            torch.cuda.set_device(dev)  # NCCL's collectives run on the current device
+        return dev
 
     def barrier(self) -> None:
         """Wait for every rank."""
@@ -343,6 +348,25 @@ class _Distributed:
             if buf.is_floating_point():
                 torch.distributed.all_reduce(buf)
                 buf.div_(self.world)
+
+    def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
+        """Average the gradients that exist over the ranks, for training without ``DistributedDataParallel``.
+
+        Every rank must hold gradients for the same parameters (in the same order); one all-reduce per
+        dtype over a flat copy, as DDP's buckets, because one call per tensor would cost a round trip each.
+        """
+        if self.world == 1:
+            return
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in params:
+            if p.grad is not None:
+                groups.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in groups.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat.div_(self.world)
+            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g))
 
     def stop(self) -> None:
         """Leave the group if this call joined it."""
@@ -485,7 +509,7 @@ def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 class _Trainer:
     """One training run: data, network, optimiser, the epoch loop and the outputs."""
 
-    def __init__(self, settings: dict[str, Any], out: Path, dev: torch.device, dist: _Distributed,
+    def __init__(self, settings: dict[str, Any], out: Path, dev: torch.device, dist: Distributed,
                  progress: bool, callback: Callable[[dict[str, float]], None] | None) -> None:
         self.s, self.out, self.dev, self.dist, self.progress = settings, out, dev, dist, progress
         self.callback = callback

@@ -1,7 +1,13 @@
-"""``nas supernet train``: the sandwich step, in-place distillation, ofa's phases, resume, checkpoints."""
+"""``nas supernet train``: the sandwich step, in-place distillation, ofa's phases, resume, checkpoints, DDP."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +17,22 @@ import torch.nn.functional as F
 
 import search_spaces
 from nas.cli import main
+from nas.datasets import balanced_subset, load_split
+from nas.errors import ResumeConflict
 from nas.supernet_training import (
     distillation_loss,
+    evaluate_subnet,
     ofa_phase,
     sandwich_archs,
     sandwich_step,
     train_supernet,
 )
 from nas.supernets import load_supernet, read_checkpoint, supernet_of
+from nas.training import hold_out
 
 TINY = {"nb201": {"channels": 4, "cells_per_stage": 1}, "fbnet": {},
         "ofa": {"min_resolution": 8, "max_resolution": 12}}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +206,118 @@ def test_cli_trains_and_resumes(tiny_npz, tmp_path):
     assert main(args) == 0
     assert main(["supernet", "train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     assert main(["supernet", "train", "--resume", str(tmp_path / "run"), "--seed", "3", "--no-progress"]) == 2
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+import nas.supernet_training as st
+
+data, root = sys.argv[1], sys.argv[2]
+rank = os.environ.get("RANK", "0")
+if "WORLD_SIZE" in os.environ:
+    # One group for the three runs: each joins it, and a gloo group set up again after being destroyed hangs
+    torch.distributed.init_process_group("gloo")
+record = {"writes": [], "archs": [], "images": []}
+
+
+def spy(name, note):
+    real = getattr(st, name)
+
+    def call(*args, **kwargs):
+        out = real(*args, **kwargs)
+        note(args, out)
+        return out
+
+    setattr(st, name, call)
+
+
+for name in ("save_supernet", "write_csv", "write_json", "plot_history"):
+    spy(name, lambda args, out, name=name: record["writes"].append(name))
+spy("sandwich_archs", lambda args, out: record["archs"].append([args[0].to_string(a) for a in out]))
+# Each image's sum before augmentation identifies it: which images a step gave this rank
+spy("augment", lambda args, out: record["images"].append(args[0].double().sum((1, 2, 3)).tolist()))
+kwargs = dict(epochs=2, batch_size=16, val_size=8, space_options={"channels": 4, "cells_per_stage": 1},
+              progress=False)
+whole = st.train_supernet("nb201", data, out=os.path.join(root, "whole"), **kwargs)
+torch.save(whole.supernet.state_dict(), os.path.join(root, f"whole{rank}.pt"))
+record["history"] = [{k: r[k] for k in ("loss", "largest_val_acc")} for r in whole.history]
+with open(os.path.join(root, f"record{rank}.json"), "w") as f:
+    json.dump(record, f)
+if len(sys.argv) > 3:  # killed after the first epoch, then resumed by every rank
+    def stop(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    try:
+        st.train_supernet("nb201", data, out=os.path.join(root, "cut"), callback=stop, **kwargs)
+    except KeyboardInterrupt:
+        pass
+    resumed = st.train_supernet(None, out=os.path.join(root, "cut"), resume=True, progress=False)
+    torch.save(resumed.supernet.state_dict(), os.path.join(root, f"resumed{rank}.pt"))
+"""
+
+
+def _launch(cmd: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun stops its workers, which run in sessions of their own, on SIGTERM
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_ddp_gloo_ranks_hold_one_supernet_and_split_a_single_process_batches(tiny_npz, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    ddp.mkdir()
+    one.mkdir()
+    # --standalone: a local rendezvous on a free port, so parallel test sessions do not collide
+    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+             str(tiny_npz), str(ddp), "resume"])
+    _launch([sys.executable, str(script), str(tiny_npz), str(one)])
+
+    def weights(path: Path) -> dict[str, torch.Tensor]:
+        return torch.load(path, weights_only=True)
+
+    # Gradients averaged and buffers synchronised: the ranks hold the same supernet, resumed or not
+    a = weights(ddp / "whole0.pt")
+    for other in (weights(ddp / "whole1.pt"), weights(ddp / "resumed0.pt"), weights(ddp / "resumed1.pt")):
+        assert all(torch.equal(a[k], other[k]) for k in a)
+    rank0, rank1, single = (json.loads(p.read_text()) for p in (ddp / "record0.json", ddp / "record1.json",
+                                                                one / "record0.json"))
+    assert set(rank0["writes"]) == {"write_json", "save_supernet", "write_csv", "plot_history"}
+    assert rank1["writes"] == []
+    assert sorted(p.name for p in (ddp / "whole").iterdir()) == ["checkpoint.pt", "config.json", "curve.png",
+                                                                  "supernet.pt", "train.csv"]
+    settings = json.loads((ddp / "whole" / "config.json").read_text())["settings"]
+    assert settings["world_size"] == 2
+    # Every rank runs a single process's subnets, each on its half of a single process's batch
+    assert rank0["archs"] == rank1["archs"] == single["archs"]
+    assert len(rank0["images"]) == len(single["images"]) == 6  # 2 epochs of 40 images in batches of 16, 16, 8
+    for half0, half1, batch in zip(rank0["images"], rank1["images"], single["images"], strict=True):
+        assert len(half0) == len(half1) == len(batch) // 2
+        assert np.allclose(sorted(half0 + half1), sorted(batch), rtol=0, atol=1e-9)
+    assert rank0["history"] == rank1["history"]
+    # The validation split over the ranks counts what one process counts on the same weights
+    space = search_spaces.get("nb201", num_classes=2, **TINY["nb201"])
+    train_set, val_set = hold_out(balanced_subset(load_split(str(tiny_npz), "train"), None, 0), 8, 0)
+    largest = sandwich_archs(space, None, np.random.default_rng(0), 0)[0]
+    sup = load_supernet(ddp / "whole" / "supernet.pt", space)
+    assert evaluate_subnet(sup, space, largest, train_set.x, val_set, 16) == rank0["history"][-1]["largest_val_acc"]
+    # Not the single process's weights: batch norm normalises over each rank's 8 images, not the 16 of a
+    # step, and each rank's crops and flips come from its own stream; the losses only stay close
+    assert all(math.isclose(d["loss"], s["loss"], rel_tol=0.2) for d, s in zip(rank0["history"], single["history"],
+                                                                                strict=True))
+    with pytest.raises(ResumeConflict, match="nproc_per_node"):
+        train_supernet(None, out=ddp / "whole", resume=True, progress=False)

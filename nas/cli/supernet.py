@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from nas.cli import UsageError
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train the supernet of ofa, fbnet or nb201 on --data (sandwich rule: largest, smallest and "
                     "two random subnets per step; the largest distils into the others; ofa: progressive "
                     "shrinking). Writes train.csv, curve.png, a checkpoint per epoch and supernet.pt, which "
-                    "`nas search --supernet` reads. See nas.supernet_training.")
+                    "`nas search --supernet` reads. Data-parallel under "
+                    "`torchrun --nproc_per_node N -m nas supernet train ...`. See nas.supernet_training.")
     t.add_argument("--space", help="ofa, fbnet or nb201 (required unless --resume)")
     t.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
                    help="space constructor option, repeatable (e.g. ofa: min_resolution=32 max_resolution=64; "
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                             space_options=parse_options(args.space_option, "--space-option") or None,
                             resume=args.resume is not None, device=args.device,
                             progress=not args.no_progress, progressive=False if args.no_progressive else None)
-    _print_summary(result)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank runs this; one summary
+        _print_summary(result)
     return 0
 
 
