@@ -37,17 +37,16 @@ from torch import nn
 
 import nas
 import proxies
+from nas.audio_data import SNR_TRAIN, centre_segments, crop_batch
 from nas.evaluate import Evaluator
-from nas.supernet_training import sandwich_step
+from nas.supernet_training import FbankView, sandwich_step
 from proxies.audio import read_wav, speaker_files
-from search_spaces.tdnn import TDNNArch, TDNNSpace
+from search_spaces.tdnn import TDNNSpace
 from search_spaces.tdnn_supernet import TDNNSupernet
 
 log = logging.getLogger("tdnn_speakers")
 SPACE_OPTIONS = {"channels": (64, 128), "widths": (32, 64, 128), "mfa": (192, 384), "seconds": 2.0}
 """CPU-sized choices: 31-121M MACs per 2-s utterance; the networks train in minutes on one core."""
-SNR_TRAIN = (0.0, 20.0)
-"""Training crops are mixed with coloured noise at an SNR drawn uniformly from this range (dB)."""
 
 
 def load_wavs(folder: Path, train_utts: int) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[int]]:
@@ -63,50 +62,10 @@ def load_wavs(folder: Path, train_utts: int) -> tuple[list[torch.Tensor], list[i
     return train_x, train_y, test_x, test_y
 
 
-def coloured_noise(n: int, samples: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` unit-power noises whose spectra fall as f^-a/2, a drawn in [0, 1.5] (white to pinker than pink)."""
-    spec = torch.fft.rfft(torch.randn(n, samples, generator=gen))
-    freqs = torch.arange(spec.shape[1]).clamp(min=1).float()
-    slope = 1.5 * torch.rand(n, 1, generator=gen)
-    noise = torch.fft.irfft(spec * freqs[None] ** (-slope / 2), n=samples)
-    return noise / noise.pow(2).mean(dim=1, keepdim=True).sqrt()
-
-
-def add_noise(x: torch.Tensor, snr_db: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """``x`` (N, S) plus coloured noise at ``snr_db`` (N,) dB below each row's power."""
-    power = x.pow(2).mean(dim=1, keepdim=True).clamp(min=1e-8)
-    noise = coloured_noise(x.shape[0], x.shape[1], gen)
-    return x + noise * (power / 10 ** (snr_db[:, None] / 10)).sqrt()
-
-
-def crop_batch(wavs: list[torch.Tensor], labels: list[int], n: int, samples: int,
-               gen: torch.Generator, snr: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random ``samples``-long crops (utterances drawn uniformly) in noise at SNRs uniform in ``snr``."""
-    idx = torch.randint(len(wavs), (n,), generator=gen)
-    xs = []
-    for i in idx.tolist():
-        w = wavs[i]
-        if len(w) < samples:
-            w = w.repeat(-(-samples // len(w)))
-        start = int(torch.randint(len(w) - samples + 1, (1,), generator=gen))
-        xs.append(w[start:start + samples])
-    snr_db = snr[0] + (snr[1] - snr[0]) * torch.rand(n, generator=gen)
-    x = add_noise(torch.stack(xs), snr_db, gen)
-    return x.view(n, 1, 1, samples), torch.tensor([labels[i] for i in idx.tolist()])
-
-
 def test_segments(wavs: list[torch.Tensor], seconds: float, snr_db: float) -> torch.Tensor:
     """The central ``seconds`` of every held-out utterance in noise at ``snr_db`` (fixed seed: the same
     test set for every network)."""
-    samples = int(seconds * 16000)
-    xs = []
-    for w in wavs:
-        w = w.repeat(-(-samples // len(w))) if len(w) < samples else w
-        start = (len(w) - samples) // 2
-        xs.append(w[start:start + samples])
-    gen = torch.Generator().manual_seed(1234)
-    x = add_noise(torch.stack(xs), torch.full((len(xs),), float(snr_db)), gen)
-    return x.view(len(xs), 1, 1, samples)
+    return centre_segments(wavs, int(seconds * 16000), float(snr_db), torch.Generator().manual_seed(1234))
 
 
 def calibration_batch(feats_wavs: list[np.ndarray], labels: list[int], n: int, samples: int,
@@ -187,24 +146,13 @@ def train(space: TDNNSpace, arch_string: str, data: tuple, test: torch.Tensor, a
     return metrics
 
 
-class _FbankInput(nn.Module):
-    """The supernet fed filterbanks: the sandwich's four subnets share one filterbank computation."""
-
-    def __init__(self, supernet: TDNNSupernet) -> None:
-        super().__init__()
-        self.supernet = supernet
-
-    def forward(self, fbank: torch.Tensor, arch: TDNNArch) -> torch.Tensor:
-        return self.supernet.forward_fbank(fbank, arch)
-
-
 def train_supernet(space: TDNNSpace, data: tuple, args: argparse.Namespace, seed: int) -> TDNNSupernet:
     """The sandwich rule with in-place distillation (:func:`nas.supernet_training.sandwich_step`): per step
     the largest subnet learns from the labels, the smallest and two random ones from its predictions."""
     train_x, train_y, _, _ = data
     torch.manual_seed(seed)
     sup = TDNNSupernet(space)
-    fed = _FbankInput(sup)
+    fed = FbankView(sup)
     opt = torch.optim.AdamW(sup.parameters(), lr=args.lr, weight_decay=2e-5)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.supernet_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)

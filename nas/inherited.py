@@ -8,6 +8,12 @@ split of the training images. Both image sets come from the ``train`` split of `
 (:func:`held_out`: seeded and class-balanced, disjoint); the test split is never read. Images are resized
 to the candidate's own input (``arch.r`` for ofa).
 
+An audio space (``tdnn``) reads a speaker folder ``DIR/<speaker>/<utt>.wav`` instead (:func:`held_out_audio`):
+the validation utterances are those the supernet held out when its checkpoint says so (``nas supernet
+train`` on the same folder; otherwise any), at most ``val_size`` of them, speakers in turn, each scored on
+its central window in noise drawn once from the seed; BN is recalibrated on noisy random crops of the
+other utterances (:mod:`nas.audio_data`).
+
 A :class:`SupernetScorer` is what the evaluator holds: it pickles as its settings, and each process loads
 the checkpoint and the images once (a lock makes the first load thread-safe; later reads share the
 supernet, and every candidate gets its own subnet copy), so serial, threaded and Ray evaluation agree.
@@ -37,8 +43,8 @@ from nas.datasets import ImageData, load_split, normalise
 from nas.rng import seeded_global_rng
 from search_spaces import SearchSpace, arch_input_shape
 
-__all__ = ["ACC_WS", "SUPERNET_OBJECTIVES", "HeldOut", "SupernetScorer", "held_out", "inherited_accuracy",
-           "recalibrate_bn"]
+__all__ = ["ACC_WS", "SUPERNET_OBJECTIVES", "HeldOut", "SupernetScorer", "held_out", "held_out_audio",
+           "inherited_accuracy", "recalibrate_bn"]
 
 ACC_WS = "acc_ws"
 """The objective: inherited-weight top-1 accuracy (%) on the held-out split, maximised."""
@@ -98,7 +104,10 @@ def inherited_accuracy(model: nn.Module, images: ImageData, shape: tuple[int, ..
 
 
 def _inputs(x: torch.Tensor, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-    """uint8 images -> normalised float at the network's input size (bilinear, as the proxies' data)."""
+    """uint8 images -> normalised float at the network's input size (bilinear, as the proxies' data); float
+    inputs (an audio space's waveforms) are already what the network takes."""
+    if x.is_floating_point():
+        return x.to(device)
     out = normalise(x.to(device))
     if tuple(out.shape[2:]) != tuple(shape[1:]):
         out = F.interpolate(out, size=tuple(shape[1:]), mode="bilinear", align_corners=False)
@@ -107,7 +116,8 @@ def _inputs(x: torch.Tensor, shape: tuple[int, ...], device: torch.device | str)
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The images ``acc_ws`` reads: a validation split and recalibration images, both from ``train``."""
+    """The images ``acc_ws`` reads: a validation split and recalibration images, both from ``train`` (for an
+    audio space: float waveforms of the speakers' utterances, see :func:`held_out_audio`)."""
 
     val: ImageData
     calib: ImageData
@@ -147,6 +157,62 @@ def held_out(source: str | os.PathLike[str], val_size: int, calib_size: int, see
     rest = np.setdiff1d(np.arange(len(train)), val)  # recalibration may use training images, as OFA does
     calib = rest[rng.permutation(len(rest))[:calib_size]]  # random order: every batch mixes the classes
     return HeldOut(train.take(val), train.take(calib))
+
+
+def held_out_audio(source: str | os.PathLike[str], val_size: int, calib_size: int, seed: int, samples: int,
+                   checkpoint: str | os.PathLike[str] | None = None) -> HeldOut:
+    """Up to ``val_size`` validation segments of held-out utterances of speaker folder ``source`` (speakers in
+    turn; those ``checkpoint``'s run held out when it trained on this folder) and ``calib_size`` noisy crops
+    of the other utterances for BN recalibration, ``samples`` long, drawn with ``seed``."""
+    from nas.audio_data import load_speakers, recalibration_crops, validation_segments
+
+    if val_size < 1 or calib_size < 1:
+        raise ValueError(f"--val-size and --bn-batches must be at least 1, got {val_size} and "
+                         f"{calib_size // BN_BATCH_SIZE}")
+    data = load_speakers(source)
+    allowed = np.ones(len(data), dtype=bool)
+    held = None if checkpoint is None else _held_out_files(checkpoint, data)
+    if held is not None:
+        allowed = np.array([f in held for f in data.files], dtype=bool)
+    rng = np.random.default_rng([int(seed), 0xACC])
+    y = data.labels.numpy()
+    per_speaker = [list(rng.permutation(np.flatnonzero((y == c) & allowed))) for c in range(data.num_classes)]
+    order = [int(p[i]) for i in range(max(len(p) for p in per_speaker)) for p in per_speaker if i < len(p)]
+    val = np.sort(np.asarray(order[:val_size], dtype=np.int64))
+    rest = np.setdiff1d(np.arange(len(data)), val)
+    if len(val) == 0 or len(rest) == 0:
+        raise ValueError(f"--data {source}: no utterances to validate on and recalibrate with ({len(val)} held out "
+                         f"of {len(data)}); the supernet's run held out none (--val-size 0)?")
+    names = tuple(data.speakers)
+    val_set, train_set = data.take(val), data.take(rest)
+    calib_x, calib_y = recalibration_crops(train_set, calib_size, samples, seed)
+    return HeldOut(ImageData(validation_segments(val_set, samples, seed), val_set.labels, names),
+                   ImageData(calib_x, calib_y, names))
+
+
+def _held_out_files(path: str | os.PathLike[str], data: Any) -> set[str] | None:
+    """The utterances (relative paths) a ``nas supernet train`` checkpoint held out, when it trained on a
+    folder with the same files as ``data``; ``None`` when it does not say."""
+    import json
+
+    from nas.audio_data import held_out_split
+    from nas.supernets import read_checkpoint
+    from proxies.audio import speaker_files
+
+    settings = read_checkpoint(path).get("settings")
+    if not isinstance(settings, str):
+        return None
+    s = json.loads(settings)
+    if not s.get("data"):
+        return None
+    try:
+        root = Path(s["data"])
+        theirs = tuple(str(f.relative_to(root)) for _, files in speaker_files(root) for f in files)
+    except (ValueError, OSError):
+        return None  # trained on data not here: nothing to compare with
+    if theirs != data.files:
+        return None
+    return set(held_out_split(data, s.get("val_size"), int(s.get("seed") or 0))[1].files)
 
 
 def file_sha1(path: str | os.PathLike[str]) -> str:
@@ -257,8 +323,12 @@ class SupernetScorer:
         key = (str(self.data), int(self.val_size), int(self.bn_batches), int(self.seed))
         with _LOCK:
             if key not in _DATA:
-                _DATA[key] = held_out(self.data, self.val_size, self.bn_batches * BN_BATCH_SIZE, self.seed,
-                                      trained_images(self.path, self.data))
+                if getattr(self.space, "input_kind", "image") == "audio":
+                    _DATA[key] = held_out_audio(self.data, self.val_size, self.bn_batches * BN_BATCH_SIZE,
+                                                self.seed, int(self.space.samples), self.path)
+                else:
+                    _DATA[key] = held_out(self.data, self.val_size, self.bn_batches * BN_BATCH_SIZE, self.seed,
+                                          trained_images(self.path, self.data))
             return _DATA[key]
 
     def check(self) -> HeldOut:

@@ -22,6 +22,11 @@ decay), no warm-up, and random crop (zero padding 4) + horizontal flip.
   only (none on batch-norm and biases), label smoothing 0.1, batch 256, 150 epochs. FBNet's own paper
   trained on ImageNet with a step schedule; HW-NAS-Bench's CIFAR-100 FBNet space publishes no recipe.
 
+- ``tdnn``: ECAPA-TDNN's (Desplanques et al., Interspeech 2020, Sec. 3.2): Adam, peak lr 1e-3 (the paper
+  cycles it between 1e-8 and 1e-3, triangular2; here the common cosine schedule), weight decay 2e-5 (as L2,
+  Adam's), batch 128 of 2-s crops; no image augmentation (the speaker data add noise, :mod:`nas.audio_data`).
+  The paper's AAM-softmax (margin 0.2, scale 30) is ``nas supernet train --loss aam``.
+
 Any other space gets the ``nb201`` recipe. ``epochs``, ``batch_size`` and ``lr`` override the defaults.
 """
 
@@ -46,7 +51,7 @@ class Recipe:
     epochs: int
     batch_size: int
     lr: float
-    optimizer: str = "sgd"  # "sgd" or "rmsprop"
+    optimizer: str = "sgd"  # "sgd", "rmsprop" or "adam"
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -78,6 +83,8 @@ RECIPES: dict[str, Recipe] = {
                   label_smoothing=0.1, scale_lr_with_batch=True,
                   source="once-for-all subnet training (Cai et al., ICLR 2020)"),
 }
+RECIPES["tdnn"] = Recipe(epochs=100, batch_size=128, lr=1e-3, optimizer="adam", nesterov=False, weight_decay=2e-5,
+                         pad=0, flip=False, source="ECAPA-TDNN (Desplanques et al., Interspeech 2020)")
 RECIPES["fbnet"] = dataclasses.replace(RECIPES["ofa"], source="MobileNetV3 family, as once-for-all (Cai et al.)")
 """The default recipe of each space (see the module docstring for the sources)."""
 

@@ -224,7 +224,10 @@ def check_supernet_settings(config: dict[str, Any], space: SearchSpace, objs: Se
     if config.get("evaluator") != "proxies":
         raise ValueError(f"--supernet scores candidates by {ACC_WS}: it does not combine with a strategy that "
                          "trains its own supernet or with a custom evaluate function")
-    if config.get("data") in (None, "cifar10", "gaussian"):
+    if config.get("data") in (None, "cifar10", "gaussian", "speech"):
+        if getattr(space, "input_kind", "image") == "audio":
+            raise ValueError(f"--supernet needs --data DIR: a folder DIR/<speaker>/<utt>.wav; {ACC_WS} is measured "
+                             "on utterances the supernet held out")
         raise ValueError(f"--supernet needs --data DIR: a folder with train/ (and test/) class folders or an "
                          f".npz with x_train, y_train; {ACC_WS} is measured on a held-out part of its train split")
     if not Path(path).is_file():

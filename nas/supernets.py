@@ -1,4 +1,4 @@
-"""Weight-sharing supernets of the image spaces, and their checkpoints.
+"""Weight-sharing supernets of the image spaces and of ``tdnn``, and their checkpoints.
 
 A space that shares weights has one supernet class with a small protocol: ``forward(x, arch)`` runs subnet
 ``arch`` on the shared weights, and ``subnet(arch)`` returns the standalone network of the space's own
@@ -6,7 +6,8 @@ A space that shares weights has one supernet class with a small protocol: ``forw
 other network). The spaces with one: ``ofa`` (:class:`search_spaces.ofa_supernet.OFASupernet`), ``fbnet``
 (:class:`search_spaces.fbnet_supernet.FBNetSupernet`) and ``nb201``
 (:class:`search_spaces.nb201_supernet.NB201SuperNet`, whose BatchNorms keep no running statistics: its
-subnets' are recalibrated before an eval-mode forward). ``nas supernet train`` (:mod:`nas.supernet_training`)
+subnets' are recalibrated before an eval-mode forward) and ``tdnn``
+(:class:`search_spaces.tdnn_supernet.TDNNSupernet`, speaker networks on 16 kHz audio). ``nas supernet train`` (:mod:`nas.supernet_training`)
 trains them. :func:`supernet_of` builds a fresh one for a space object; :func:`save_supernet` and
 :func:`load_supernet` write and read a zcnas checkpoint, a plain ``torch.save`` dict of tensors and JSON-able
 values read back with ``weights_only=True``. ``load_supernet`` also takes the published once-for-all state
@@ -41,6 +42,7 @@ def _builders() -> dict[str, Any]:
     from search_spaces.fbnet_supernet import FBNetSupernet
     from search_spaces.nb201_supernet import supernet as nb201_supernet
     from search_spaces.ofa_supernet import OFASupernet
+    from search_spaces.tdnn_supernet import TDNNSupernet
 
     def ofa(space: Any) -> nn.Module:
         return OFASupernet(width_mult=space.width_mult, num_classes=space.num_classes, dropout=space.dropout)
@@ -49,7 +51,7 @@ def _builders() -> dict[str, Any]:
         # Its own seed argument only fixes the default; supernet_of's seed reaches it through torch's generator
         return nb201_supernet(space, seed=int(torch.initial_seed() % 2**31))
 
-    return {"ofa": ofa, "fbnet": FBNetSupernet, "nb201": nb201}
+    return {"ofa": ofa, "fbnet": FBNetSupernet, "nb201": nb201, "tdnn": TDNNSupernet}
 
 
 def weight_sharing_spaces() -> list[str]:
@@ -71,15 +73,23 @@ def supernet_of(space: Any, seed: int | None = None) -> nn.Module:
         return builders[name](space)
 
 
+def stored_options(space: Any) -> dict[str, Any]:
+    """The space options a checkpoint records: those that differ from their defaults, choice lists included
+    (tdnn's ``channels=[64, 128]`` shape the weights), as JSON values."""
+    from nas.settings import space_options_of
+    from search_spaces.base import changed_options
+
+    lists = {k: list(v) for k, v in changed_options(space, (tuple,)).items() if k not in INPUT_ONLY_OPTIONS}
+    return {**space_options_of(space), **lists}
+
+
 def save_supernet(path: str | os.PathLike[str], space: Any, supernet: nn.Module,
                   extra: dict[str, Any] | None = None) -> Path:
     """Write ``supernet``'s weights with the space they belong to (atomic: a reader never sees half a file)."""
-    from nas.settings import space_options_of
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "space": space.name,
-               "space_options": space_options_of(space), "state_dict": supernet.state_dict(), **(extra or {})}
+               "space_options": stored_options(space), "state_dict": supernet.state_dict(), **(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -116,9 +126,8 @@ def load_supernet(path: str | os.PathLike[str], space: Any) -> nn.Module:
     if data.get("space") != space.name:
         raise ValueError(f"{path}: a supernet of space {data.get('space')!r}, not {space.name!r}")
     import search_spaces
-    from nas.settings import space_options_of
 
-    stored, ours = data.get("space_options", {}), space_options_of(space)
+    stored, ours = data.get("space_options", {}), stored_options(space)
     weights = {k: v for k, v in ours.items() if k not in INPUT_ONLY_OPTIONS}
     if {k: v for k, v in stored.items() if k not in INPUT_ONLY_OPTIONS} != weights:
         raise ValueError(f"{path}: trained with space options {stored}, but the search uses {ours}; pass the "

@@ -503,7 +503,9 @@ def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     if recipe.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=recipe.lr, alpha=0.9, eps=1.0, momentum=recipe.momentum)
-    raise ValueError(f"recipe optimizer must be 'sgd' or 'rmsprop', got {recipe.optimizer!r}")
+    if recipe.optimizer == "adam":  # weight decay as an L2 term in the gradient, as ECAPA-TDNN's Adam
+        return torch.optim.Adam(groups, lr=recipe.lr)
+    raise ValueError(f"recipe optimizer must be 'sgd', 'rmsprop' or 'adam', got {recipe.optimizer!r}")
 
 
 class _Trainer:
