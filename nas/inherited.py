@@ -190,20 +190,27 @@ def held_out_audio(source: str | os.PathLike[str], val_size: int, calib_size: in
                    ImageData(calib_x, calib_y, names))
 
 
-def _held_out_files(path: str | os.PathLike[str], data: Any) -> set[str] | None:
-    """The utterances (relative paths) a ``nas supernet train`` checkpoint held out, when it trained on a
-    folder with the same files as ``data``; ``None`` when it does not say."""
+def _training_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``nas supernet train`` settings a checkpoint stores, when they name the data it trained on."""
     import json
 
-    from nas.audio_data import held_out_split
     from nas.supernets import read_checkpoint
-    from proxies.audio import speaker_files
 
     settings = read_checkpoint(path).get("settings")
     if not isinstance(settings, str):
         return None
     s = json.loads(settings)
-    if not s.get("data"):
+    return s if s.get("data") else None
+
+
+def _held_out_files(path: str | os.PathLike[str], data: Any) -> set[str] | None:
+    """The utterances (relative paths) a ``nas supernet train`` checkpoint held out, when it trained on a
+    folder with the same files as ``data``; ``None`` when it does not say."""
+    from nas.audio_data import held_out_split
+    from proxies.audio import speaker_files
+
+    s = _training_settings(path)
+    if s is None:
         return None
     try:
         root = Path(s["data"])
@@ -238,17 +245,11 @@ def checkpoint_space_options(path: str | os.PathLike[str], space: str) -> dict[s
 def trained_images(path: str | os.PathLike[str], data: str | os.PathLike[str]) -> ImageData | None:
     """The training images of a ``nas supernet train`` checkpoint when it trained on the train split of
     ``data`` (same number of images), rebuilt from its stored settings; ``None`` when it does not say."""
-    import json
-
     from nas.datasets import balanced_subset
-    from nas.supernets import read_checkpoint
     from nas.training import hold_out
 
-    settings = read_checkpoint(path).get("settings")
-    if not isinstance(settings, str):
-        return None
-    s = json.loads(settings)
-    if not s.get("data"):
+    s = _training_settings(path)
+    if s is None:
         return None
     try:
         theirs = load_split(s["data"], "train")

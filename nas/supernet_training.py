@@ -108,7 +108,6 @@ from nas.training import (
     seeded_global,
     stream_seed,
     write_csv,
-    write_json,
 )
 
 __all__ = ["LOSSES", "OFA_PHASES", "FbankView", "SupernetTrainResult", "distillation_loss", "evaluate_subnet",
@@ -297,10 +296,7 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
                              resume, num_random, progressive, out_dir, dist.world, (loss, aam_margin, aam_scale))
         trainer = _SupernetTrainer(settings, out_dir, dev, dist, progress and dist.rank == 0, recalibration_images,
                                    callback)
-        dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
-        if dist.rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / "config.json", {"settings": settings})
+        dist.write_config(out_dir, settings)
         return trainer.run()
     finally:
         dist.stop()

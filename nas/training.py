@@ -131,10 +131,7 @@ def train(space: str | None = None, arch: Any = None, data: str | os.PathLike[st
                                       out, space_options, resume, recipe, amp, dist.world, kd, _init_settings(init))
         # Loading the data and building the network check the rest of the input before anything is written
         trainer = _Trainer(settings, out_dir, dev, dist, progress and dist.rank == 0, callback)
-        dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
-        if dist.rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / "config.json", {"settings": settings})
+        dist.write_config(out_dir, settings)
         return trainer.run()
     finally:
         dist.stop()
@@ -327,6 +324,13 @@ class Distributed:
         """Wait for every rank."""
         if self.world > 1:
             torch.distributed.barrier()
+
+    def write_config(self, out_dir: Path, settings: dict[str, Any]) -> None:
+        """Rank 0 writes ``out_dir/config.json``, once every rank has checked its input and ``out_dir``."""
+        self.barrier()
+        if self.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / "config.json", {"settings": settings})
 
     def sum(self, values: list[float], dev: torch.device) -> list[float]:
         """Element-wise sums over the ranks."""

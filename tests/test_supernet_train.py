@@ -212,6 +212,7 @@ DDP_SCRIPT = """
 import json, os, sys
 import torch
 import nas.supernet_training as st
+import nas.training
 
 data, root = sys.argv[1], sys.argv[2]
 rank = os.environ.get("RANK", "0")
@@ -221,19 +222,20 @@ if "WORLD_SIZE" in os.environ:
 record = {"writes": [], "archs": [], "images": []}
 
 
-def spy(name, note):
-    real = getattr(st, name)
+def spy(name, note, module=st):
+    real = getattr(module, name)
 
     def call(*args, **kwargs):
         out = real(*args, **kwargs)
         note(args, out)
         return out
 
-    setattr(st, name, call)
+    setattr(module, name, call)
 
 
-for name in ("save_supernet", "write_csv", "write_json", "plot_history"):
+for name in ("save_supernet", "write_csv", "plot_history"):
     spy(name, lambda args, out, name=name: record["writes"].append(name))
+spy("write_json", lambda args, out: record["writes"].append("write_json"), nas.training)  # config.json
 spy("sandwich_archs", lambda args, out: record["archs"].append([args[0].to_string(a) for a in out]))
 # Each image's sum before augmentation identifies it: which images a step gave this rank
 spy("augment", lambda args, out: record["images"].append(args[0].double().sum((1, 2, 3)).tolist()))

@@ -203,15 +203,11 @@ def test_enas_epochs_final_and_files(data, tmp_path):
     assert t.ask(3) == cells and t._model is None and t.final == s.final
 
 
-def test_enas_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(data, tmp_path, monkeypatch):
-    s = ENAS(SPACE, seed=0, data=data, storage=tmp_path / "full" / "optuna.journal", **ENAS_OPTS)
-    study = nas.create_study(SPACE, ["acc_ws"], s, storage=tmp_path / "full", evaluator="custom")
-    study.optimize(evaluate=s.evaluate, budget=10**6)
-    full = [(c.arch, c.scores) for c in study.candidates]
-    study.close()
-
-    first = ENAS(SPACE, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **ENAS_OPTS)
-    study = nas.create_study(SPACE, ["acc_ws"], first, storage=tmp_path / "cut", evaluator="custom")
+def _enas_killed_and_resumed(space, opts, data, tmp_path, monkeypatch, s, full):
+    """A second run of ``s``'s settings killed in epoch 2 after its weight pass, then resumed: it must end as
+    the uninterrupted ``s`` (candidates ``full``, alpha, final, baseline, controller and supernet weights)."""
+    first = ENAS(space, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **opts)
+    study = nas.create_study(space, ["acc_ws"], first, storage=tmp_path / "cut", evaluator="custom")
     real, calls = ENAS._controller_pass, []
 
     def dies(self, *a, **kw):
@@ -226,16 +222,26 @@ def test_enas_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(data, tmp_p
     study.close()
     monkeypatch.setattr(ENAS, "_controller_pass", real)
 
-    fresh = ENAS(SPACE, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **ENAS_OPTS)
+    fresh = ENAS(space, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **opts)
     resumed = nas.load_study(tmp_path / "cut", strategy=fresh)
     resumed.optimize(evaluate=fresh.evaluate, budget=10**6)
     assert [(c.arch, c.scores) for c in resumed.candidates] == full
     assert [r["alpha"] for r in fresh.history] == [r["alpha"] for r in s.history]
-    assert fresh._final == s._final and fresh._baseline == s._baseline
-    assert all(torch.equal(a, b) for a, b in zip(fresh._controller.state_dict().values(),
-                                                 s._controller.state_dict().values(), strict=True))
-    assert resumed.result.pick == SPACE.to_string(s.final)
+    assert fresh._final == s._final and fresh._baseline == s._baseline and fresh.final == s.final
+    for ours, theirs in ((fresh._controller, s._controller), (fresh._model, s._model)):
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(),
+                                                     strict=True))
+    assert resumed.result.pick == space.to_string(s.final)
     resumed.close()
+
+
+def test_enas_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(data, tmp_path, monkeypatch):
+    s = ENAS(SPACE, seed=0, data=data, storage=tmp_path / "full" / "optuna.journal", **ENAS_OPTS)
+    study = nas.create_study(SPACE, ["acc_ws"], s, storage=tmp_path / "full", evaluator="custom")
+    study.optimize(evaluate=s.evaluate, budget=10**6)
+    full = [(c.arch, c.scores) for c in study.candidates]
+    study.close()
+    _enas_killed_and_resumed(SPACE, ENAS_OPTS, data, tmp_path, monkeypatch, s, full)
 
 
 def test_cli_search_with_spos(data, tmp_path):
@@ -362,34 +368,7 @@ def test_enas_on_darts_end_to_end_and_resumed_mid_epoch(data, tmp_path, monkeypa
     assert rows[0].split(",")[2:] == list(DARTS_OPTION_NAMES) and len(rows) == 1 + 2 * 32
     assert rows[1].startswith("1,normal node2 input_a,")
 
-    # Killed in epoch 2, after its weight pass.
-    first = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_ENAS)
-    study = nas.create_study(DARTS, ["acc_ws"], first, storage=tmp_path / "cut", evaluator="custom")
-    real, calls = ENAS._controller_pass, []
-
-    def dies(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise _Killed
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(ENAS, "_controller_pass", dies)
-    with pytest.raises(_Killed):
-        study.optimize(evaluate=first.evaluate, budget=10**6)
-    study.close()
-    monkeypatch.setattr(ENAS, "_controller_pass", real)
-
-    fresh = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_ENAS)
-    resumed = nas.load_study(tmp_path / "cut", strategy=fresh)
-    resumed.optimize(evaluate=fresh.evaluate, budget=10**6)
-    assert [(c.arch, c.scores) for c in resumed.candidates] == full
-    assert [r["alpha"] for r in fresh.history] == [r["alpha"] for r in s.history]
-    assert fresh._final == s._final and fresh._baseline == s._baseline and fresh.final == s.final
-    assert all(torch.equal(a, b) for a, b in zip(fresh._controller.state_dict().values(),
-                                                 s._controller.state_dict().values(), strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(fresh._model.state_dict().values(),
-                                                 s._model.state_dict().values(), strict=True))
-    resumed.close()
+    _enas_killed_and_resumed(DARTS, DARTS_ENAS, data, tmp_path, monkeypatch, s, full)
     # A fresh instance on the finished checkpoint answers without training.
     again = ENAS(DARTS, seed=0, data=data, storage=tmp_path / "cut" / "optuna.journal", **DARTS_ENAS)
     assert again.ask(2) == [DARTS.from_string(a) for a, _ in full] and again._model is None
