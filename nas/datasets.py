@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas.rng import class_round_robin
 from proxies.cache import default_cache_dir
 from proxies.data import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SUFFIXES
 
@@ -119,11 +120,8 @@ def balanced_subset(data: ImageData, n: int | None, seed: int) -> ImageData:
         return data
     if n < 1:
         raise ValueError(f"--train-size must be at least 1, got {n}")
-    rng = np.random.default_rng([int(seed), 0x5EB])
-    y = data.y.numpy()
-    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
-    order = [i for row in zip(*per_class, strict=False) for i in row]  # round-robin over classes
-    return data.take(np.sort(np.asarray(order[:n])))
+    order = class_round_robin(data.y.numpy(), np.random.default_rng([int(seed), 0x5EB]))
+    return data.take(np.sort(order[:n]))
 
 
 def split_in_two(data: ImageData, seed: int) -> tuple[ImageData, ImageData]:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.datasets import ImageData, load_split, normalise
-from nas.rng import seeded_global_rng
+from nas.rng import class_round_robin, seeded_global_rng
 from search_spaces import SearchSpace, arch_input_shape
 
 __all__ = ["ACC_WS", "SUPERNET_OBJECTIVES", "HeldOut", "SupernetScorer", "held_out", "held_out_audio",
@@ -174,11 +174,9 @@ def held_out_audio(source: str | os.PathLike[str], val_size: int, calib_size: in
     held = None if checkpoint is None else _held_out_files(checkpoint, data)
     if held is not None:
         allowed = np.array([f in held for f in data.files], dtype=bool)
-    rng = np.random.default_rng([int(seed), 0xACC])
-    y = data.labels.numpy()
-    per_speaker = [list(rng.permutation(np.flatnonzero((y == c) & allowed))) for c in range(data.num_classes)]
-    order = [int(p[i]) for i in range(max(len(p) for p in per_speaker)) for p in per_speaker if i < len(p)]
-    val = np.sort(np.asarray(order[:val_size], dtype=np.int64))
+    candidates = np.flatnonzero(allowed)
+    order = candidates[class_round_robin(data.labels.numpy()[candidates], np.random.default_rng([int(seed), 0xACC]))]
+    val = np.sort(order[:val_size])
     rest = np.setdiff1d(np.arange(len(data)), val)
     if len(val) == 0 or len(rest) == 0:
         raise ValueError(f"--data {source}: no utterances to validate on and recalibrate with ({len(val)} held out "

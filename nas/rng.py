@@ -18,6 +18,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 GLOBAL_RNG_LOCK = threading.RLock()
@@ -42,3 +43,12 @@ def seeded_global_rng(seed: int, devices: Sequence[torch.device | int | str] = (
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def class_round_robin(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every index of ``labels``, the classes taking turns in ascending order (each class's own indices in a
+    random order from ``rng``; a class that runs out drops out of the turn): any prefix is as class-balanced
+    as the data allows."""
+    per_class = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    longest = max((len(p) for p in per_class), default=0)
+    return np.asarray([p[i] for i in range(longest) for p in per_class if i < len(p)], dtype=np.int64)

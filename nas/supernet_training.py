@@ -95,7 +95,7 @@ import search_spaces
 from nas.datasets import ImageData, augment, balanced_subset, load_split, normalise
 from nas.errors import ResumeConflict
 from nas.recipes import Recipe, recipe_for
-from nas.supernets import read_checkpoint, save_supernet, stored_options, supernet_of, weight_sharing_spaces
+from nas.supernets import save_supernet, stored_options, supernet_of, weight_sharing_spaces
 from nas.training import (
     Distributed,
     EpochBar,
@@ -539,11 +539,11 @@ class _SupernetTrainer:
 
     def _restore(self) -> None:
         """Load the last checkpoint, if there is one (every rank reads rank 0's)."""
-        restored = restore_training(self.out, self.dev, self.supernet, self.optimizer, self.scheduler, "state_dict")
+        extra = {"head": self.head} if self.head is not None else None
+        restored = restore_training(self.out, self.dev, self.supernet, self.optimizer, self.scheduler, "state_dict",
+                                    extra)
         if restored is not None:
             self.start_epoch, self.history = restored
-            if self.head is not None:
-                self.head.load_state_dict(read_checkpoint(self.out / "checkpoint.pt")["head"])
 
     def _epoch(self, epoch: int, bar: EpochBar) -> dict[str, Any]:
         """Train one epoch of sandwich steps and validate; returns its row of ``train.csv``."""

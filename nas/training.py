@@ -481,14 +481,18 @@ def hold_out(data: ImageData, n: int, seed: int) -> tuple[ImageData, ImageData]:
 
 
 def restore_training(out: Path, dev: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, model_key: str = "model") -> tuple[int, list[dict[str, Any]]] | None:
-    """Load ``out/checkpoint.pt`` into ``model`` (its ``model_key`` entry), ``optimizer`` and ``scheduler``;
-    returns (epochs done, history), or None when there is no checkpoint yet."""
+                     scheduler: Any, model_key: str = "model",
+                     extra: dict[str, nn.Module] | None = None) -> tuple[int, list[dict[str, Any]]] | None:
+    """Load ``out/checkpoint.pt`` into ``model`` (its ``model_key`` entry), each module of ``extra`` (its own
+    key, e.g. a loss head), ``optimizer`` and ``scheduler``; returns (epochs done, history), or None when
+    there is no checkpoint yet."""
     path = out / "checkpoint.pt"
     if not path.is_file():
         return None
     state = torch.load(path, map_location=dev, weights_only=True)
     model.load_state_dict(state[model_key])
+    for key, module in (extra or {}).items():
+        module.load_state_dict(state[key])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     log.info("resuming %s after epoch %d", out, int(state["epoch"]))
