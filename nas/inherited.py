@@ -319,7 +319,9 @@ class SupernetScorer:
     def images(self) -> HeldOut:
         """The validation and recalibration images, loaded once per process; validation images exclude
         those the supernet trained on when its checkpoint says which (``nas supernet train``'s settings)."""
-        key = (str(self.data), int(self.val_size), int(self.bn_batches), int(self.seed))
+        # which images are held out depends on the checkpoint, and audio segments on the input length
+        key = (str(self.data), str(self.path), int(self.val_size), int(self.bn_batches), int(self.seed),
+               int(getattr(self.space, "samples", 0)))
         with _LOCK:
             if key not in _DATA:
                 if getattr(self.space, "input_kind", "image") == "audio":

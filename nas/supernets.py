@@ -32,9 +32,11 @@ from torch import nn
 FORMAT = "zcnas-supernet"
 VERSION = 1
 
-INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "min_resolution", "max_resolution", "input_shape"})
+INPUT_ONLY_OPTIONS = frozenset({"proxy_scale", "resolutions", "min_resolution", "max_resolution", "input_shape",
+                                "seconds"})
 """Space options that change how a subnet is fed or scored, never the supernet's weights: a checkpoint
-trained without them still fits (the ofa search default proxy_scale=0.5 is one)."""
+trained without them still fits (the ofa search default proxy_scale=0.5 is one; tdnn's ``seconds`` lets a
+supernet trained on 2-s crops be scored on the 1-s utterances a deployment sees)."""
 
 
 def _builders() -> dict[str, Any]:

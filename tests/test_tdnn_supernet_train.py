@@ -190,3 +190,17 @@ def test_search_scores_acc_ws_on_the_utterances_the_supernet_held_out(aam_run, s
     rows = list(csv.DictReader((out / "pareto.csv").open()))
     # three validation utterances: a multiple of a third
     assert rows and all(any(math.isclose(float(r["acc_ws"]), k * 100 / 3) for k in range(4)) for r in rows)
+
+
+def test_acc_ws_scores_a_supernet_on_shorter_utterances_than_it_trained_on(aam_run, speakers):
+    from nas.inherited import SupernetScorer
+
+    path = aam_run.out / "supernet.pt"
+    options = read_checkpoint(path)["space_options"]
+    trained, short = (search_spaces.get("tdnn", **{**options, "seconds": s}) for s in (0.5, 0.25))
+    scorers = [SupernetScorer(sp, str(path), str(speakers), bn_batches=1) for sp in (trained, short)]
+    # one process scores both: each gets segments of its own length, not the other's cached ones
+    assert [s.images().val.x.shape[-1] for s in scorers] == [trained.samples, short.samples]
+    assert [len(s.images().val) for s in scorers] == [3, 3]  # the utterance each speaker held out
+    arch = short.sample(np.random.default_rng(0))
+    assert 0.0 <= scorers[1].accuracy(arch) <= 100.0
