@@ -19,8 +19,23 @@ folder gets ``fronts-seed<S>.png`` with the fronts together, and ``summary.json`
 Finished run folders are read back, not searched again. Settings of linas were looked at on seeds 100
 and 101 only (``--inner-generations 30`` covered 95 of their 97 fp32 front points, ``100`` fewer on seed 100).
 
+Measured (2-core CPU, ``OMP_NUM_THREADS=1``, seeds 0, 1, 2; fp32 front points covered = a mixed point of the
+same strategy with at least the synflow and less model_kb):
+
+| budget | mixed-nsga2 covers fp32-nsga2 | mixed-linas covers fp32-linas | hypervolume mixed-nsga2 / mixed random / fp32-nsga2 |
+|---|---|---|---|
+| 200 | 37 of 43 (seed 0: 7/13) | 126 of 139 | 1.128 / 1.027 / 0.567 |
+| 600 | 77 of 79 (seed 0: 24/26) | - | 1.181 / 1.032 / 0.625 |
+| 1000 | **98 of 98** (30/30, 33/33, 35/35) | 615 of 618 (seed 0: 211/214) | 1.154 / 1.019 / 0.617 |
+
+Hypervolumes are normalised by the candidates of each budget's runs: compare within a row. At budget 1000
+the mixed NSGA-II front needs 0.20-0.64x the fp32 front's model_kb at equal synflow (0.20-0.26x
+on seeds 1-2). Below that budget the larger mixed space reaches the biggest base networks later than the
+fp32 search, so the top of the fp32 front is not yet covered (bits barely move synflow).
+
 Usage:
     python experiments/mixed_precision_pareto.py --budget 200 --seeds 0,1,2 [--runs mixed-linas,fp32-linas]
+    python experiments/mixed_precision_pareto.py --budget 1000 --seeds 0,1,2 --out experiments/out/mixed_precision_pareto_b1000
 """
 
 from __future__ import annotations
