@@ -20,6 +20,22 @@ stand-alone searched 92.8% / EER 7.10% vs random 92.7% / 6.44% (52.2M vs 51.0M M
 searched net wins on seed 1 only); inherited weights searched 85.0% / 8.97% vs random 84.3% / 8.79%.
 SynFlow under a MACs limit does not beat an equal-MACs random TDNN here: a tie within the noise of 200
 test segments (0.5% accuracy each).
+
+``--search-by acc_ws`` (the package's path: ``nas supernet train --space tdnn`` on the training utterances
+only, 40 epochs, 4 of them per speaker held out; ``nas search --supernet`` evolving 100 subnets by acc_ws on
+those 80 held-out utterances, <= 60M MACs; the pick against 10 random subnets within 3% of its MACs, all with
+inherited weights, BN recalibrated, on the 200 test segments), seeds 0/1/2, one supernet per seed:
+
+    OMP_NUM_THREADS=1 python experiments/tdnn_speakers.py --data experiments/out/tdnn/speakers \
+        --out experiments/out/tdnn/acc_ws --seeds 0 1 2 --search-by acc_ws --no-standalone [--search-seconds 1]
+
+acc_ws on 2-s segments: pick 89.5 / 86.0 / 85.0% vs random means 87.3 / 86.4 / 86.8% (EER 8.53 / 9.79 / 8.67
+vs 8.40 / 9.83 / 8.47%); on 1-s segments (the test length): 87.0 / 85.0 / 90.0 vs 87.3 / 85.5 / 89.8% (EER
+8.00 / 10.64 / 8.21 vs 8.40 / 9.16 / 7.81%). No gain: the trained supernet's subnets score 93-100% on the
+held-out utterances (the largest 97.5-98.75%, the smallest 95-96%), and across the pick and its 10 random
+twins validation accuracy ranks test accuracy at Spearman 0.73 / -0.07 / -0.27 (validation cross-entropy
+-0.76 / -0.26 / +0.37): at equal MACs these subnets differ less than 80 validation and 200 test utterances
+can resolve.
 """
 
 from __future__ import annotations
@@ -37,9 +53,11 @@ from torch import nn
 
 import nas
 import proxies
+from nas import supernet_training
 from nas.audio_data import SNR_TRAIN, centre_segments, crop_batch
 from nas.evaluate import Evaluator
 from nas.supernet_training import FbankView, sandwich_step
+from nas.supernets import load_supernet
 from proxies.audio import read_wav, speaker_files
 from search_spaces.tdnn import TDNNSpace
 from search_spaces.tdnn_supernet import TDNNSupernet
@@ -85,15 +103,71 @@ def calibration_batch(feats_wavs: list[np.ndarray], labels: list[int], n: int, s
                          "speakers-train")
 
 
-def equal_macs_random(space: TDNNSpace, target: int, tolerance: float, seed: int) -> tuple[str, int]:
-    """A uniformly drawn architecture whose body MACs are within ``tolerance`` of ``target``."""
+def equal_macs_random(space: TDNNSpace, target: int, tolerance: float, seed: int, count: int = 1,
+                      exclude: str | None = None) -> list[tuple[str, int]]:
+    """``count`` distinct uniformly drawn architectures (never ``exclude``) whose body MACs are within
+    ``tolerance`` of ``target``."""
     rng = np.random.default_rng([seed, 0x5A11])
+    picks: dict[str, int] = {}
     for _ in range(200_000):
         arch = space.sample(rng)
         macs = space.macs(arch)["body"]
-        if abs(macs / target - 1) <= tolerance:
-            return space.to_string(arch), macs
-    raise RuntimeError(f"no architecture within {tolerance:.0%} of {target / 1e6:.1f}M MACs in 200,000 draws")
+        text = space.to_string(arch)
+        if abs(macs / target - 1) <= tolerance and text != exclude:
+            picks.setdefault(text, macs)
+            if len(picks) == count:
+                return list(picks.items())
+    raise RuntimeError(f"fewer than {count} architectures within {tolerance:.0%} of {target / 1e6:.1f}M MACs "
+                       "in 200,000 draws")
+
+
+def training_folder(folder: Path, train_utts: int, out: Path) -> Path:
+    """``out`` holding links to the first ``train_utts`` utterances of every speaker: what the supernet and
+    the acc_ws search see (the held-out test utterances never reach them)."""
+    for name, files in speaker_files(folder):
+        dest = out / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in files[:train_utts]:
+            link = dest / Path(f).name
+            if not link.exists():
+                link.symlink_to(Path(f).resolve())
+    return out
+
+
+def search_by_acc_ws(space: TDNNSpace, train_dir: Path, seed_dir: Path, args: argparse.Namespace,
+                     seed: int) -> tuple[str, Path]:
+    """Train (or resume) the seed's supernet with ``nas supernet train``'s trainer on ``train_dir``, then
+    evolve subnets by ``acc_ws`` on the utterances the supernet held out, under the MACs limit; returns
+    (the pick, the checkpoint)."""
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in SPACE_OPTIONS.items()}
+    sup_dir = seed_dir / "supernet"
+    done = sup_dir / "supernet.pt"
+    if not (done.is_file() and _epochs_done(sup_dir) >= args.supernet_epochs):
+        supernet_training.train_supernet("tdnn", str(train_dir), epochs=args.supernet_epochs, out=sup_dir, seed=seed,
+                       val_size=args.val_utts, space_options=options, resume=(sup_dir / "config.json").is_file(),
+                       progress=False, device="cpu")
+    # acc_ws on utterances of the test length; the MACs limit (given for 2-s inputs) scales with the frames
+    seconds = args.search_seconds or space.seconds
+    scored = TDNNSpace(num_classes=space.num_classes, **{**SPACE_OPTIONS, "seconds": seconds})
+    samples = [space.sample(np.random.default_rng([seed, i])) for i in range(20)]
+    limit = args.macs_budget * min(scored.macs(a)["body"] / space.macs(a)["body"] for a in samples)  # 0.496 at 1 s
+    search_dir = seed_dir / f"search{_tag(args)}"
+    result = nas.search("tdnn", "evolution", ["acc_ws"], budget=args.budget, seed=seed, out=search_dir,
+                        max_flops=limit, supernet=str(done), data=str(train_dir),
+                        space_options={**options, "seconds": seconds}, progress=False, plot=False, cache=False,
+                        device="cpu", resume=search_dir.is_dir())
+    return result.best.arch, done
+
+
+def _tag(args: argparse.Namespace) -> str:
+    """Suffix of a run's files when acc_ws scores another utterance length (the supernets are shared)."""
+    return f"_{args.search_seconds:g}s" if args.search_by == "acc_ws" and args.search_seconds else ""
+
+
+def _epochs_done(sup_dir: Path) -> int:
+    """Rows in a supernet run's train.csv (0 when it has none)."""
+    path = sup_dir / "train.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
 
 
 def eer(scores: np.ndarray, same: np.ndarray) -> float:
@@ -212,6 +286,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train a supernet per seed (sandwich rule) and evaluate both picks with "
                              "inherited weights; 0: stand-alone only")
     parser.add_argument("--no-standalone", action="store_true", help="skip the stand-alone training")
+    parser.add_argument("--search-by", choices=("proxy", "acc_ws"), default="proxy",
+                        help="proxy: evolution on --proxy; acc_ws: train a supernet per seed on the training "
+                             "utterances (nas supernet train), evolve by inherited accuracy on the utterances it "
+                             "held out, and compare the pick with --random-picks equal-MACs subnets on the test "
+                             "utterances, weights inherited")
+    parser.add_argument("--supernet-epochs", type=int, default=40, help="--search-by acc_ws: supernet epochs")
+    parser.add_argument("--search-seconds", type=float, default=None,
+                        help="--search-by acc_ws: utterance length acc_ws scores on (default: the 2 s the "
+                             "supernet trains on; --test-seconds mirrors the test)")
+    parser.add_argument("--val-utts", type=int, default=4,
+                        help="--search-by acc_ws: training utterances per speaker the supernet holds out for acc_ws")
+    parser.add_argument("--random-picks", type=int, default=10,
+                        help="--search-by acc_ws: equal-MACs random subnets compared with inherited weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -223,13 +310,25 @@ def main(argv: list[str] | None = None) -> int:
     log.info("loading %s (%d speakers)", folder, len(speakers))
     data = load_wavs(folder, args.train_utts)
     test = test_segments(data[2], args.test_seconds, args.test_snr)
-    rows = []
+    rows, inherited_rows = [], []
+    train_dir = training_folder(folder, args.train_utts, out / "train_speakers") if args.search_by == "acc_ws" else folder
+    if args.search_by == "acc_ws":
+        space = TDNNSpace(num_classes=len(speakers), **SPACE_OPTIONS)
     for seed in args.seeds:
         seed_dir = out / f"seed{seed}"
         seed_dir.mkdir(exist_ok=True)
-        pick_file = seed_dir / "picks.json"
+        pick_file = seed_dir / f"picks{_tag(args)}.json"
         if pick_file.is_file():
             picks = json.loads(pick_file.read_text())
+        elif args.search_by == "acc_ws":
+            t0 = time.perf_counter()
+            searched, checkpoint = search_by_acc_ws(space, train_dir, seed_dir, args, seed)
+            macs = space.macs(space.from_string(searched))["body"]
+            randoms = equal_macs_random(space, macs, args.macs_tolerance, seed, args.random_picks, exclude=searched)
+            picks = {"searched": searched, "searched_macs": macs, "random": randoms[0][0],
+                     "random_macs": randoms[0][1], "randoms": randoms, "supernet": str(checkpoint),
+                     "search_s": time.perf_counter() - t0}
+            pick_file.write_text(json.dumps(picks, indent=1))
         else:
             wavs = [w.numpy() for w in data[0]]
             batch = calibration_batch(wavs, data[1], args.proxy_batch, space.samples, seed)
@@ -240,10 +339,20 @@ def main(argv: list[str] | None = None) -> int:
                                 progress=False, plot=False, cache=False)
             searched = result.best.arch
             macs = space.macs(space.from_string(searched))["body"]
-            rand, rand_macs = equal_macs_random(space, macs, args.macs_tolerance, seed)
+            (rand, rand_macs), = equal_macs_random(space, macs, args.macs_tolerance, seed)
             picks = {"searched": searched, "searched_macs": macs, "random": rand, "random_macs": rand_macs,
                      "search_s": time.perf_counter() - t0}
             pick_file.write_text(json.dumps(picks, indent=1))
+        if args.search_by == "acc_ws":
+            inh_file = seed_dir / f"inherited{_tag(args)}.json"
+            if inh_file.is_file():
+                inh = json.loads(inh_file.read_text())
+            else:
+                sup = load_supernet(picks["supernet"], space).eval()
+                inh = {"searched": inherited(sup, space, picks["searched"], data, test, seed),
+                       "randoms": [inherited(sup, space, arch, data, test, seed) for arch, _ in picks["randoms"]]}
+                inh_file.write_text(json.dumps(inh, indent=1))
+            inherited_rows.append((seed, picks, inh))
         if args.supernet_steps:
             sup_file = seed_dir / "supernet.json"
             if sup_file.is_file():
@@ -258,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("seed %d %s inherited: acc %.1f%% EER %.2f%%", seed, kind, sup_res[kind]["accuracy"],
                          sup_res[kind]["eer"])
         for kind in ("searched", "random"):
-            path = seed_dir / f"{kind}.json"
+            path = seed_dir / f"{kind}{_tag(args)}.json"
             if path.is_file():
                 res = json.loads(path.read_text())
             elif args.no_standalone:
@@ -271,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(json.dumps(res, indent=1))
             log.info("seed %d %s: acc %.1f%% EER %.2f%%", seed, kind, res["accuracy"], res["eer"])
             rows.append((seed, kind, res))
-    write_table(out / "results.md", rows, args)
-    print((out / "results.md").read_text())
+    table = out / f"results{_tag(args)}.md"
+    write_table(table, rows, args)
+    if inherited_rows:
+        write_inherited_table(table, inherited_rows, args)
+    print(table.read_text())
     return 0
 
 
@@ -295,6 +407,29 @@ def write_table(path: Path, rows: list, args: argparse.Namespace) -> None:
                          f"{np.mean([r['params'] for r in rs]) / 1e6:.2f} | {np.mean([r['accuracy'] for r in rs]):.1f}"
                          f" | {np.mean([r['eer'] for r in rs]):.2f} | |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_inherited_table(path: Path, rows: list, args: argparse.Namespace) -> None:
+    """Append the inherited-weight comparison: per seed the pick against its equal-MACs random subnets."""
+    lines = ["", f"Inherited weights (supernet {args.supernet_epochs} epochs, acc_ws on {args.val_utts} held-out "
+             f"training utterances per speaker, evolution over {args.budget} subnets <= {args.macs_budget:g}M MACs) "
+             f"vs {args.random_picks} random subnets within +-{args.macs_tolerance:.0%} MACs; same test set.", "",
+             "| seed | searched MACs (M) | searched acc (%) | random acc (%), mean [min, max] | randoms below the pick "
+             "| searched EER (%) | random EER (%), mean | randoms with a higher EER |",
+             "|---|---|---|---|---|---|---|---|"]
+    wins = []
+    for seed, picks, inh in rows:
+        acc = np.array([r["accuracy"] for r in inh["randoms"]])
+        eers = np.array([r["eer"] for r in inh["randoms"]])
+        s_acc, s_eer = inh["searched"]["accuracy"], inh["searched"]["eer"]
+        wins.append((s_acc - acc.mean(), eers.mean() - s_eer))
+        lines.append(f"| {seed} | {picks['searched_macs'] / 1e6:.1f} | {s_acc:.1f} | {acc.mean():.1f} [{acc.min():.1f}, "
+                     f"{acc.max():.1f}] | {(acc < s_acc).sum()}/{len(acc)} | {s_eer:.2f} | {eers.mean():.2f} | "
+                     f"{(eers > s_eer).sum()}/{len(eers)} |")
+    gain = np.array(wins)
+    lines.append(f"| mean gain | | {gain[:, 0].mean():+.1f} points accuracy | | | {gain[:, 1].mean():+.2f} points EER | | |")
+    with path.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
