@@ -21,7 +21,8 @@ Measured on a 2-core CPU at the protocol's smallest network (``--channels 8 --ce
   all-skip 54.30 % cell of the published C=16, N=5 runs.
 * ``pcdarts-lr1.5e-3`` seeds 0/1/2: 91.93 (3) / 93.39 (1) / 89.49 (5), 23-26 s per epoch: 1 of 3 seeds
   meets "at most 1 parameter-free edge and >= 92.0 %".
-* ``gdas`` seed 0: 92.29 (5), 23 s per epoch.
+* ``gdas`` seeds 0/1/2: 92.29 (5) / 75.67 (6) / 75.58 (6), 14-23 s per epoch: seeds 1 and 2 end on cells of
+  none and pooling edges alone.
 * Resident memory flat within 10 % in every run.
 
 Usage (CPU smoke test, then the full benchmark on a GPU machine):
