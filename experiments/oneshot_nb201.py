@@ -16,9 +16,9 @@ Runs are independent processes (``--jobs``); on a GPU they share the one device.
 Measured on a 2-core CPU at the protocol's smallest network (``--channels 8 --cells 1 --train-size 10000
 --epochs 50 --device cpu``, 5k/5k, one run per core; benchmark CIFAR-10 test % and parameter-free edges):
 
-* ``darts-lr1.5e-3`` seeds 0/1: 91.95 (4) / 92.03 (4), 46 s per epoch. Collapse towards parameter-free
-  edges reproduces; the cells keep one or two convolutions on the path to the output, so they are not the
-  all-skip 54.30 % cell of the published C=16, N=5 runs.
+* ``darts-lr1.5e-3`` seeds 0/1/2: 91.95 (4) / 92.03 (4) / 54.30 (6), 46-50 s per epoch. Collapse towards
+  parameter-free edges reproduces: seed 2 ends on the all-skip cell, the 54.30 % of the published C=16, N=5
+  runs; seeds 0 and 1 keep one or two convolutions on the path to the output.
 * ``pcdarts-lr1.5e-3`` seeds 0/1/2: 91.93 (3) / 93.39 (1) / 89.49 (5), 23-26 s per epoch: 1 of 3 seeds
   meets "at most 1 parameter-free edge and >= 92.0 %".
 * ``gdas`` seeds 0/1/2: 92.29 (5) / 75.67 (6) / 75.58 (6), 14-23 s per epoch: seeds 1 and 2 end on cells of
