@@ -56,6 +56,7 @@ import proxies
 from nas import supernet_training
 from nas.audio_data import SNR_TRAIN, centre_segments, crop_batch
 from nas.evaluate import Evaluator
+from nas.inherited import recalibrate_bn
 from nas.supernet_training import FbankView, sandwich_step
 from nas.supernets import load_supernet
 from proxies.audio import read_wav, speaker_files
@@ -251,17 +252,9 @@ def inherited(sup: TDNNSupernet, space: TDNNSpace, arch_string: str, data: tuple
     """Accuracy and EER of a subnet with inherited weights, its BatchNorm statistics recalibrated on
     ``batches`` noisy training batches (as OFA does before evaluating a subnet)."""
     train_x, train_y, _, test_y = data
-    net = sup.subnet(space.from_string(arch_string))
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the recalibration batches
     gen = torch.Generator().manual_seed(seed + 777)
-    net.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            net(crop_batch(train_x, train_y, 32, space.samples, gen, SNR_TRAIN)[0])
-    net.eval()
+    net = recalibrate_bn(sup.subnet(space.from_string(arch_string)),
+                         (crop_batch(train_x, train_y, 32, space.samples, gen, SNR_TRAIN)[0] for _ in range(batches)))
     return evaluate(net.embed, net.classifier, test, test_y)
 
 
