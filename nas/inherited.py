@@ -96,11 +96,20 @@ def inherited_accuracy(model: nn.Module, images: ImageData, shape: tuple[int, ..
                        device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Top-1 accuracy (%) of ``model`` in eval mode on ``images`` resized to ``shape`` (C, H, W)."""
     model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        x = _inputs(images.x[i:i + batch_size], shape, device)
-        correct += int((model(x).argmax(1).cpu() == images.y[i:i + batch_size]).sum())
+    correct = count_correct(lambda x: model(_inputs(x, shape, device)), images.x, images.y, batch_size)
     return 100.0 * correct / max(1, len(images))
+
+
+@torch.no_grad()
+def count_correct(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                  batch_size: int) -> int:
+    """How many of the stored examples ``x`` are classified as ``y``, ``batch_size`` at a time; ``forward``
+    maps a slice of ``x`` to logits (input preparation and device included)."""
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        pred = forward(x[i:i + batch_size]).argmax(1)
+        correct += int((pred == y[i:i + batch_size].to(pred.device)).sum())
+    return correct
 
 
 def _inputs(x: torch.Tensor, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:

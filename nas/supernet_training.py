@@ -629,13 +629,10 @@ def _subnet_hits(supernet: nn.Module, arch: Any, recal: torch.Tensor, val_x: tor
                  prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> int:
     """How many of ``val_x`` subnet ``arch`` (BN recalibrated on ``recal``) classifies as ``val_y``; ``prepare``
     turns stored examples into the subnet's input on the supernet's device."""
-    from nas.inherited import recalibrate_bn
+    from nas.inherited import count_correct, recalibrate_bn
 
     dev = next(supernet.parameters()).device
     net = supernet.subnet(arch).to(dev)  # type: ignore[operator]  # a space builds its networks on the CPU
-    correct = 0
     with torch.no_grad():
         recalibrate_bn(net, (prepare(x) for x in recal.split(batch_size)))
-        for i in range(0, len(val_y), batch_size):
-            correct += int((net(prepare(val_x[i:i + batch_size])).argmax(1).cpu() == val_y[i:i + batch_size]).sum())
-    return correct
+    return count_correct(lambda x: net(prepare(x)), val_x, val_y, batch_size)

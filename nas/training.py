@@ -50,6 +50,7 @@ from torch import nn
 import search_spaces
 from nas.datasets import ImageData, augment, balanced_subset, load_split, normalise
 from nas.errors import ResumeConflict
+from nas.inherited import count_correct
 from nas.recipes import Recipe, recipe_for
 
 __all__ = ["TrainResult", "train"]
@@ -696,13 +697,12 @@ class _Trainer:
         """Top-1 accuracy (%) on ``data`` in eval mode, each rank counting its share."""
         self.net.eval()
         idx = torch.arange(len(data))[self.dist.rank::self.dist.world]
-        correct = 0
-        chunk = 1024 if self.dev.type == "cuda" else 256
-        for i in range(0, len(idx), chunk):
-            part = idx[i:i + chunk]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bool(self.s["amp"])):
-                logits = self.net(normalise(data.x[part].to(self.dev)))
-            correct += int((logits.argmax(1).cpu() == data.y[part]).sum())
+                return self.net(normalise(x.to(self.dev)))
+
+        correct = count_correct(forward, data.x[idx], data.y[idx], 1024 if self.dev.type == "cuda" else 256)
         self.net.train()
         hits, total = self.dist.sum([float(correct), float(len(idx))], self.dev)
         return 100.0 * hits / total

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 
 from nas.datasets import ImageData, augment, balanced_subset, load_split, normalise, split_in_two
 from nas.errors import ResumeConflict
+from nas.inherited import count_correct
 from nas.registry import check_options
 from nas.strategies import Exhausted, Values, register
 from search_spaces import Arch, SearchSpace
@@ -369,11 +370,9 @@ class _Differentiable:
         # do: image folders list their images class by class, and a one-class batch scores chance.
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
         order = order.to(self.device)
-        correct = 0
-        for i in range(0, len(y), self.recipe.eval_batch_size):
-            idx = order[i:i + self.recipe.eval_batch_size]
-            logits = self._model(normalise(x[idx]), arch=arch)
-            correct += int((logits.argmax(1) == y[idx]).sum())
+        model = self._model
+        correct = count_correct(lambda b: model(normalise(b), arch=arch), x[order], y[order],
+                                self.recipe.eval_batch_size)
         return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(self._model.param_free_edges(arch))}
 
     # -- storage -------------------------------------------------------------------------------------

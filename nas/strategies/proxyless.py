@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.datasets import normalise
+from nas.inherited import count_correct
 from nas.registry import check_options
 from nas.rng import seeded_global_rng
 from nas.strategies import register
@@ -421,11 +422,9 @@ class ProxylessNAS(_Differentiable):
         assert self._model is not None
         x, y = self._halves[1]
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
-        correct = 0
-        for i in range(0, len(y), self.recipe.eval_batch_size):
-            idx = order[i:i + self.recipe.eval_batch_size].to(self.device)
-            logits = self._model(self._images(normalise(x[idx])), arch)
-            correct += int((logits.argmax(1) == y[idx]).sum())
+        order, model = order.to(self.device), self._model
+        correct = count_correct(lambda b: model(self._images(normalise(b)), arch), x[order], y[order],
+                                self.recipe.eval_batch_size)
         out = {"acc_ws": 100.0 * correct / len(y)}
         if self._target is not None:
             out["latency_ms"] = float(self._target.predict(self.space, [arch])[0])

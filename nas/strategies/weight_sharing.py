@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.datasets import augment, normalise
-from nas.inherited import recalibrate_bn
+from nas.inherited import count_correct, recalibrate_bn
 from nas.strategies import Values, register
 from nas.strategies.evolution import RegularizedEvolution
 from nas.strategies.oneshot import _derive, _Differentiable, _plain, _rss_mb, plot_alpha, write_history
@@ -269,9 +269,7 @@ class SPOS(_SinglePath):
             keep = torch.randperm(len(y), generator=gen)[:self.method["val_size"]].to(self.device)
             x, y = x[keep], y[keep]
         model.eval()
-        correct = 0
-        for i in range(0, len(y), ebs):
-            correct += int((model(normalise(x[i:i + ebs]), arch=arch).argmax(1) == y[i:i + ebs]).sum())
+        correct = count_correct(lambda b: model(normalise(b), arch=arch), x, y, ebs)
         model.train()
         return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": _param_free_edges(self.space, arch)}
 
