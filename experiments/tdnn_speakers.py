@@ -14,10 +14,11 @@ as ``<out>/seed<S>/<kind>.json``, so a rerun skips it; ``<out>/results.md`` is t
 
 The split is by utterance: per speaker the first ``--train-utts`` files train, the rest are held out.
 
-Measured (20 speakers x 30 utterances of make_speakers.py --seed 0; defaults; 2 CPU cores at load 15-27;
-``--supernet-steps 150 --no-standalone`` for the inherited-weight columns), mean of seeds 0/1/2:
+Measured (20 speakers x 30 utterances of make_speakers.py --seed 0; defaults; 2 CPU cores at load 15-27), mean of
+seeds 0/1/2:
 stand-alone searched 92.8% / EER 7.10% vs random 92.7% / 6.44% (52.2M vs 51.0M MACs; per seed the
-searched net wins on seed 1 only); inherited weights searched 85.0% / 8.97% vs random 84.3% / 8.79%.
+searched net wins on seed 1 only); with inherited weights of a 150-step supernet (an in-script trainer since
+replaced by the package's, below) searched 85.0% / 8.97% vs random 84.3% / 8.79%.
 SynFlow under a MACs limit does not beat an equal-MACs random TDNN here: a tie within the noise of 200
 test segments (0.5% accuracy each).
 
@@ -57,7 +58,6 @@ from nas import supernet_training
 from nas.audio_data import SNR_TRAIN, centre_segments, crop_batch
 from nas.evaluate import Evaluator
 from nas.inherited import recalibrate_bn
-from nas.supernet_training import FbankView, sandwich_step
 from nas.supernets import load_supernet
 from proxies.audio import read_wav, speaker_files
 from search_spaces.tdnn import TDNNSpace
@@ -221,32 +221,6 @@ def train(space: TDNNSpace, arch_string: str, data: tuple, test: torch.Tensor, a
     return metrics
 
 
-def train_supernet(space: TDNNSpace, data: tuple, args: argparse.Namespace, seed: int) -> TDNNSupernet:
-    """The sandwich rule with in-place distillation (:func:`nas.supernet_training.sandwich_step`): per step
-    the largest subnet learns from the labels, the smallest and two random ones from its predictions."""
-    train_x, train_y, _, _ = data
-    torch.manual_seed(seed)
-    sup = TDNNSupernet(space)
-    fed = FbankView(sup)
-    opt = torch.optim.AdamW(sup.parameters(), lr=args.lr, weight_decay=2e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.supernet_steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng([seed, 0x5A4D])
-    sup.train()
-    for step in range(args.supernet_steps):
-        x, y = crop_batch(train_x, train_y, args.batch_size, space.samples, gen, SNR_TRAIN)
-        with torch.no_grad():
-            fbank = sup.features(x)
-        archs = [sup.largest(), sup.smallest(), space.sample(rng), space.sample(rng)]
-        opt.zero_grad()
-        loss, _ = sandwich_step(fed, space, fbank, y, archs)
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == args.supernet_steps - 1:
-            log.info("  supernet step %d/%d loss %.3f", step + 1, args.supernet_steps, float(loss))
-    return sup
-
-
 def inherited(sup: TDNNSupernet, space: TDNNSpace, arch_string: str, data: tuple, test: torch.Tensor,
               seed: int, batches: int = 8) -> dict[str, float]:
     """Accuracy and EER of a subnet with inherited weights, its BatchNorm statistics recalibrated on
@@ -275,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--test-seconds", type=float, default=1.0)
     parser.add_argument("--test-snr", type=float, default=5.0)
-    parser.add_argument("--supernet-steps", type=int, default=0,
-                        help="also train a supernet per seed (sandwich rule) and evaluate both picks with "
-                             "inherited weights; 0: stand-alone only")
     parser.add_argument("--no-standalone", action="store_true", help="skip the stand-alone training")
     parser.add_argument("--search-by", choices=("proxy", "acc_ws"), default="proxy",
                         help="proxy: evolution on --proxy; acc_ws: train a supernet per seed on the training "
@@ -346,19 +317,6 @@ def main(argv: list[str] | None = None) -> int:
                        "randoms": [inherited(sup, space, arch, data, test, seed) for arch, _ in picks["randoms"]]}
                 inh_file.write_text(json.dumps(inh, indent=1))
             inherited_rows.append((seed, picks, inh))
-        if args.supernet_steps:
-            sup_file = seed_dir / "supernet.json"
-            if sup_file.is_file():
-                sup_res = json.loads(sup_file.read_text())
-            else:
-                t0 = time.perf_counter()
-                sup = train_supernet(space, data, args, seed)
-                sup_res = {kind: inherited(sup, space, picks[kind], data, test, seed) for kind in ("searched", "random")}
-                sup_res["train_s"] = time.perf_counter() - t0
-                sup_file.write_text(json.dumps(sup_res, indent=1))
-            for kind in ("searched", "random"):
-                log.info("seed %d %s inherited: acc %.1f%% EER %.2f%%", seed, kind, sup_res[kind]["accuracy"],
-                         sup_res[kind]["eer"])
         for kind in ("searched", "random"):
             path = seed_dir / f"{kind}{_tag(args)}.json"
             if path.is_file():
