@@ -36,8 +36,9 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_data as ld  # noqa: E402
 
+import search_spaces  # noqa: E402
 from hardware_models.adapt import RELATIVE, RESIDUAL_ALPHA, fit_mixture, fit_reference  # noqa: E402
-from hardware_models.few_shot import choose, count_columns, default_candidates  # noqa: E402
+from hardware_models.few_shot import choose, count_columns, default_candidates, option_counts  # noqa: E402
 from hardware_models.graph_features import FEATURE_NAMES  # noqa: E402
 from hardware_models.residual import SpaceResidual, fit_residual  # noqa: E402
 from hardware_models.space_references import fit_space_references  # noqa: E402
@@ -97,18 +98,23 @@ def few_shot(X: np.ndarray, y: np.ndarray, names: list[str], W: np.ndarray, b: n
     return out
 
 
-def few_shot_choice(X: np.ndarray, y: np.ndarray, R: np.ndarray, names: list[str], W: np.ndarray,
-                    b: np.ndarray, net: SpaceResidual, samples: int, seeds: range) -> tuple[list[float], list[str]]:
+def few_shot_choice(X: np.ndarray, y: np.ndarray, R: np.ndarray, C: np.ndarray, names: list[str], W: np.ndarray,
+                    b: np.ndarray, net: SpaceResidual, samples: int,
+                    seeds: range) -> tuple[list[float], list[str], list[float]]:
     """What ``nas latency adapt`` does now: the few-shot candidates (same-space references ``R`` = predicted
-    log latencies of the training devices, the graph mix with its residual net, MACs) chosen by leave-one-out
-    on the samples alone; Spearman over all cells per seed, and the chosen candidate's name."""
-    out, chosen = [], []
+    log latencies of the training devices, the graph mix with its residual net, MACs, per-option costs on the
+    option counts ``C``) chosen by leave-one-out on the samples alone; Spearman over all cells per seed, the
+    chosen candidate's name, and the Spearman of the same choice without option counts (before they came)."""
+    out, chosen, before = [], [], []
     for seed in seeds:
         idx = np.random.default_rng(seed).choice(len(y), size=samples, replace=False)
-        best, _ = choose(default_candidates(names, W, b, net.predict), X[idx], R[idx], y[idx])
-        out.append(spearmanr(best.predict_log(X, R), y)[0])
+        best, _ = choose(default_candidates(names, W, b, net.predict), X[idx], R[idx], y[idx], C=C[idx])
+        out.append(spearmanr(best.predict_log(C if best.needs_choices else X, R), y)[0])
         chosen.append(best.name)
-    return out, chosen
+        if best.needs_choices:
+            best, _ = choose(default_candidates(names, W, b, net.predict), X[idx], R[idx], y[idx])
+        before.append(spearmanr(best.predict_log(X, R), y)[0])
+    return out, chosen, before
 
 
 GRID = [(res, rel, alpha) for res in (False, True) for rel in (False, True)
@@ -179,6 +185,8 @@ def main() -> None:
     same = fit_space_references("nb201", "", names, X[ref_idx], Y[np.ix_(ref_idx, [cols.index(d) for d in names])],
                                 args.epochs)
     R = np.c_[same.predict_log(X), count_columns(X)]  # as in `nas latency adapt`: MACs, layers appended
+    space = search_spaces.get("nb201")
+    C = option_counts(space, [space.from_string(a) for a in archs])
     flops = X[:, [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("mmacs") and not n.startswith("dead")]
               ].sum(1)
     rows = []
@@ -186,35 +194,36 @@ def main() -> None:
         y = Y[:, cols.index(dev)]
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         graph = few_shot(X, y, names, W, b, off if use_res else None, args.samples, seeds, alpha, rel)
-        ours, chosen = few_shot_choice(X, y, R, names, W, b, net, args.samples, seeds)
+        ours, chosen, before = few_shot_choice(X, y, R, C, names, W, b, net, args.samples, seeds)
         linear = few_shot(X, y, names, W, b, None, args.samples, seeds, alpha, rel)
         look = []
         for seed in seeds:
             idx = np.random.default_rng(seed).choice(len(y), size=args.samples, replace=False)
             look.append(spearmanr(lookup_baseline(Y, cols, dev, idx), y)[0])
         rows.append((dev, np.mean(ours), np.std(ours), np.mean(linear), np.mean(look), spearmanr(flops, y)[0],
-                     np.mean(graph), ", ".join(f"{c} {chosen.count(c)}" for c in sorted(set(chosen)))))
+                     np.mean(graph), ", ".join(f"{c} {chosen.count(c)}" for c in sorted(set(chosen))),
+                     np.mean(before)))
     print(f"HELP protocol on NAS-Bench-201: {args.samples} samples per unseen device, {args.seeds} seeds "
           f"({args.first_seed}..{args.first_seed + args.seeds - 1}), Spearman over {len(y)} cells; "
           f"references: {len(names)} training devices "
           f"({args.nb201_rows} NB201 rows{f', {args.fbnet_rows} FBNet rows' if args.fbnet_rows else ''}); "
           f"residual net {use_res}, relative errors {rel}, correction ridge {alpha}")
-    print("ours = few-shot candidates (same-space references of the training devices, graph mix, MACs) chosen "
-          "by leave-one-out on the samples; graph = linear node costs + NB201 residual net (the adaptation before "
+    print("ours = few-shot candidates (same-space references of the training devices, graph mix, MACs, a cost "
+          "per op) chosen by leave-one-out on the samples; before = the same without the cost per op; graph = linear node costs + NB201 residual net (the adaptation before "
           "issue 21); linear = graph without the residual net (what other spaces got); lookup = README's NNLS "
           "baseline over measured vectors")
-    head = (f"{'device':15s} {'ours':>13s} {'graph':>6s} {'linear':>7s} {'HELP':>6s} {'FLOPs(pub)':>10s} "
+    head = (f"{'device':15s} {'ours':>13s} {'before':>6s} {'graph':>6s} {'linear':>7s} {'HELP':>6s} {'FLOPs(pub)':>10s} "
             f"{'FLOPs(ours)':>11s} {'lookup':>7s} {'ours-lookup':>11s}  chosen")
     print(head)
     print("-" * len(head))
-    for (dev, m, s, lin, lk, fl, gr, ch), (help_, fpub) in zip(rows, published, strict=True):
+    for (dev, m, s, lin, lk, fl, gr, ch, bef), (help_, fpub) in zip(rows, published, strict=True):
         name = "rpi4 (raspi4)" if dev == "raspi4" else dev
-        print(f"{name:15s} {m:7.3f}+-{s:.3f} {gr:6.3f} {lin:7.3f} {help_:6.3f} {fpub:10.3f} {fl:11.3f} {lk:7.3f} "
+        print(f"{name:15s} {m:7.3f}+-{s:.3f} {bef:6.3f} {gr:6.3f} {lin:7.3f} {help_:6.3f} {fpub:10.3f} {fl:11.3f} {lk:7.3f} "
               f"{m - lk:+11.3f}  {ch}")
     print("-" * len(head))
-    mean = [np.mean([r[i] for r in rows]) for i in (1, 3, 4, 5, 6)]
+    mean = [np.mean([r[i] for r in rows]) for i in (1, 3, 4, 5, 6, 8)]
     pub = (np.mean(ld.HELP_PUBLISHED), np.mean(ld.FLOPS_PUBLISHED)) if args.test_devices == "help" else (np.nan,) * 2
-    print(f"{'mean':15s} {mean[0]:7.3f}       {mean[4]:6.3f} {mean[1]:7.3f} {pub[0]:6.3f} {pub[1]:10.3f} "
+    print(f"{'mean':15s} {mean[0]:7.3f}       {mean[5]:6.3f} {mean[4]:6.3f} {mean[1]:7.3f} {pub[0]:6.3f} {pub[1]:10.3f} "
           f"{mean[3]:11.3f} {mean[2]:7.3f} {mean[0] - mean[2]:+11.3f}")
     if args.test_devices == "help":
         print("targets (issue 21): mean >= 0.96, no device below lookup by more than 0.01")

@@ -13,7 +13,8 @@ held-out device's 10 samples are drawn from the remaining architectures (``--dra
 * ``macs``: MACs + layers fitted on the 10 (non-negative least squares);
 * ``nnls``: NNLS over the references' predicted latencies (in log space) plus a constant;
 * ``single``: the reference best correlated with the 10 samples;
-* ``graph``: the cross-space node-cost mix (what ``nas latency adapt`` did before).
+* ``graph``: the cross-space node-cost mix (what ``nas latency adapt`` did before);
+* ``choices``: one cost per option of the space (:func:`hardware_models.few_shot.option_counts`), on the 10.
 
 Zero-shot (``--zero-shot``): each FBNet phone, and separately each server CPU, is held out entirely; with
 no sample, only its class, it is predicted by the mean of the same-space references of its class. Beside it:
@@ -36,8 +37,10 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_data as ld  # noqa: E402
 
+import search_spaces  # noqa: E402
 from hardware_models.adapt import fit_mixture, references  # noqa: E402
 from hardware_models.few_shot import (  # noqa: E402
+    Choices,
     Macs,
     Mix,
     Single,
@@ -45,10 +48,12 @@ from hardware_models.few_shot import (  # noqa: E402
     count_columns,
     default_candidates,
     macs_layers,
+    option_counts,
 )
 from hardware_models.space_references import device_class, fit_space_references  # noqa: E402
 
 PAIRS = {"ofa": ld.OFA_TO_NB201, "fbnet": ld.FBNET_TO_NB201}
+METHODS = ("ours", "macs", "nnls", "single", "embedding", "graph", "choices")
 
 
 def graph_references(exclude: str | None) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -60,7 +65,9 @@ def graph_references(exclude: str | None) -> tuple[list[str], np.ndarray, np.nda
 
 def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
     """Rows ``(device, class, {method: [spearman per draw]}, {candidate: times chosen})`` of one space."""
-    _, cols, Y, X = ld.space_rows(space)
+    archs, cols, Y, X = ld.space_rows(space)
+    sp = search_spaces.get(space)
+    C = option_counts(sp, [sp.from_string(a) for a in archs])
     train = np.arange(min(args.ref_rows, len(X) - 100))
     pool = np.arange(len(train), len(X))
     out = []
@@ -73,13 +80,13 @@ def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
             R = np.c_[R, count_columns(X[pool])]
         names, W, b = graph_references(PAIRS[space].get(dev))
         y = Y[pool, j]
-        res: dict[str, list[float]] = {m: [] for m in ("ours", "macs", "nnls", "single", "embedding", "graph")}
+        res: dict[str, list[float]] = {m: [] for m in METHODS}
         chosen: dict[str, int] = {}
         for seed in range(args.first_seed, args.first_seed + args.draws):
             idx = np.random.default_rng(seed).choice(len(pool), size=args.samples, replace=False)
             rest = np.setdiff1d(np.arange(len(pool)), idx)
             Xs, Rs, ys = X[pool][idx], R[idx], y[idx]
-            best, _ = choose(default_candidates(names, W, b), Xs, Rs, ys)
+            best, _ = choose(default_candidates(names, W, b), Xs, Rs, ys, C=C[pool][idx])
             chosen[best.name] = chosen.get(best.name, 0) + 1
             fixed = {"ours": best}
             for cand in (Macs(), Mix(0.0), Single(), Mix(1.0)):
@@ -87,8 +94,10 @@ def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
                     cand.fit(Xs, Rs, ys)
             graph = next(c for c in default_candidates(names, W, b) if c.name == "graph").fit(Xs, Rs, ys)
             fixed["graph"] = graph
+            fixed["choices"] = Choices().fit(C[pool][idx], Rs, ys)
             for m, model in fixed.items():
-                res[m].append(spearmanr(model.predict_log(X[pool][rest], R[rest]), y[rest])[0])
+                rows = C[pool][rest] if model.needs_choices else X[pool][rest]
+                res[m].append(spearmanr(model.predict_log(rows, R[rest]), y[rest])[0])
         out.append((dev, device_class(dev), res, chosen))
         print(f"  {space}/{dev}: ours {np.mean(res['ours']):.3f}", file=sys.stderr, flush=True)
     return out
@@ -96,7 +105,7 @@ def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
 
 def print_table(space: str, rows: list[tuple], args: argparse.Namespace) -> None:
     """One table per space: mean +- standard deviation over the draws."""
-    methods = ("ours", "macs", "nnls", "single", "embedding", "graph")
+    methods = METHODS
     print(f"\n{space}: leave one device out, {args.samples} samples, {args.draws} draws (seeds {args.first_seed}.."
           f"{args.first_seed + args.draws - 1}); references trained on the first {args.ref_rows} archs, "
           "Spearman on the other archs (mean +- std over draws)")

@@ -140,11 +140,13 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     from hardware_models.few_shot import (
         COUNT_COLUMNS,
         Blend,
+        Choices,
         Graph,
         Macs,
         choose,
         count_columns,
         default_candidates,
+        option_counts,
     )
     from hardware_models.space_references import DEVICE_CLASSES, references_for
 
@@ -169,7 +171,7 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
         prior = members / members.sum()
     offsets = None if network_for(space) is None else (lambda rows: reference_offsets(space, rows, names))
     candidates = default_candidates(names, W, b, offsets, prior)
-    best, scores = choose(candidates, X, R, y)
+    best, scores = choose(candidates, X, R, y, C=option_counts(space, archs))
     graph = next(c for c in candidates if isinstance(c, Graph))
     model = (best if best is graph else graph.fit(X, R, y)).model_
     model.fitted = (f"adapted from {len(y)} {space.name} measurements ({source}): on {space.name} "
@@ -184,10 +186,14 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     elif isinstance(best, Macs):
         model.space_model = {"space": space.name, "key": space_key(space), "kind": "macs", "method": "macs",
                              "coef": [float(c) for c in best.coef_], "intercept": float(best.intercept_)}
+    elif isinstance(best, Choices):
+        model.space_model = {"space": space.name, "key": space_key(space), "kind": "choices", "method": "choices",
+                             "coef": [float(c) for c in best.coef_], "intercept": float(best.intercept_)}
     else:
         leans = dict(model.weights)
     top = sorted(leans.items(), key=lambda kv: -kv[1])[:3]
-    description = f"user device, behaves like {', '.join(n for n, _ in top) or 'MACs + layers'}"
+    counted = "a cost per option" if isinstance(best, Choices) else "MACs + layers"
+    description = f"user device, behaves like {', '.join(n for n, _ in top) or counted}"
     target = GraphTarget(name, description, model, cache, source="user")
     total = sum(leans.values()) or 1.0
     target.adaptation = {"chosen": best.name, "loo_spearman": scores,

@@ -11,6 +11,10 @@ predicted log latencies of them, see :mod:`hardware_models.space_references`):
   ``strength`` 0 is plain NNLS over the references, ``inf`` the prior alone.
 * ``single``: the one reference whose predictions correlate best with the measurements, scaled.
 * ``macs``: ``ms = a * MACs + b * layers + c`` (a, b >= 0), which knows no device at all.
+* ``choices``: ``ms = c + sum_o a_o * n_o`` (a >= 0), where ``n_o`` counts the space's decisions that took
+  option ``o`` (an NAS-Bench-201 cell: how many edges hold each op): a lookup table with one cost per op,
+  shared by every position. It sees what graph features cannot, such as an accelerator that pays for a
+  skip connection (an identity has no node in the graph). It needs the architectures, not only features.
 * ``blend``: the average of ``mix``, ``nnls`` and ``single`` in log space (itself a mix), the default.
 * ``graph``: the cross-space non-negative mix of node-cost models (:func:`hardware_models.adapt.fit_mixture`).
 
@@ -64,6 +68,25 @@ def count_columns(X: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(macs_layers(X), 1e-3))
 
 
+def option_counts(space: Any, archs: Sequence[Any]) -> np.ndarray | None:
+    """Per architecture, how many of ``space``'s decisions took each option (decisions with the same option
+    list share columns); None for a space without ``decisions``/``to_choices``."""
+    if not (hasattr(space, "decisions") and hasattr(space, "to_choices")):
+        return None
+    groups: dict[tuple[str, ...], int] = {}
+    offsets = []
+    for _, options in space.decisions():
+        key = tuple(map(str, options))
+        if key not in groups:
+            groups[key] = sum(len(k) for k in groups)
+        offsets.append(groups[key])
+    out = np.zeros((len(archs), sum(len(k) for k in groups)))
+    cols = np.array(offsets)
+    for i, arch in enumerate(archs):
+        np.add.at(out[i], cols + np.asarray(space.to_choices(arch)), 1.0)
+    return out
+
+
 def _pearson(z: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Correlation of ``z`` with each column of ``R`` (0 for a constant column)."""
     zc, Rc = z - z.mean(), R - R.mean(0)
@@ -83,6 +106,8 @@ class Candidate:
 
     name = "candidate"
     needs_references = False
+    needs_choices = False
+    """A candidate that needs choices is given :func:`option_counts` rows in place of graph features."""
 
     def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Candidate:
         """Fit to features ``X``, reference log latencies ``R`` and measured ``y`` (ms) of the same rows."""
@@ -222,6 +247,31 @@ class Macs(Candidate):
 
 
 @dataclass
+class Choices(Candidate):
+    """``ms = c + counts @ a`` with ``a >= 0`` over :func:`option_counts` rows: one cost per option."""
+
+    coef_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    intercept_: float = 0.0
+    name = "choices"
+    needs_choices = True
+
+    def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Choices:
+        """Non-negative least squares on the option counts ``X`` plus a free constant."""
+        C = np.asarray(X, dtype=float)
+        scale = np.abs(C).max(0)
+        scale[scale == 0] = 1.0
+        A = np.c_[C / scale, np.ones(len(y)), -np.ones(len(y))]
+        sol, _ = nnls(A, np.asarray(y, dtype=float), maxiter=50 * A.shape[1])
+        self.coef_ = sol[:-2] / scale
+        self.intercept_ = float(sol[-2] - sol[-1])
+        return self
+
+    def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+        """log of the fitted per-option costs (clipped at 1 microsecond)."""
+        return np.log(np.maximum(np.asarray(X, dtype=float) @ self.coef_ + self.intercept_, 1e-3))
+
+
+@dataclass
 class Graph(Candidate):
     """The cross-space node-cost mix of :func:`hardware_models.adapt.fit_mixture` (works on every space).
 
@@ -252,10 +302,14 @@ class Graph(Candidate):
         return np.log(self.model_.predict_features(X, res))
 
 
-def loo_spearman(candidate: Candidate, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> float:
-    """Spearman of the leave-one-out predictions: each row predicted by the candidate refitted on the rest."""
+def loo_spearman(candidate: Candidate, X: np.ndarray, R: np.ndarray | None, y: np.ndarray,
+                 C: np.ndarray | None = None) -> float:
+    """Spearman of the leave-one-out predictions: each row predicted by the candidate refitted on the rest
+    (a candidate that needs choices reads the option counts ``C`` instead of ``X``)."""
     import copy
 
+    if candidate.needs_choices:
+        X = C  # type: ignore[assignment]
     n = len(y)
     pred = np.empty(n)
     for i in range(n):
@@ -275,28 +329,31 @@ reference (an accelerator), where the graph or counting model can be far better.
 
 
 def choose(candidates: Sequence[Candidate], X: np.ndarray, R: np.ndarray | None, y: np.ndarray,
-           margin: float = LOO_MARGIN) -> tuple[Candidate, dict[str, float]]:
+           margin: float = LOO_MARGIN, C: np.ndarray | None = None) -> tuple[Candidate, dict[str, float]]:
     """The first usable candidate, or the best-scoring other one if it beats the first's leave-one-out
     Spearman by more than ``margin``; refitted on all rows, with every candidate's score. Candidates that
-    need references are skipped when ``R`` is None."""
-    usable = [c for c in candidates if R is not None or not c.needs_references]
+    need references are skipped when ``R`` is None, those that need choices when the option counts ``C``
+    are None."""
+    usable = [c for c in candidates if (R is not None or not c.needs_references)
+              and (C is not None or not c.needs_choices)]
     if not usable:
         raise ValueError("no usable candidate")
-    scores = {c.name: loo_spearman(c, X, R, y) for c in usable}
+    scores = {c.name: loo_spearman(c, X, R, y, C) for c in usable}
     best = max(usable[1:], key=lambda c: scores[c.name], default=usable[0])
     if scores[best.name] <= scores[usable[0].name] + margin:
         best = usable[0]
-    return best.fit(X, R, y), scores
+    return best.fit(C if best.needs_choices else X, R, y), scores
 
 
 def default_candidates(names: Sequence[str], W: np.ndarray, b: np.ndarray, offsets: Any = None,
                        class_prior: np.ndarray | None = None) -> list[Candidate]:
-    """The shipped candidate list, the default first: the blend of the reference mixes, then the graph mix
-    and MACs/layers. Where the references' residual network applies (``offsets`` given: NAS-Bench-201), the
-    graph mix comes first: it was then trained on the space's own measurements too, and its per-feature
-    correction fits a device unlike every reference (on HELP's protocol, development seeds 0..9: graph
-    0.954 mean, blend 0.936, leave-one-out pick between them 0.952). A named device class replaces the
-    blend's embedding prior by the class's references."""
+    """The shipped candidate list, the default first: the blend of the reference mixes, then the graph mix,
+    MACs/layers and the per-option costs (used only where option counts are given). Where the references'
+    residual network applies (``offsets`` given: NAS-Bench-201), the graph mix comes first: it was then
+    trained on the space's own measurements too, and its per-feature correction fits a device unlike every
+    reference (on HELP's protocol, development seeds 0..9: graph 0.954 mean, blend 0.936, leave-one-out pick
+    between them 0.952). A named device class replaces the blend's embedding prior by the class's
+    references."""
     prior = Mix(1.0) if class_prior is None else Mix(1.0, class_prior, label="class")
     blend, graph = Blend([prior, Mix(0.0), Single()]), Graph(names, W, b, offsets)
-    return [graph, blend, Macs()] if offsets is not None else [blend, graph, Macs()]
+    return [graph, blend, Macs(), Choices()] if offsets is not None else [blend, graph, Macs(), Choices()]

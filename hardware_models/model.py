@@ -100,7 +100,7 @@ class GraphTarget:
         """Predicted latency (ms) of each architecture of ``space``."""
         X = self.cache.features(space, archs)
         if self._space_model is not None:
-            own = self._space_model.predict(space, X)
+            own = self._space_model.predict(space, X, archs)
             if own is not None:
                 return own
         return self.model.predict_features(X, None if self._head is None else self._head.predict(space, X))

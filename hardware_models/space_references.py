@@ -131,7 +131,8 @@ class SpaceModel:
 
     ``spec`` is the JSON form stored in the target: ``{"space", "key", "kind", "intercept", ...}``, where kind
     ``mix`` is ``log ms = intercept + sum_d weights[d] * log ms_d`` over the space's reference devices and
-    ``macs`` is ``ms = coef[0] * MACs + coef[1] * layers + intercept``. Other spaces (or other settings of the
+    ``macs`` is ``ms = coef[0] * MACs + coef[1] * layers + intercept`` and ``choices`` is ``ms = intercept +
+    coef @ option counts`` (:func:`hardware_models.few_shot.option_counts`). Other spaces (or other settings of the
     same space) get None and fall back to the target's cross-space model.
     """
 
@@ -169,13 +170,20 @@ class SpaceModel:
                 self._plan = (ref.mlp, last_w @ w, float(last_b @ w + ref.center @ w) + bias, counts)
         return self._plan
 
-    def predict(self, space: Any, X: np.ndarray) -> np.ndarray | None:
-        """Latency (ms) of rows of ``space``'s features, or None where this model does not apply."""
-        from hardware_models.few_shot import count_columns, macs_layers
+    def predict(self, space: Any, X: np.ndarray, archs: Sequence[Any] | None = None) -> np.ndarray | None:
+        """Latency (ms) of rows of ``space``'s features (of ``archs``, which ``choices`` reads), or None where
+        this model does not apply."""
+        from hardware_models.few_shot import count_columns, macs_layers, option_counts
 
         if not self.applies(space):
             return None
         kind = self.spec.get("kind")
+        if kind == "choices":
+            counts = None if archs is None else option_counts(space, archs)
+            if counts is None:
+                return None
+            ms = counts @ np.asarray(self.spec["coef"], dtype=float) + float(self.spec["intercept"])
+            return np.maximum(ms, 1e-3)
         if kind == "macs":
             ms = macs_layers(X) @ np.asarray(self.spec["coef"], dtype=float) + float(self.spec["intercept"])
             return np.maximum(ms, 1e-3)

@@ -154,9 +154,52 @@ def test_graph_mix_is_the_default_where_a_residual_network_applies() -> None:
     from hardware_models.few_shot import default_candidates
 
     W, b = np.zeros((2, 170)), np.zeros(2)
-    assert [c.name for c in default_candidates(["a", "b"], W, b)] == ["blend", "graph", "macs"]
+    assert [c.name for c in default_candidates(["a", "b"], W, b)] == ["blend", "graph", "macs", "choices"]
     assert [c.name for c in default_candidates(["a", "b"], W, b, offsets=lambda X: np.zeros((len(X), 2)))] == \
-        ["graph", "blend", "macs"]
+        ["graph", "blend", "macs", "choices"]
+
+
+def test_option_counts_count_each_option_over_decisions_sharing_an_option_list() -> None:
+    from hardware_models.few_shot import option_counts
+    from search_spaces.nb201 import OPS
+
+    nb201 = search_spaces.get("nb201", cells_per_stage=1)
+    cell = nb201.from_string("|skip_connect~0|+|nor_conv_3x3~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|")
+    counts = option_counts(nb201, [cell])
+    assert counts.shape == (1, len(OPS))
+    assert dict(zip(OPS, counts[0], strict=True)) == {"none": 1, "skip_connect": 2, "nor_conv_1x1": 0,
+                                                      "nor_conv_3x3": 2, "avg_pool_3x3": 1}
+    ofa = search_spaces.get("ofa")  # kernels, expands, depths and resolutions are separate groups
+    arch = ofa.sample(np.random.default_rng(0))
+    c = option_counts(ofa, [arch])[0]
+    n_res = len(ofa.resolutions)
+    assert c.shape == (3 + 3 + 3 + n_res,) and c[:3].sum() == 20 and c[3:6].sum() == 20 and c[6:9].sum() == 5
+    assert c[9:].sum() == 1
+    assert option_counts(object(), [arch]) is None
+
+
+def test_adapt_picks_per_option_costs_for_a_device_that_pays_for_skip_connections(
+        config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An identity edge has no node in the graph, so only the option counts can see what it costs here
+    from hardware_models.few_shot import option_counts
+
+    space = search_spaces.get("nb201", cells_per_stage=1)
+    archs = [space.sample(np.random.default_rng(300 + i)) for i in range(30)]
+    counts = option_counts(space, archs)
+    truth = 1.0 + counts @ np.array([0.0, 3.0, 0.05, 0.1, 0.02])  # none, skip, conv1x1, conv3x3, pool
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("arch", "latency_ms"),
+                                 *[(space.to_string(a), f"{v:.6f}") for a, v in zip(archs[:10], truth, strict=False)]])
+    assert main(["latency", "adapt", "--space", "nb201", "--space-option", "cells_per_stage=1", "--name", "acc",
+                 "--measurements", str(path)]) == 0
+    assert "leans on: one cost per option of the space" in capsys.readouterr().out
+    saved = json.loads((config_dir / "targets" / "acc.json").read_text())
+    assert saved["adaptation"]["chosen"] == "choices" and saved["space_model"]["kind"] == "choices"
+    assert saved["adaptation"]["loo_spearman"]["choices"] > 0.95 > saved["adaptation"]["loo_spearman"]["graph"]
+    hardware_models.refresh_user_targets()
+    pred = hardware_models.get("acc").predict(space, archs[10:])
+    assert pred == pytest.approx(truth[10:], rel=1e-6)
 
 
 def test_counting_mix_needs_no_reference_network() -> None:

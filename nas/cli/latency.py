@@ -107,7 +107,8 @@ def run_adapt(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
           + f"; the first is kept unless another leads it by more than {LOO_MARGIN})")
     top = list(info["leans_on"].items())[:4]
-    print("leans on: " + (", ".join(f"{n} {w:.0%}" for n, w in top) if top else "MACs and layer count only"))
+    counted = "one cost per option of the space" if info["chosen"] == "choices" else "MACs and layer count only"
+    print("leans on: " + (", ".join(f"{n} {w:.0%}" for n, w in top) if top else counted))
     print(f"use it with --target {args.name}")
     return 0
 
