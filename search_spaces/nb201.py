@@ -170,6 +170,9 @@ class NB201Space:
 
     name = "nb201"
     description = "NAS-Bench-201 cells: 6 edges x 5 ops, 15,625 networks, CIFAR 32x32"
+    same_shape_decisions = True
+    """Every edge of a cell sees the same tensor shape and one cell is stacked everywhere, so an op costs the
+    same on any edge (:func:`hardware_models.few_shot.option_counts` can count ops)."""
 
     def __init__(self, num_classes: int = 10, channels: int = 16, cells_per_stage: int = 5,
                  accuracy_table: str | os.PathLike[str] | None = None, dataset: str = "cifar10",

@@ -169,13 +169,8 @@ def test_option_counts_count_each_option_over_decisions_sharing_an_option_list()
     assert counts.shape == (1, len(OPS))
     assert dict(zip(OPS, counts[0], strict=True)) == {"none": 1, "skip_connect": 2, "nor_conv_1x1": 0,
                                                       "nor_conv_3x3": 2, "avg_pool_3x3": 1}
-    ofa = search_spaces.get("ofa")  # kernels, expands, depths and resolutions are separate groups
-    arch = ofa.sample(np.random.default_rng(0))
-    c = option_counts(ofa, [arch])[0]
-    n_res = len(ofa.resolutions)
-    assert c.shape == (3 + 3 + 3 + n_res,) and c[:3].sum() == 20 and c[3:6].sum() == 20 and c[6:9].sum() == 5
-    assert c[9:].sum() == 1
-    assert option_counts(object(), [arch]) is None
+    ofa = search_spaces.get("ofa")  # a layer's cost depends on its stage there: no shared cost per option
+    assert option_counts(ofa, [ofa.sample(np.random.default_rng(0))]) is None
 
 
 def test_adapt_picks_per_option_costs_for_a_device_that_pays_for_skip_connections(
