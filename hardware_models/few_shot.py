@@ -106,6 +106,16 @@ def embedding_prior(z: np.ndarray, R: np.ndarray, sharpness: float = SIMILARITY_
     return w / w.sum()
 
 
+def nonneg_linear(M: np.ndarray, y: np.ndarray, maxiter: int) -> tuple[np.ndarray, float]:
+    """``y ~ M @ a + c`` with ``a >= 0`` and a free constant ``c`` (columns scaled to at most 1 for NNLS)."""
+    M = np.asarray(M, dtype=float)
+    scale = np.abs(M).max(0)
+    scale[scale == 0] = 1.0
+    A = np.c_[M / scale, np.ones(len(y)), -np.ones(len(y))]
+    sol, _ = nnls(A, np.asarray(y, dtype=float), maxiter=maxiter)
+    return sol[:-2] / scale, float(sol[-2] - sol[-1])
+
+
 class Candidate:
     """A few-shot model: ``fit(X, R, y)`` on measured rows, then ``predict_log(X, R)`` on any rows."""
 
@@ -237,13 +247,7 @@ class Macs(Candidate):
 
     def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Macs:
         """Non-negative least squares on the two counts plus a free constant."""
-        M = macs_layers(X)
-        scale = np.abs(M).max(0)
-        scale[scale == 0] = 1.0
-        A = np.c_[M / scale, np.ones(len(y)), -np.ones(len(y))]
-        sol, _ = nnls(A, np.asarray(y, dtype=float), maxiter=200)
-        self.coef_ = sol[:2] / scale
-        self.intercept_ = float(sol[2] - sol[3])
+        self.coef_, self.intercept_ = nonneg_linear(macs_layers(X), y, maxiter=200)
         return self
 
     def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
@@ -262,13 +266,7 @@ class Choices(Candidate):
 
     def fit(self, X: np.ndarray, R: np.ndarray | None, y: np.ndarray) -> Choices:
         """Non-negative least squares on the option counts ``X`` plus a free constant."""
-        C = np.asarray(X, dtype=float)
-        scale = np.abs(C).max(0)
-        scale[scale == 0] = 1.0
-        A = np.c_[C / scale, np.ones(len(y)), -np.ones(len(y))]
-        sol, _ = nnls(A, np.asarray(y, dtype=float), maxiter=50 * A.shape[1])
-        self.coef_ = sol[:-2] / scale
-        self.intercept_ = float(sol[-2] - sol[-1])
+        self.coef_, self.intercept_ = nonneg_linear(X, y, maxiter=50 * (np.shape(X)[1] + 2))
         return self
 
     def predict_log(self, X: np.ndarray, R: np.ndarray | None) -> np.ndarray:
