@@ -132,8 +132,8 @@ class SpaceModel:
     ``spec`` is the JSON form stored in the target: ``{"space", "key", "kind", "intercept", ...}``, where kind
     ``mix`` is ``log ms = intercept + sum_d weights[d] * log ms_d`` over the space's reference devices and
     ``macs`` is ``ms = coef[0] * MACs + coef[1] * layers + intercept`` and ``choices`` is ``ms = intercept +
-    coef @ option counts`` (:func:`hardware_models.few_shot.option_counts`). Other spaces (or other settings of the
-    same space) get None and fall back to the target's cross-space model.
+    coef @ option counts`` (:func:`hardware_models.few_shot.option_counts`). Other spaces (or other settings
+    of the same space) get None and fall back to the target's cross-space model.
     """
 
     def __init__(self, spec: Mapping[str, Any], refs: Mapping[str, SpaceReferences] | None = None) -> None:
