@@ -16,7 +16,7 @@ Runs are independent processes (``--jobs``); on a GPU they share the one device.
 Measured on a 2-core CPU at the protocol's smallest network (``--channels 8 --cells 1 --train-size 10000
 --epochs 50 --device cpu``, 5k/5k, one run per core; benchmark CIFAR-10 test % and parameter-free edges):
 
-* ``darts`` (arch lr 3e-4) seeds 0/1: 92.75 (2) / 92.02 (4), 44-45 s per epoch.
+* ``darts`` (arch lr 3e-4) seeds 0/1/2: 92.75 (2) / 92.02 (4) / 93.22 (3), 43-45 s per epoch.
 * ``darts-lr1.5e-3`` seeds 0/1/2: 91.95 (4) / 92.03 (4) / 54.30 (6), 46-50 s per epoch. Collapse towards
   parameter-free edges reproduces: seed 2 ends on the all-skip cell, the 54.30 % of the published C=16, N=5
   runs; seeds 0 and 1 keep one or two convolutions on the path to the output.
