@@ -102,13 +102,15 @@ def inherited_accuracy(model: nn.Module, images: ImageData, shape: tuple[int, ..
 
 @torch.no_grad()
 def count_correct(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                  batch_size: int) -> int:
-    """How many of the stored examples ``x`` are classified as ``y``, ``batch_size`` at a time; ``forward``
-    maps a slice of ``x`` to logits (input preparation and device included)."""
+                  batch_size: int, order: torch.Tensor | None = None) -> int:
+    """How many of the stored examples ``x`` are classified as ``y``, ``batch_size`` at a time, in ``order``
+    (indices; default all in turn) without copying ``x``; ``forward`` maps a batch of ``x`` to logits (input
+    preparation and device included)."""
     correct = 0
-    for i in range(0, len(y), batch_size):
-        pred = forward(x[i:i + batch_size]).argmax(1)
-        correct += int((pred == y[i:i + batch_size].to(pred.device)).sum())
+    for i in range(0, len(y) if order is None else len(order), batch_size):
+        part = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
+        pred = forward(x[part]).argmax(1)
+        correct += int((pred == y[part].to(pred.device)).sum())
     return correct
 
 

@@ -702,7 +702,7 @@ class _Trainer:
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bool(self.s["amp"])):
                 return self.net(normalise(x.to(self.dev)))
 
-        correct = count_correct(forward, data.x[idx], data.y[idx], 1024 if self.dev.type == "cuda" else 256)
+        correct = count_correct(forward, data.x, data.y, 1024 if self.dev.type == "cuda" else 256, order=idx)
         self.net.train()
         hits, total = self.dist.sum([float(correct), float(len(idx))], self.dev)
         return 100.0 * hits / total

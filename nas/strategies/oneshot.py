@@ -371,8 +371,7 @@ class _Differentiable:
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
         order = order.to(self.device)
         model = self._model
-        correct = count_correct(lambda b: model(normalise(b), arch=arch), x[order], y[order],
-                                self.recipe.eval_batch_size)
+        correct = count_correct(lambda b: model(normalise(b), arch=arch), x, y, self.recipe.eval_batch_size, order)
         return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(self._model.param_free_edges(arch))}
 
     # -- storage -------------------------------------------------------------------------------------

@@ -423,8 +423,8 @@ class ProxylessNAS(_Differentiable):
         x, y = self._halves[1]
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
         order, model = order.to(self.device), self._model
-        correct = count_correct(lambda b: model(self._images(normalise(b)), arch), x[order], y[order],
-                                self.recipe.eval_batch_size)
+        correct = count_correct(lambda b: model(self._images(normalise(b)), arch), x, y,
+                                self.recipe.eval_batch_size, order)
         out = {"acc_ws": 100.0 * correct / len(y)}
         if self._target is not None:
             out["latency_ms"] = float(self._target.predict(self.space, [arch])[0])
