@@ -20,12 +20,12 @@ NAS-Bench-201 columns plus MACs and layer count, mixed in log space with an embe
 single reference; the graph mix above; MACs; one cost per op, ``choices``) chosen by leave-one-out on the 10
 samples alone. ``before`` is the same choice without ``choices``, ``graph`` the adaptation before that.
 
-Measured (``--fixed --cells 5000 --seeds 10``): on fresh seeds ``--first-seed 3000`` mean 0.956 (before 0.950;
-eyeriss 0.953 vs 0.916, ``choices`` chosen on 5 of its 10 draws and nowhere else; pixel2 0.862, 0.013 below
+Measured (``--fixed --cells 5000 --seeds 10``): on fresh seeds ``--first-seed 3000`` mean 0.956 (before
+0.950; eyeriss 0.953 vs 0.916, ``choices`` chosen on 5 of its 10 draws and nowhere else; pixel2 0.862, 0.013 below
 the lookup baseline, with or without ``choices``); on seeds 2000, the ones whose per-device rows suggested
 the candidate (eyeriss, a simulated accelerator, ranks by how many edges hold each op, skip connections
-included, which graph features cannot see), 0.960 (before 0.955). ``--test-devices others`` (8 GPUs in none of
-HELP's splits), seeds 3000: 0.975 with and without (``choices`` chosen on 2 of 80 draws).
+included, which graph features cannot see), 0.960 (before 0.955). ``--test-devices others`` (8 GPUs in none
+of HELP's splits), seeds 3000: 0.975 with and without (``choices`` chosen on 2 of 80 draws).
 
     python experiments/latency_help_protocol.py [--select-on train|val] [--fixed] [--nb201-rows 4000] [--cells N]
 """
@@ -105,8 +105,8 @@ def few_shot(X: np.ndarray, y: np.ndarray, names: list[str], W: np.ndarray, b: n
     return out
 
 
-def few_shot_choice(X: np.ndarray, y: np.ndarray, R: np.ndarray, C: np.ndarray, names: list[str], W: np.ndarray,
-                    b: np.ndarray, net: SpaceResidual, samples: int,
+def few_shot_choice(X: np.ndarray, y: np.ndarray, R: np.ndarray, C: np.ndarray, names: list[str],
+                    W: np.ndarray, b: np.ndarray, net: SpaceResidual, samples: int,
                     seeds: range) -> tuple[list[float], list[str], list[float]]:
     """What ``nas latency adapt`` does now: the few-shot candidates (same-space references ``R`` = predicted
     log latencies of the training devices, the graph mix with its residual net, MACs, per-option costs on the
@@ -216,22 +216,22 @@ def main() -> None:
           f"({args.nb201_rows} NB201 rows{f', {args.fbnet_rows} FBNet rows' if args.fbnet_rows else ''}); "
           f"residual net {use_res}, relative errors {rel}, correction ridge {alpha}")
     print("ours = few-shot candidates (same-space references of the training devices, graph mix, MACs, a cost "
-          "per op) chosen by leave-one-out on the samples; before = the same without the cost per op; graph = linear node costs + NB201 residual net (the adaptation before "
-          "issue 21); linear = graph without the residual net (what other spaces got); lookup = README's NNLS "
+          "per op) chosen by leave-one-out on the samples; before = the same without the cost per op; graph = "
+          "linear node costs + NB201 residual net (the adaptation before issue 21); linear = graph without the residual net (what other spaces got); lookup = README's NNLS "
           "baseline over measured vectors")
-    head = (f"{'device':15s} {'ours':>13s} {'before':>6s} {'graph':>6s} {'linear':>7s} {'HELP':>6s} {'FLOPs(pub)':>10s} "
-            f"{'FLOPs(ours)':>11s} {'lookup':>7s} {'ours-lookup':>11s}  chosen")
+    head = (f"{'device':15s} {'ours':>13s} {'before':>6s} {'graph':>6s} {'linear':>7s} {'HELP':>6s} "
+            f"{'FLOPs(pub)':>10s} {'FLOPs(ours)':>11s} {'lookup':>7s} {'ours-lookup':>11s}  chosen")
     print(head)
     print("-" * len(head))
     for (dev, m, s, lin, lk, fl, gr, ch, bef), (help_, fpub) in zip(rows, published, strict=True):
         name = "rpi4 (raspi4)" if dev == "raspi4" else dev
-        print(f"{name:15s} {m:7.3f}+-{s:.3f} {bef:6.3f} {gr:6.3f} {lin:7.3f} {help_:6.3f} {fpub:10.3f} {fl:11.3f} {lk:7.3f} "
-              f"{m - lk:+11.3f}  {ch}")
+        print(f"{name:15s} {m:7.3f}+-{s:.3f} {bef:6.3f} {gr:6.3f} {lin:7.3f} {help_:6.3f} {fpub:10.3f} "
+              f"{fl:11.3f} {lk:7.3f} {m - lk:+11.3f}  {ch}")
     print("-" * len(head))
     mean = [np.mean([r[i] for r in rows]) for i in (1, 3, 4, 5, 6, 8)]
     pub = (np.mean(ld.HELP_PUBLISHED), np.mean(ld.FLOPS_PUBLISHED)) if args.test_devices == "help" else (np.nan,) * 2
-    print(f"{'mean':15s} {mean[0]:7.3f}       {mean[5]:6.3f} {mean[4]:6.3f} {mean[1]:7.3f} {pub[0]:6.3f} {pub[1]:10.3f} "
-          f"{mean[3]:11.3f} {mean[2]:7.3f} {mean[0] - mean[2]:+11.3f}")
+    print(f"{'mean':15s} {mean[0]:7.3f}       {mean[5]:6.3f} {mean[4]:6.3f} {mean[1]:7.3f} {pub[0]:6.3f} "
+          f"{pub[1]:10.3f} {mean[3]:11.3f} {mean[2]:7.3f} {mean[0] - mean[2]:+11.3f}")
     if args.test_devices == "help":
         print("targets (issue 21): mean >= 0.96, no device below lookup by more than 0.01")
     print(f"({time.time() - t0:.0f} s)")

@@ -14,8 +14,8 @@ as ``<out>/seed<S>/<kind>.json``, so a rerun skips it; ``<out>/results.md`` is t
 
 The split is by utterance: per speaker the first ``--train-utts`` files train, the rest are held out.
 
-Measured (20 speakers x 30 utterances of make_speakers.py --seed 0; defaults; 2 CPU cores at load 15-27), mean of
-seeds 0/1/2:
+Measured (20 speakers x 30 utterances of make_speakers.py --seed 0; defaults; 2 CPU cores at load 15-27),
+mean of seeds 0/1/2:
 stand-alone searched 92.8% / EER 7.10% vs random 92.7% / 6.44% (52.2M vs 51.0M MACs; per seed the
 searched net wins on seed 1 only); with inherited weights of a 150-step supernet (an in-script trainer since
 replaced by the package's, below) searched 85.0% / 8.97% vs random 84.3% / 8.79%.
