@@ -8,8 +8,9 @@ architectures only, and the cross-space node-cost references exclude the held-ou
 held-out device's 10 samples are drawn from the remaining architectures (``--draws`` draws, seeds
 ``--first-seed``..), and every method ranks the rest of those architectures (Spearman). Methods:
 
-* ``ours``: :func:`hardware_models.few_shot.choose` over the shipped candidate list, chosen by leave-one-out
-  on the 10 samples only (the held-out device's other measurements choose nothing);
+* ``ours``: :func:`hardware_models.few_shot.choose` over the shipped candidate list, averaged with weights
+  from their leave-one-out on the 10 samples only (the held-out device's other measurements choose nothing;
+  ``--first-seed 100``: OFA 0.903, FBNet 0.901, where the hard choice of one candidate gave 0.899, 0.900);
 * ``macs``: MACs + layers fitted on the 10 (non-negative least squares);
 * ``nnls``: NNLS over the references' predicted latencies (in log space) plus a constant;
 * ``single``: the reference best correlated with the 10 samples;
@@ -88,7 +89,8 @@ def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
             rest = np.setdiff1d(np.arange(len(pool)), idx)
             Xs, Rs, ys = X[pool][idx], R[idx], y[idx]
             best, _ = choose(default_candidates(names, W, b), Xs, Rs, ys, C=None if C is None else C[pool][idx])
-            chosen[best.name] = chosen.get(best.name, 0) + 1
+            lead = best.parts[0][1].name  # the candidate with the largest weight
+            chosen[lead] = chosen.get(lead, 0) + 1
             fixed = {"ours": best}
             for cand in (Macs(), Mix(0.0), Single(), Mix(1.0)):
                 fixed[{"macs": "macs", "nnls": "nnls", "single": "single", "mix": "embedding"}[cand.name]] = \
@@ -98,8 +100,11 @@ def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
             if C is not None:
                 fixed["choices"] = Choices().fit(C[pool][idx], Rs, ys)
             for m, model in fixed.items():
-                rows = C[pool][rest] if model.needs_choices else X[pool][rest]
-                res[m].append(spearmanr(model.predict_log(rows, R[rest]), y[rest])[0])
+                if m == "ours":
+                    pred = model.predict_log(X[pool][rest], R[rest], None if C is None else C[pool][rest])
+                else:
+                    pred = model.predict_log(C[pool][rest] if model.needs_choices else X[pool][rest], R[rest])
+                res[m].append(spearmanr(pred, y[rest])[0])
         out.append((dev, device_class(dev), res, chosen))
         print(f"  {space}/{dev}: ours {np.mean(res['ours']):.3f}", file=sys.stderr, flush=True)
     return out
@@ -111,7 +116,7 @@ def print_table(space: str, rows: list[tuple], args: argparse.Namespace) -> None
     print(f"\n{space}: leave one device out, {args.samples} samples, {args.draws} draws (seeds {args.first_seed}.."
           f"{args.first_seed + args.draws - 1}); references trained on the first {args.ref_rows} archs, "
           "Spearman on the other archs (mean +- std over draws)")
-    head = f"{'device':15s} {'class':11s} " + " ".join(f"{m:>12s}" for m in methods) + "  chosen by ours"
+    head = f"{'device':15s} {'class':11s} " + " ".join(f"{m:>12s}" for m in methods) + "  largest weight in ours"
     print(head)
     print("-" * len(head))
     for dev, cls, res, chosen in rows:

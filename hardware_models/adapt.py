@@ -139,10 +139,7 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     """
     from hardware_models.few_shot import (
         COUNT_COLUMNS,
-        Blend,
-        Choices,
         Graph,
-        Macs,
         choose,
         count_columns,
         default_candidates,
@@ -173,30 +170,31 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
     candidates = default_candidates(names, W, b, offsets, prior)
     best, scores = choose(candidates, X, R, y, C=option_counts(space, archs))
     graph = next(c for c in candidates if isinstance(c, Graph))
-    model = (best if best is graph else graph.fit(X, R, y)).model_
+    if not any(part is graph for _, part in best.parts):
+        graph.fit(X, R, y)  # every other space uses it
+    model = graph.model_
     model.fitted = (f"adapted from {len(y)} {space.name} measurements ({source}): on {space.name} "
-                    f"'{best.name}' (leave-one-out Spearman {scores[best.name]:.3f} on the measurements), "
-                    f"elsewhere a mix of {len(names)} reference devices' node-cost models")
-    leans: dict[str, float] = {}
-    if isinstance(best, Blend):
-        leans = {d: float(w) for d, w in zip(columns, best.weights_, strict=True) if w > 1e-9}
-        model.space_model = {"space": space.name, "key": space_key(space), "kind": "mix", "method": best.name,
-                             "weights": {d: float(f"{w:.6g}") for d, w in leans.items()},
-                             "intercept": float(best.intercept_)}
-    elif isinstance(best, Macs):
-        model.space_model = {"space": space.name, "key": space_key(space), "kind": "macs", "method": "macs",
-                             "coef": [float(c) for c in best.coef_], "intercept": float(best.intercept_)}
-    elif isinstance(best, Choices):
-        model.space_model = {"space": space.name, "key": space_key(space), "kind": "choices", "method": "choices",
-                             "coef": [float(c) for c in best.coef_], "intercept": float(best.intercept_)}
-    else:
-        leans = dict(model.weights)
+                    f"{best.describe()} (leave-one-out Spearman "
+                    + ", ".join(f"{c.name} {scores[c.name]:.3f}" for _, c in best.parts)
+                    + f" on the measurements), elsewhere a mix of {len(names)} reference devices' node-cost models")
+    parts, leans = [], {}
+    for weight, part in best.parts:
+        spec, part_leans = _space_part(part, columns)
+        parts.append({"weight": float(f"{weight:.6g}"), **spec})
+        total = sum(part_leans.values()) or 1.0
+        for d, w in part_leans.items():
+            leans[d] = leans.get(d, 0.0) + weight * w / total
+    if parts != [{"weight": 1.0, "kind": "graph"}]:  # the graph mix alone is the cross-space model itself
+        spec = parts[0] if len(parts) == 1 else {"kind": "average", "method": "average", "parts": parts}
+        spec.pop("weight", None)
+        model.space_model = {"space": space.name, "key": space_key(space), **spec}
     top = sorted(leans.items(), key=lambda kv: -kv[1])[:3]
-    counted = "a cost per option" if isinstance(best, Choices) else "MACs + layers"
+    counted = "a cost per option" if best.name == "choices" else "MACs + layers"
     description = f"user device, behaves like {', '.join(n for n, _ in top) or counted}"
     target = GraphTarget(name, description, model, cache, source="user")
     total = sum(leans.values()) or 1.0
-    target.adaptation = {"chosen": best.name, "loo_spearman": scores,
+    target.adaptation = {"chosen": best.name, "weights": {c.name: w for w, c in best.parts},
+                         "loo_spearman": scores,
                          "leans_on": {d: w / total for d, w in sorted(leans.items(), key=lambda kv: -kv[1])},
                          "same_space_references": [] if same is None else list(same.devices)}
     if save:
@@ -206,6 +204,21 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
         target.source = f"user ({path})"
         hardware_models.refresh_user_targets()
     return target
+
+
+def _space_part(part: Any, columns: Sequence[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """A fitted few-shot candidate as a stored :class:`SpaceModel` spec, and the references it leans on."""
+    from hardware_models.few_shot import Choices, Graph, Macs
+
+    if isinstance(part, Graph):
+        return {"kind": "graph"}, dict(part.model_.weights)
+    if isinstance(part, (Macs, Choices)):
+        kind = "choices" if isinstance(part, Choices) else "macs"
+        return {"kind": kind, "method": kind, "coef": [float(c) for c in part.coef_],
+                "intercept": float(part.intercept_)}, {}
+    leans = {d: float(w) for d, w in zip(columns, part.weights_, strict=True) if w > 1e-9}
+    return {"kind": "mix", "method": part.name, "weights": {d: float(f"{w:.6g}") for d, w in leans.items()},
+            "intercept": float(part.intercept_)}, leans
 
 
 def fit_reference(blocks: Sequence[tuple[np.ndarray, np.ndarray]], fitted: str, alpha: float = 0.0,

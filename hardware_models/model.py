@@ -99,11 +99,15 @@ class GraphTarget:
     def predict(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
         """Predicted latency (ms) of each architecture of ``space``."""
         X = self.cache.features(space, archs)
+
+        def cross_space() -> np.ndarray:
+            return self.model.predict_features(X, None if self._head is None else self._head.predict(space, X))
+
         if self._space_model is not None:
-            own = self._space_model.predict(space, X, archs)
+            own = self._space_model.predict(space, X, archs, cross_space)
             if own is not None:
                 return own
-        return self.model.predict_features(X, None if self._head is None else self._head.predict(space, X))
+        return cross_space()
 
     def __repr__(self) -> str:
         return f"GraphTarget({self.name!r}, {self.source})"

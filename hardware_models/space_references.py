@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -132,13 +132,18 @@ class SpaceModel:
     ``spec`` is the JSON form stored in the target: ``{"space", "key", "kind", "intercept", ...}``, where kind
     ``mix`` is ``log ms = intercept + sum_d weights[d] * log ms_d`` over the space's reference devices and
     ``macs`` is ``ms = coef[0] * MACs + coef[1] * layers + intercept`` and ``choices`` is ``ms = intercept +
-    coef @ option counts`` (:func:`hardware_models.few_shot.option_counts`). Other spaces (or other settings
-    of the same space) get None and fall back to the target's cross-space model.
+    coef @ option counts`` (:func:`hardware_models.few_shot.option_counts`), and ``average`` is the weighted
+    mean in log space of ``parts`` (specs of those kinds with a ``weight``, or kind ``graph``: the target's
+    cross-space model). Other spaces (or other settings of the same space) get None and fall back to the
+    target's cross-space model.
     """
 
     def __init__(self, spec: Mapping[str, Any], refs: Mapping[str, SpaceReferences] | None = None) -> None:
         self.spec = dict(spec)
         self._refs = refs
+        self._parts = [(float(p["weight"]), None if p["kind"] == "graph" else
+                        SpaceModel({**p, "space": self.spec.get("space"), "key": self.spec.get("key")}, refs))
+                       for p in self.spec.get("parts", [])]
         self._plan: Any = None  # the mix folded into one last layer, built on first use
         self._seen: tuple[Any, bool] | None = None  # (space, applies): space_key hashes, the search loop repeats
 
@@ -170,14 +175,24 @@ class SpaceModel:
                 self._plan = (ref.mlp, last_w @ w, float(last_b @ w + ref.center @ w) + bias, counts)
         return self._plan
 
-    def predict(self, space: Any, X: np.ndarray, archs: Sequence[Any] | None = None) -> np.ndarray | None:
+    def predict(self, space: Any, X: np.ndarray, archs: Sequence[Any] | None = None,
+                cross_space: Callable[[], np.ndarray] | None = None) -> np.ndarray | None:
         """Latency (ms) of rows of ``space``'s features (of ``archs``, which ``choices`` reads), or None where
-        this model does not apply."""
+        this model does not apply; ``cross_space`` gives the target's own prediction for a ``graph`` part."""
         from hardware_models.few_shot import count_columns, macs_layers, option_counts
 
         if not self.applies(space):
             return None
         kind = self.spec.get("kind")
+        if kind == "average":
+            log_ms = np.zeros(len(X))
+            for weight, part in self._parts:
+                ms = cross_space() if part is None and cross_space is not None else (
+                    None if part is None else part.predict(space, X, archs))
+                if ms is None:
+                    return None
+                log_ms += weight * np.log(ms)
+            return np.exp(log_ms)
         if kind == "choices":
             counts = None if archs is None else option_counts(space, archs)
             if counts is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -96,11 +97,32 @@ def test_choice_follows_what_explains_the_samples() -> None:
     by_macs = 0.05 * macs_layers(X)[:, 0] + 1.0
     candidates = [Blend([Mix(1.0), Mix(0.0), Single()]), Macs()]
     best, scores = choose(candidates, X, R, by_macs)
-    assert best.name == "macs" and scores["macs"] == pytest.approx(1.0) and scores["blend"] < 0.9
-    best, _ = choose(candidates, X, R, by_macs, margin=2.0)  # the default stays unless beaten by the margin
-    assert best.name == "blend"
+    assert scores["macs"] == pytest.approx(1.0) and scores["blend"] < 0.9
+    assert best.parts[0][1].name == "macs" and best.parts[0][0] > 0.75
+    best, _ = choose(candidates, X, R, by_macs, margin=2.0)  # the first keeps the weight when led by a margin
+    assert best.name == "blend" and best.parts[0][0] == 1.0
     best, _ = choose(candidates, X, R, np.exp(R[:, 2]))
-    assert best.name == "blend" and int(np.argmax(best.weights_)) == 2
+    assert best.name == "blend" and int(np.argmax(best.parts[0][1].weights_)) == 2
+
+
+def test_choice_averages_candidates_whose_leave_one_out_is_close() -> None:
+    # two references that explain the samples equally well, as two candidates: neither is dropped, and the
+    # average predicts the weighted mean of their log latencies
+    from hardware_models.few_shot import loo_sharpness
+
+    rng = np.random.default_rng(4)
+    R = rng.normal(size=(10, 2))
+    R[:, 1] = R[:, 0] + 0.01 * rng.normal(size=10)
+    y = np.exp(R[:, 0])
+    first, second = Single(), Mix(0.0)
+    best, scores = choose([first, second], np.zeros((10, 1)), R, y, margin=0.0)
+    assert best.name == "average" and len(best.parts) == 2
+    weights = dict((c.name, w) for w, c in best.parts)
+    gap = scores["single"] - scores["nnls"]
+    assert weights["single"] / weights["nnls"] == pytest.approx(np.exp(loo_sharpness(10) * gap))
+    new = rng.normal(size=(5, 2))
+    expected = weights["single"] * first.predict_log(None, new) + weights["nnls"] * second.predict_log(None, new)
+    assert best.predict_log(np.zeros((5, 1)), new) == pytest.approx(expected)
 
 
 def test_space_references_round_trip_and_fold_into_a_space_model(tmp_path: Path) -> None:
@@ -142,10 +164,23 @@ def test_adapt_on_ofa_leans_on_the_matching_same_space_device(config_dir: Path, 
     out = capsys.readouterr().out
     assert "leave-one-out Spearman" in out and "leans on: " in out
     saved = json.loads((config_dir / "targets" / "gpu32.json").read_text())
-    assert saved["space_model"]["kind"] == "mix"
+    model = saved["space_model"]
+    parts = model["parts"] if model["kind"] == "average" else [{**model, "weight": 1.0}]
+    assert parts[0]["kind"] == "mix" and parts[0]["weight"] > 0.5  # the same-space blend leads
+    assert sum(p["weight"] for p in parts) == pytest.approx(1.0)
     assert max(saved["adaptation"]["leans_on"].items(), key=lambda kv: kv[1])[0] == refs.devices[j]
-    pred = hardware_models.get("gpu32").predict(space, archs[10:])
+    target = hardware_models.get("gpu32")
+    pred = target.predict(space, archs[10:])
     assert spearmanr(pred, truth[10:])[0] > 0.9
+    # the reloaded average is the weighted geometric mean of its parts, each predicted on its own
+    from hardware_models.model import GraphTarget
+    from hardware_models.space_references import SpaceModel
+
+    cross_space = GraphTarget("x", "", dataclasses.replace(target.model, space_model={}))
+    log_ms = sum(p["weight"] * np.log(cross_space.predict(space, archs[10:]) if p["kind"] == "graph" else
+                                      SpaceModel({**model, **p}).predict(space, X[10:], archs[10:]))
+                 for p in parts)
+    assert pred == pytest.approx(np.exp(log_ms), rel=1e-9)
     nb201 = search_spaces.get("nb201", cells_per_stage=1)  # another space: the cross-space model answers
     assert np.all(hardware_models.get("gpu32").predict(nb201, [nb201.sample(np.random.default_rng(0))]) > 0)
 

@@ -102,10 +102,12 @@ def run_adapt(args: argparse.Namespace) -> int:
     refs = info["same_space_references"]
     print(f"same-space reference devices: {', '.join(refs)}" if refs else
           f"no same-space reference devices for {space.name}: references from other spaces only")
-    print(f"expected ranking quality: leave-one-out Spearman {scores[info['chosen']]:.3f} on the "
-          f"{len(rows)} measurements, model '{info['chosen']}' (candidates: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-          + f"; the first is kept unless another leads it by more than {LOO_MARGIN})")
+    weights = info["weights"]
+    expected = sum(w * scores[n] for n, w in weights.items())
+    print(f"expected ranking quality: leave-one-out Spearman {expected:.3f} on the {len(rows)} measurements "
+          "(weighted over the model's parts); model: " + ", ".join(f"{n} {w:.1%}" for n, w in weights.items())
+          + " (candidates' leave-one-out: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+          + f"; weights are a softmax of these, the first led by {LOO_MARGIN})")
     top = list(info["leans_on"].items())[:4]
     counted = "one cost per option of the space" if info["chosen"] == "choices" else "MACs and layer count only"
     print("leans on: " + (", ".join(f"{n} {w:.0%}" for n, w in top) if top else counted))
