@@ -8,8 +8,13 @@ Subcommands (outputs under ``experiments/out/qcircuit/``):
 * ``proxies --n 200 --task ghz``: the circuit descriptors and the optimised fidelity of ``n`` random 4-qubit
   circuits of the task, and the Spearman correlation of each descriptor with that fidelity.
 * ``tfim``: VQE on the 4-qubit transverse-field Ising chain by an evolution search; best energy vs exact.
-* ``ghz --seeds 10``: circuit evaluations until the first fidelity >= 0.99 on 4-qubit GHZ, for random
-  search and for latent REINFORCE / latent BO (arch2vec, ``latent=true``), median over seeds.
+* ``ghz --seeds 10 [--objectives fidelity,entangling_capability]``: circuit evaluations until the first
+  fidelity >= 0.99 on 4-qubit GHZ, for random search and latent REINFORCE / latent BO (arch2vec,
+  ``latent=true``), and with ``--strategies`` plain ``reinforce`` / ``bayesian``; median over seeds. Every
+  strategy is told the same objectives. Told the fidelity alone the reward is flat (every circuit without
+  genuine 4-qubit entanglement scores 0.5) and, 1 layer, seeds 0-9, latent REINFORCE / latent BO took 69.5 /
+  61 evaluations against random's 53. Told the entangling capability too (``--layers 1 --seeds 50``): seeds
+  0-9 51.5 / 36 vs 53, seeds 0-49 30.5 / 35 vs 66, plain REINFORCE / TPE 36.5 / 26.
 * ``vae``: arch2vec trained on sampled circuits; exact reconstruction of held-out circuits.
 
 Run with ``OMP_NUM_THREADS=1 nice python experiments/qcircuit_search.py SUBCOMMAND``.
@@ -160,10 +165,15 @@ def ghz(args: argparse.Namespace) -> dict[str, Any]:
     budget); ``--task random_state`` runs the same race on the Haar-random target."""
     options = {"qubits": 4, "layers": args.layers, "task": args.task, "steps": args.opt_steps}
     runs = {"random": ("random", {}), "latent_reinforce": ("reinforce", {"latent": True}),
-            "latent_bayesian": ("bayesian", {"latent": True})}
-    chosen = args.strategies.split(",") if args.strategies else list(runs)
+            "latent_bayesian": ("bayesian", {"latent": True}), "reinforce": ("reinforce", {}),
+            "bayesian": ("bayesian", {})}
+    chosen = args.strategies.split(",") if args.strategies else ["random", "latent_reinforce", "latent_bayesian"]
+    objectives = args.objectives.split(",")
+    if objectives[0] != "fidelity":
+        raise SystemExit("--objectives must start with fidelity (the race is to a fidelity)")
     tag = "" if args.threshold == 0.99 else f"_t{args.threshold}"
-    log_path = OUT / f"{args.task}_L{args.layers}_steps{args.opt_steps}{tag}{args.log_tag}.jsonl"
+    told = "".join(f"+{o}" for o in objectives[1:])
+    log_path = OUT / f"{args.task}_L{args.layers}_steps{args.opt_steps}{tag}{told}{args.log_tag}.jsonl"
     done: dict[tuple[str, int], Any] = {}
 
     def read_log() -> None:  # rerun to resume; a second process with --reverse shares the seeds
@@ -172,15 +182,15 @@ def ghz(args: argparse.Namespace) -> dict[str, Any]:
                 rec = json.loads(line)
                 done[(rec["strategy"], rec["seed"])] = rec
 
+    order = [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else list(range(args.seeds))
     for name in chosen:
         strategy, strategy_options = runs[name]
-        order = [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else list(range(args.seeds))
         for seed in (reversed(order) if args.reverse else order):
             read_log()
             if (name, seed) in done:
                 continue
             start = time.perf_counter()
-            study = nas.create_study("qcircuit", objectives=["fidelity"], strategy=strategy,
+            study = nas.create_study("qcircuit", objectives=objectives, strategy=strategy,
                                      strategy_options=strategy_options or None, seed=seed,
                                      budget=args.budget, space_options=options, cache=False)
             evaluate = study.evaluator()
@@ -210,12 +220,12 @@ def ghz(args: argparse.Namespace) -> dict[str, Any]:
     summary = {}
     for name in chosen:
         hits = [done[(name, s)].get("evaluations_to_threshold", done[(name, s)].get("evaluations_to_0.99"))
-                for s in range(args.seeds) if (name, s) in done]
+                for s in order if (name, s) in done]
         counts = [h if h is not None else math.inf for h in hits]
         summary[name] = {"median": float(np.median(counts)) if counts else None, "runs": len(hits),
                          "reached": sum(h is not None for h in hits), "per_seed": hits}
     return {"task": args.task, "threshold": args.threshold, "layers": args.layers, "budget": args.budget,
-            "opt_steps": args.opt_steps, "summary": summary}
+            "opt_steps": args.opt_steps, "objectives": objectives, "summary": summary}
 
 
 def vae(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,7 +267,11 @@ def main() -> None:
     p.add_argument("--log-tag", default="", help="ghz: suffix of the results log (a rerun under new code)")
     p.add_argument("--task", default="ghz", help="proxies, ghz: the qcircuit task whose fidelity is optimised")
     p.add_argument("--threshold", type=float, default=0.99, help="ghz: the fidelity a search must reach")
-    p.add_argument("--strategies", default="", help="comma-separated subset of random,latent_reinforce,latent_bayesian")
+    p.add_argument("--strategies", default="",
+                   help="comma-separated subset of random,latent_reinforce,latent_bayesian,reinforce,bayesian "
+                        "(default: the first three)")
+    p.add_argument("--objectives", default="fidelity",
+                   help="ghz: what every strategy is told, fidelity first (e.g. fidelity,entangling_capability)")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     fn = {"bench-sim": bench_sim, "proxies": proxy_table, "tfim": tfim, "ghz": ghz, "vae": vae}[args.command]

@@ -174,6 +174,20 @@ def test_descriptor_bounds():
     assert values["gradient_variance"] >= 0
 
 
+def test_fidelity_reports_a_plateau_as_one_value_not_rounding_noise():
+    # Without genuine 4-qubit entanglement a circuit reaches GHZ fidelity 0.5 and no more; Adam lands a few
+    # 1e-10 below it, differently per circuit, and a search would rank those circuits by that noise
+    space = _space(qubits=4, layers=1)
+    batch = proxies.load_batch("gaussian", 4, 0, space.input_shape)
+    optimised, reported = set(), set()
+    for text in ("ry,rx,ry,rz|", "rx,ry,i,ry|cnot(0,1),cnot(2,3)", "ry,ry,ry,ry|cnot(0,1),cnot(1,2)"):
+        model = space.build(space.from_string(text))
+        optimised.add(quantum.optimise(model, "fidelity", seed=0)[0])
+        reported.add(proxies.score(model, batch, ["fidelity"], seed=0)["fidelity"])
+    assert max(abs(f - 0.5) for f in optimised) < 1e-6
+    assert reported == {0.5}
+
+
 def test_vqe_reaches_the_two_qubit_ground_energy():
     space = _space(qubits=2, layers=2, task="tfim")
     model = space.build(space.from_string("ry,ry|cnot(0,1);ry,ry|"))
