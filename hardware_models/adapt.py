@@ -131,11 +131,11 @@ def adapt(space: Any, rows: Sequence[tuple[str, float]], name: str, *, save: boo
           device_class: str | None = None) -> GraphTarget:
     """Adapt a new target ``name`` from measured ``(arch string, ms)`` rows of ``space``; saved for reuse.
 
-    On the measured space the target uses the candidate of :mod:`hardware_models.few_shot` with the best
-    leave-one-out Spearman on the measurements (same-space reference devices first where the package has
-    them); every other space uses the cross-space node-cost mix. ``device_class`` (one of
+    On the measured space the target averages the candidates of :mod:`hardware_models.few_shot` with weights
+    from their leave-one-out Spearman on the measurements (same-space reference devices first where the
+    package has them); every other space uses the cross-space node-cost mix. ``device_class`` (one of
     :data:`~hardware_models.space_references.DEVICE_CLASSES`) adds the references of that class as a prior.
-    The choice, its leave-one-out scores and the references it leans on are in ``target.adaptation``.
+    The weights, the leave-one-out scores and the references it leans on are in ``target.adaptation``.
     """
     from hardware_models.few_shot import (
         COUNT_COLUMNS,

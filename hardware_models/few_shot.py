@@ -1,4 +1,4 @@
-"""Few-shot adaptation to a new device: candidate models fitted to ~10 measurements, chosen by leave-one-out.
+"""Few-shot adaptation to a new device: candidate models fitted to ~10 measurements, weighed by leave-one-out.
 
 Ten measurements are too few to fit anything free, so every candidate is a strongly constrained use of what
 the package already knows (rows are measured architectures; ``R`` holds the same-space reference devices'
