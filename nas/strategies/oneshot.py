@@ -55,7 +55,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -365,14 +365,18 @@ class _Differentiable:
     def _score(self, arch: Arch) -> dict[str, float]:
         """Accuracy (%) of the fixed path ``arch`` on the architecture half (batch statistics in BN)."""
         assert self._model is not None
+        model = self._model
+        return {"acc_ws": self._half_accuracy(lambda b: model(normalise(b), arch=arch)),
+                "param_free_edges": float(self._model.param_free_edges(arch))}
+
+    def _half_accuracy(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        """Top-1 (%) of ``forward`` (a batch of raw images to logits) on the architecture half."""
         x, y = self._halves[1]
         # BN normalises with each batch's statistics, so a batch must mix the classes as training batches
         # do: image folders list their images class by class, and a one-class batch scores chance.
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
-        order = order.to(self.device)
-        model = self._model
-        correct = count_correct(lambda b: model(normalise(b), arch=arch), x, y, self.recipe.eval_batch_size, order)
-        return {"acc_ws": 100.0 * correct / len(y), "param_free_edges": float(self._model.param_free_edges(arch))}
+        correct = count_correct(forward, x, y, self.recipe.eval_batch_size, order.to(self.device))
+        return 100.0 * correct / len(y)
 
     # -- storage -------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

@@ -59,7 +59,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.datasets import normalise
-from nas.inherited import count_correct
 from nas.registry import check_options
 from nas.rng import seeded_global_rng
 from nas.strategies import register
@@ -420,12 +419,8 @@ class ProxylessNAS(_Differentiable):
     def _score(self, arch: Arch) -> dict[str, float]:
         """Accuracy (%) of path ``arch`` on the architecture half (BN on batch statistics), and its latency."""
         assert self._model is not None
-        x, y = self._halves[1]
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_derive(self.seed, 0, 3)))
-        order, model = order.to(self.device), self._model
-        correct = count_correct(lambda b: model(self._images(normalise(b)), arch), x, y,
-                                self.recipe.eval_batch_size, order)
-        out = {"acc_ws": 100.0 * correct / len(y)}
+        model = self._model
+        out = {"acc_ws": self._half_accuracy(lambda b: model(self._images(normalise(b)), arch))}
         if self._target is not None:
             out["latency_ms"] = float(self._target.predict(self.space, [arch])[0])
         return out
