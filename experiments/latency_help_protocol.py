@@ -46,7 +46,14 @@ import latency_data as ld  # noqa: E402
 
 import search_spaces  # noqa: E402
 from hardware_models.adapt import RELATIVE, RESIDUAL_ALPHA, fit_mixture, fit_reference  # noqa: E402
-from hardware_models.few_shot import LOO_MARGIN, choose, count_columns, default_candidates, option_counts  # noqa: E402
+from hardware_models.few_shot import (  # noqa: E402
+    LOO_MARGIN,
+    choose,
+    count_columns,
+    default_candidates,
+    option_counts,
+    rows_for,
+)
 from hardware_models.graph_features import FEATURE_NAMES  # noqa: E402
 from hardware_models.residual import SpaceResidual, fit_residual  # noqa: E402
 from hardware_models.space_references import fit_space_references  # noqa: E402
@@ -125,8 +132,8 @@ def few_shot_choice(X: np.ndarray, y: np.ndarray, R: np.ndarray, C: np.ndarray, 
         first, *others = candidates
         lead = max(others, key=lambda c: scores[c.name])
         hard = lead if scores[lead.name] > scores[first.name] + LOO_MARGIN else first
-        hard.fit(C[idx] if hard.needs_choices else X[idx], R[idx], y[idx])
-        before.append(spearmanr(hard.predict_log(C if hard.needs_choices else X, R), y)[0])
+        hard.fit(rows_for(hard, X, C)[idx], R[idx], y[idx])
+        before.append(spearmanr(hard.predict_log(rows_for(hard, X, C), R), y)[0])
     return out, chosen, before
 
 

@@ -51,6 +51,7 @@ from hardware_models.few_shot import (  # noqa: E402
     default_candidates,
     macs_layers,
     option_counts,
+    rows_for,
 )
 from hardware_models.space_references import device_class, fit_space_references  # noqa: E402
 
@@ -103,7 +104,7 @@ def few_shot_table(space: str, args: argparse.Namespace) -> list[tuple]:
                 if m == "ours":
                     pred = model.predict_log(X[pool][rest], R[rest], None if C is None else C[pool][rest])
                 else:
-                    pred = model.predict_log(C[pool][rest] if model.needs_choices else X[pool][rest], R[rest])
+                    pred = model.predict_log(rows_for(model, X[pool], None if C is None else C[pool])[rest], R[rest])
                 res[m].append(spearmanr(pred, y[rest])[0])
         out.append((dev, device_class(dev), res, chosen))
         print(f"  {space}/{dev}: ours {np.mean(res['ours']):.3f}", file=sys.stderr, flush=True)

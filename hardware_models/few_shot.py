@@ -305,14 +305,22 @@ class Graph(Candidate):
         return np.log(self.model_.predict_features(X, res))
 
 
+def rows_for(candidate: Candidate, X: np.ndarray, C: np.ndarray | None) -> np.ndarray:
+    """The rows ``candidate`` reads: the option counts ``C`` if it needs choices, else the features ``X``."""
+    if not candidate.needs_choices:
+        return X
+    if C is None:
+        raise ValueError(f"candidate {candidate.name!r} needs the option counts of the rows")
+    return C
+
+
 def loo_spearman(candidate: Candidate, X: np.ndarray, R: np.ndarray | None, y: np.ndarray,
                  C: np.ndarray | None = None) -> float:
     """Spearman of the leave-one-out predictions: each row predicted by the candidate refitted on the rest
     (a candidate that needs choices reads the option counts ``C`` instead of ``X``)."""
     import copy
 
-    if candidate.needs_choices:
-        X = C  # type: ignore[assignment]
+    X = rows_for(candidate, X, C)
     n = len(y)
     pred = np.empty(n)
     for i in range(n):
@@ -362,9 +370,7 @@ class Average:
         counts ``C`` (needed only by a part that reads choices)."""
         out = np.zeros(len(X))
         for w, part in self.parts:
-            if part.needs_choices and C is None:
-                raise ValueError(f"candidate {part.name!r} needs the option counts of the rows")
-            out += w * part.predict_log(C if part.needs_choices else X, R)
+            out += w * part.predict_log(rows_for(part, X, C), R)
         return out
 
 
@@ -388,7 +394,7 @@ def choose(candidates: Sequence[Candidate], X: np.ndarray, R: np.ndarray | None,
     weights /= weights.sum()
     keep = [i for i in np.argsort(-weights, kind="stable") if weights[i] >= MIN_WEIGHT]
     total = float(weights[keep].sum())
-    parts = [(float(weights[i]) / total, usable[i].fit(C if usable[i].needs_choices else X, R, y)) for i in keep]
+    parts = [(float(weights[i]) / total, usable[i].fit(rows_for(usable[i], X, C), R, y)) for i in keep]
     return Average(parts), scores
 
 
