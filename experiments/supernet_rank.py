@@ -15,6 +15,10 @@ which this script ignores. Results go to ``--out`` (``results.json``) and stdout
 
     OMP_NUM_THREADS=2 python experiments/supernet_rank.py --space fbnet --side 16 --train-size 4000 \
         --epochs 6 --sub-epochs 4 --out experiments/out/supernet_rank_fbnet
+
+``--warmup F`` and ``--label-weight W`` pass to ``nas supernet train`` (the largest alone for the first fraction
+F of the steps; W times the label loss beside distillation). Measured in the README (fbnet, 16 px, 1,500
+images, 40 epochs): with ``--warmup 0.305`` the two ends reach 34.4 / 34.0 %, the middle subnets stay at 10-14 %.
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-weight", type=float, default=None,
+                   help="label loss weight of the non-largest subnets (nas supernet train --label-weight)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="fraction of the steps that train the largest alone first (nas supernet train --warmup)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out)
@@ -96,6 +104,7 @@ def main() -> None:
     result = train_supernet(args.space, data, epochs=args.epochs, out=out / "supernet", batch_size=args.batch_size,
                             val_size=args.val_size, seed=args.seed, space_options=options or None,
                             resume=(out / "supernet" / "config.json").is_file(), progress=False,
+                            label_weight=args.label_weight, warmup=args.warmup,
                             callback=lambda row: print(json.dumps(row), flush=True))
     sup_seconds = time.perf_counter() - start
     space = search_spaces.get(args.space, **result.space_options)

@@ -7,6 +7,11 @@ Yu et al., "BigNAS", ECCV 2020): every step runs the largest subnet, the smalles
 The largest learns from the labels (cross-entropy with the recipe's label smoothing); the others learn
 from the largest's detached soft predictions (soft-target cross-entropy, as OFA's
 ``cross_entropy_loss_with_soft_target``), which BigNAS found to train the small subnets better than labels.
+``label_weight`` (``--label-weight``, default 0) adds that many times the label loss to theirs, as OFA's
+``kd_ratio * kd_loss + ce`` does with ``label_weight = 1``. ``warmup`` (``--warmup F``, fbnet, nb201 and
+tdnn; default 0) trains the largest subnet alone for the first fraction F of the steps before the sandwich
+starts, as OFA trains its full network before any elastic phase, so that the others distil from a teacher
+that has learnt something and through stem and head that it has trained.
 
 What "largest" and "smallest" are, per space:
 
@@ -132,11 +137,13 @@ LOSSES = ("ce", "aam")
 """``ce``: cross-entropy on the classifier's logits; ``aam``: AAM-softmax on the embedding (tdnn)."""
 AAM_WEIGHT_DECAY = 2e-4
 """ECAPA-TDNN's weight decay on the AAM-softmax layer (ten times the network's)."""
+DEFAULT_LABEL_WEIGHT = 0.0
+"""Weight of the label loss of the subnets other than the largest (0: in-place distillation alone)."""
 _CSV_FIELDS = ("epoch", "phase", "loss", "largest_val_acc", "smallest_val_acc", "lr", "seconds")
 _FLAGS = {"space": "--space", "space_options": "--space-option", "data": "--data", "recipe": "recipe",
           "train_size": "--train-size", "val_size": "--val-size", "seed": "--seed", "num_random": "num_random",
           "progressive": "--no-progressive", "world_size": "the number of processes (torchrun --nproc_per_node)",
-          "loss": "--loss"}
+          "loss": "--loss", "label_weight": "--label-weight", "warmup": "--warmup"}
 
 
 @dataclass
@@ -215,24 +222,31 @@ def _input_for(space: Any, images: torch.Tensor, arch: Any) -> torch.Tensor:
 def sandwich_step(supernet: nn.Module, space: Any, images: torch.Tensor, labels: torch.Tensor,
                   archs: Sequence[Any], label_smoothing: float = 0.0,
                   criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  label_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate one sandwich step's gradients; returns (the largest's loss, its detached probabilities).
 
     ``archs[0]`` (the largest) learns from ``labels`` (``criterion(logits, labels)``, default cross-entropy
-    with ``label_smoothing``); every other arch from the largest's soft predictions. Each subnet's backward
-    runs before the next forward, so one graph is alive at a time.
+    with ``label_smoothing``); every other arch from the largest's soft predictions, plus ``label_weight``
+    times the largest's label loss (OFA's ``kd_ratio * kd_loss + ce`` is ``label_weight = 1``). Each
+    subnet's backward runs before the next forward, so one graph is alive at a time.
     """
+    def label_loss(logits: torch.Tensor) -> torch.Tensor:
+        if criterion is None:
+            return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return criterion(logits, labels)
+
     logits = supernet(_input_for(space, images, archs[0]), archs[0])
-    if criterion is None:
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-    else:
-        loss = criterion(logits.float(), labels)
+    loss = label_loss(logits.float())
     loss.backward()
     teacher = F.softmax(logits.detach().float(), dim=1)
     for arch in archs[1:]:
         if arch == archs[0]:  # OFA's full phase: the same subnet again would only double its step
             continue
-        distillation_loss(supernet(_input_for(space, images, arch), arch).float(), teacher).backward()
+        student = supernet(_input_for(space, images, arch), arch).float()
+        step_loss = distillation_loss(student, teacher)
+        if label_weight:
+            step_loss = step_loss + label_weight * label_loss(student)
+        step_loss.backward()
     return loss.detach(), teacher
 
 
@@ -258,7 +272,7 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
                    device: str | None = None, progress: bool = True, num_random: int = 2,
                    progressive: bool | None = None, recalibration_images: int = 512,
                    loss: str | None = None, aam_margin: float | None = None, aam_scale: float | None = None,
-                   callback: Callable[[dict[str, Any]], None] | None = None) -> SupernetTrainResult:
+                   label_weight: float | None = None, warmup: float | None = None, callback: Callable[[dict[str, Any]], None] | None = None) -> SupernetTrainResult:
     """Train the supernet of ``space`` on ``data`` with the sandwich rule and write the outputs to ``out``.
 
     Args:
@@ -277,6 +291,10 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
         recalibration_images: training images (tdnn: crops) the per-epoch validation recalibrates BN on.
         loss: ``ce`` (default) or ``aam`` (tdnn: AAM-softmax with ``aam_margin``, default 0.2, and
             ``aam_scale``, default 30; see the module doc).
+        label_weight: weight of the label loss for the subnets other than the largest, beside their
+            distillation loss: 0 (default; BigNAS's in-place distillation alone) or 1 (OFA's kd_ratio 1).
+        warmup: fraction of the steps (0 to 1, default 0) that train the largest subnet alone first (not ofa,
+            whose progressive shrinking starts with the full network).
         callback: called with each epoch's row after its checkpoint is written.
 
     Example:
@@ -287,13 +305,18 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
         raise ValueError("give the output folder (--out DIR)")
     if num_random < 0:
         raise ValueError(f"num_random must be 0 or more, got {num_random}")
+    if label_weight is not None and not (math.isfinite(label_weight) and label_weight >= 0):
+        raise ValueError(f"--label-weight must be a finite number >= 0, got {label_weight}")
+    if warmup is not None and not 0 <= warmup < 1:
+        raise ValueError(f"--warmup must be a fraction of the steps in [0, 1), got {warmup}")
     out_dir = Path(out)
     dev = resolve_device(device)
     dist = Distributed.start(dev)
     try:
         dev = dist.local_device(dev)
         settings = _settings(space, data, epochs, batch_size, lr, train_size, val_size, seed, space_options,
-                             resume, num_random, progressive, out_dir, dist.world, (loss, aam_margin, aam_scale))
+                             resume, num_random, progressive, out_dir, dist.world, (loss, aam_margin, aam_scale),
+                             label_weight, warmup)
         trainer = _SupernetTrainer(settings, out_dir, dev, dist, progress and dist.rank == 0, recalibration_images,
                                    callback)
         dist.write_config(out_dir, settings)
@@ -306,14 +329,17 @@ def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int 
               train_size: int | None, val_size: int | None, seed: int | None,
               space_options: dict[str, Any] | None, resume: bool, num_random: int, progressive: bool | None,
               out_dir: Path, world: int = 1,
-              loss: tuple[str | None, float | None, float | None] = (None, None, None)) -> dict[str, Any]:
+              loss: tuple[str | None, float | None, float | None] = (None, None, None),
+              label_weight: float | None = None, warmup: float | None = None) -> dict[str, Any]:
     """The run's settings: fresh, or the stored ones checked against those given."""
     config = out_dir / "config.json"
     if resume:
         if not config.is_file():
             raise ValueError(f"--resume {out_dir}: no config.json there; not a `nas supernet train` output folder")
         # Runs from before data-parallel training had one process, and those from before --loss cross-entropy
-        stored = {"world_size": 1, "loss": {"name": "ce"}, **json.loads(config.read_text())["settings"]}
+        # and those from before the subnets' label loss (distillation alone)
+        stored = {"world_size": 1, "loss": {"name": "ce"}, "label_weight": 0.0, "warmup": 0.0,
+                  **json.loads(config.read_text())["settings"]}
         base = Recipe(**stored["recipe"])
         given = {"space": space, "space_options": None if not space_options else
                  {**stored["space_options"], **space_options},
@@ -321,7 +347,9 @@ def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int 
                  "recipe": recipe_for(stored["space"], epochs, batch_size, lr, base=base).to_dict(),
                  "train_size": train_size, "val_size": val_size, "seed": seed, "progressive": progressive,
                  "world_size": world, "loss": None if loss == (None, None, None) else
-                 _loss_setting(stored["space"], *loss, base=stored["loss"])}
+                 _loss_setting(stored["space"], *loss, base=stored["loss"]),
+                 "label_weight": None if label_weight is None else float(label_weight),
+                 "warmup": None if warmup is None else float(warmup)}
         for key, value in given.items():
             if value is not None and value != stored[key]:
                 raise ResumeConflict(f"{_FLAGS[key]} {value!r} differs from {stored[key]!r} of the run stored in "
@@ -345,7 +373,9 @@ def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int 
             "recipe": recipe_for(space, epochs, batch_size, lr).to_dict(), "train_size": train_size,
             "val_size": val_size, "seed": seed, "num_random": int(num_random),
             "progressive": True if progressive is None else bool(progressive), "world_size": world,
-            "loss": _loss_setting(space, *loss)}
+            "loss": _loss_setting(space, *loss),
+            "label_weight": DEFAULT_LABEL_WEIGHT if label_weight is None else float(label_weight),
+            "warmup": 0.0 if warmup is None else float(warmup)}
 
 
 def _is_audio(space: str) -> bool:
@@ -494,11 +524,13 @@ class _SupernetTrainer:
             self.supernet.classifier.bias.zero_()
 
     def phase(self, step: int) -> tuple[str, dict[str, tuple[int, ...]] | None]:
-        """The phase and allowed ofa choices at global step ``step`` (no restriction outside ofa)."""
-        if self.space.name != "ofa":
-            return "sandwich", None
+        """The phase and allowed ofa choices at global step ``step`` (no restriction outside ofa); ``largest``
+        while the warm-up trains the largest subnet alone."""
         # A step belongs to the phase its midpoint falls in, so short runs still visit every phase
-        return ofa_phase((step + 0.5) / (self.recipe.epochs * self.steps), bool(self.s["progressive"]))
+        progress = (step + 0.5) / (self.recipe.epochs * self.steps)
+        if self.space.name == "ofa":
+            return ofa_phase(progress, bool(self.s["progressive"]))
+        return ("largest" if progress < float(self.s["warmup"]) else "sandwich"), None
 
     def run(self) -> SupernetTrainResult:
         """Train the remaining epochs and write ``supernet.pt``."""
@@ -573,8 +605,11 @@ class _SupernetTrainer:
                     with torch.no_grad():  # no weights before the filterbanks: computed once for the subnets
                         inputs = self.supernet.features(inputs)
                 archs = sandwich_archs(self.space, self.supernet, rng, int(self.s["num_random"]), allowed)
+                if phase == "largest":
+                    archs = archs[:1]
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, _ = sandwich_step(self.model, self.space, inputs, labels, archs, r.label_smoothing, criterion)
+                loss, _ = sandwich_step(self.model, self.space, inputs, labels, archs, r.label_smoothing, criterion,
+                                        float(self.s["label_weight"]))
                 # Not DDP: it would all-reduce after each subnet's backward and need find_unused_parameters
                 # for the weights a subnet skips; one average of the step's summed gradients does the same
                 self.dist.average_gradients(self.params)

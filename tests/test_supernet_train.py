@@ -82,19 +82,23 @@ def test_sandwich_step_updates_the_largest_and_smallest_subnets():
     assert not changed(f"layers.0.{unused}.")  # no subnet of the step ran it
 
 
-def test_the_distillation_target_is_the_largest_subnets_output():
+@pytest.mark.parametrize("label_weight", [0.0, 0.5])
+def test_the_distillation_target_is_the_largest_subnets_output(label_weight):
     space, sup = _fbnet()
     archs = sandwich_archs(space, sup, np.random.default_rng(0), num_random=1)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
-    _, teacher = sandwich_step(sup, space, x, y, archs, label_smoothing=0.1)
+    _, teacher = sandwich_step(sup, space, x, y, archs, label_smoothing=0.1, label_weight=label_weight)
     got = {n: p.grad.clone() for n, p in sup.named_parameters() if p.grad is not None}
     expected_teacher = F.softmax(sup(x, archs[0]).detach(), dim=1)
     assert torch.allclose(teacher, expected_teacher, atol=1e-6)
-    # The same gradients by hand: labels for the largest, its soft predictions for the others
+    # The same gradients by hand: labels for the largest, its soft predictions (plus label_weight times
+    # the labels, as OFA's kd_ratio) for the others
     sup.zero_grad(set_to_none=True)
     loss = F.cross_entropy(sup(x, archs[0]), y, label_smoothing=0.1)
     for arch in archs[1:]:
-        loss = loss + distillation_loss(sup(x, arch), expected_teacher)
+        student = sup(x, arch)
+        loss = loss + distillation_loss(student, expected_teacher)
+        loss = loss + label_weight * F.cross_entropy(student, y, label_smoothing=0.1)
     loss.backward()
     for n, p in sup.named_parameters():
         if p.grad is not None:
@@ -206,6 +210,42 @@ def test_cli_trains_and_resumes(tiny_npz, tmp_path):
     assert main(args) == 0
     assert main(["supernet", "train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     assert main(["supernet", "train", "--resume", str(tmp_path / "run"), "--seed", "3", "--no-progress"]) == 2
+
+
+def test_warmup_trains_the_largest_alone_first(tiny_npz, tmp_path):
+    from search_spaces.fbnet import OPS
+
+    space = search_spaces.get("fbnet", num_classes=2)
+    initial = supernet_of(space, seed=0).state_dict()
+    kwargs = {"epochs": 2, "batch_size": 16, "train_size": 24, "val_size": 8, "progress": False}
+    half = train_supernet("fbnet", tiny_npz, warmup=0.5, out=tmp_path / "half", **kwargs)
+    assert [r["phase"] for r in half.history] == ["largest", "sandwich"]
+    warm = train_supernet("fbnet", tiny_npz, warmup=0.9, out=tmp_path / "warm", **kwargs)
+    assert [r["phase"] for r in warm.history] == ["largest", "largest"]
+    after = warm.supernet.state_dict()
+    moved = {k.split(".")[2] for k in after if k.startswith("layers.") and not torch.equal(after[k], initial[k])}
+    assert moved == {str(OPS.index("k5_e6"))}  # in every layer, only the largest's op trained
+    assert not torch.equal(after["classifier.weight"], initial["classifier.weight"])
+    with pytest.raises(ValueError, match="--warmup must be a fraction"):
+        train_supernet("fbnet", tiny_npz, warmup=1.0, out=tmp_path / "bad", **kwargs)
+
+
+def test_label_weight_is_a_stored_setting(tiny_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["supernet", "train", "--space", "fbnet", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
+            "--train-size", "24", "--val-size", "8", "--label-weight", "1", "--out", str(run), "--no-progress"]
+    assert main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["settings"]["label_weight"] == 1.0
+    assert main(["supernet", "train", "--resume", str(run), "--label-weight", "0", "--no-progress"]) == 2
+    assert "--label-weight 0.0 differs from 1.0" in capsys.readouterr().err
+    # A run stored before the setting existed trained by distillation alone, and resumes so
+    del config["settings"]["label_weight"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["supernet", "train", "--resume", str(run), "--label-weight", "0", "--no-progress"]) == 0
+    assert main(["supernet", "train", "--space", "fbnet", "--data", str(tiny_npz), "--epochs", "1",
+                 "--label-weight", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "--label-weight must be a finite number >= 0" in capsys.readouterr().err
 
 
 DDP_SCRIPT = """

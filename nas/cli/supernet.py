@@ -49,6 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "additive angular margin as ECAPA-TDNN trains)")
     t.add_argument("--aam-margin", type=float, metavar="M", help="AAM-softmax margin in radians (default 0.2)")
     t.add_argument("--aam-scale", type=float, metavar="S", help="AAM-softmax scale (default 30)")
+    t.add_argument("--label-weight", type=float, metavar="W",
+                   help="the other subnets learn from the largest's predictions plus W times the labels' loss "
+                        "(0: BigNAS's in-place distillation alone; 1: OFA's kd_ratio 1)")
+    t.add_argument("--warmup", type=float, metavar="F",
+                   help="fbnet, nb201, tdnn: train the largest subnet alone for the first fraction F of the steps "
+                        "(as OFA trains its full network first; default 0)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     t.add_argument("--resume", metavar="DIR", help="continue the killed or finished run in DIR with its settings")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                             space_options=parse_options(args.space_option, "--space-option") or None,
                             resume=args.resume is not None, device=args.device,
                             progress=not args.no_progress, progressive=False if args.no_progressive else None,
-                            loss=args.loss, aam_margin=args.aam_margin, aam_scale=args.aam_scale)
+                            loss=args.loss, aam_margin=args.aam_margin, aam_scale=args.aam_scale,
+                            label_weight=args.label_weight, warmup=args.warmup)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank runs this; one summary
         _print_summary(result)
     return 0
