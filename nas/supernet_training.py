@@ -227,7 +227,7 @@ def sandwich_step(supernet: nn.Module, space: Any, images: torch.Tensor, labels:
 
     ``archs[0]`` (the largest) learns from ``labels`` (``criterion(logits, labels)``, default cross-entropy
     with ``label_smoothing``); every other arch from the largest's soft predictions, plus ``label_weight``
-    times the largest's label loss (OFA's ``kd_ratio * kd_loss + ce`` is ``label_weight = 1``). Each
+    times its own label loss (OFA's ``kd_ratio * kd_loss + ce`` is ``label_weight = 1``). Each
     subnet's backward runs before the next forward, so one graph is alive at a time.
     """
     def label_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -272,7 +272,8 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
                    device: str | None = None, progress: bool = True, num_random: int = 2,
                    progressive: bool | None = None, recalibration_images: int = 512,
                    loss: str | None = None, aam_margin: float | None = None, aam_scale: float | None = None,
-                   label_weight: float | None = None, warmup: float | None = None, callback: Callable[[dict[str, Any]], None] | None = None) -> SupernetTrainResult:
+                   label_weight: float | None = None, warmup: float | None = None,
+                   callback: Callable[[dict[str, Any]], None] | None = None) -> SupernetTrainResult:
     """Train the supernet of ``space`` on ``data`` with the sandwich rule and write the outputs to ``out``.
 
     Args:
@@ -309,6 +310,9 @@ def train_supernet(space: str | None = None, data: str | Any = None, *, epochs: 
         raise ValueError(f"--label-weight must be a finite number >= 0, got {label_weight}")
     if warmup is not None and not 0 <= warmup < 1:
         raise ValueError(f"--warmup must be a fraction of the steps in [0, 1), got {warmup}")
+    if warmup and space == "ofa":
+        raise ValueError("--warmup is for fbnet, nb201 and tdnn: ofa's progressive shrinking already trains the "
+                         "full network first")
     out_dir = Path(out)
     dev = resolve_device(device)
     dist = Distributed.start(dev)

@@ -228,6 +228,8 @@ def test_warmup_trains_the_largest_alone_first(tiny_npz, tmp_path):
     assert not torch.equal(after["classifier.weight"], initial["classifier.weight"])
     with pytest.raises(ValueError, match="--warmup must be a fraction"):
         train_supernet("fbnet", tiny_npz, warmup=1.0, out=tmp_path / "bad", **kwargs)
+    with pytest.raises(ValueError, match="ofa's progressive shrinking already"):
+        train_supernet("ofa", tiny_npz, warmup=0.3, out=tmp_path / "bad", **kwargs)
 
 
 def test_label_weight_is_a_stored_setting(tiny_npz, tmp_path, capsys):
