@@ -337,17 +337,17 @@ def main(argv: list[str] | None = None) -> int:
                 inh_file.write_text(json.dumps(inh, indent=1))
             inherited_rows.append((seed, picks, inh))
         # --search-by acc_ws keeps 10 equal-MACs twins: --standalone-twins trains the first K of them
-        twins = {"random": (picks["random"], picks["random_macs"])}
+        nets = {"searched": (picks["searched"], picks["searched_macs"]),
+                "random": (picks["random"], picks["random_macs"])}
         for i, (arch, macs) in enumerate(picks.get("randoms", [])[1:args.standalone_twins], start=2):
-            twins[f"random{i}"] = (arch, macs)
-        for kind in ("searched", *twins):
+            nets[f"random{i}"] = (arch, macs)
+        for kind, (arch, macs) in nets.items():
             path = seed_dir / f"{kind}{_tag(args)}.json"
             if path.is_file():
                 res = json.loads(path.read_text())
             elif args.no_standalone:
                 continue
             else:
-                arch, macs = (picks["searched"], picks["searched_macs"]) if kind == "searched" else twins[kind]
                 log.info("seed %d %s %s (%.1fM MACs)", seed, kind, arch, macs / 1e6)
                 res = train(space, arch, data, test, args, seed)
                 res.update(arch=arch, macs=macs, params=space.params(space.from_string(arch)))

@@ -137,8 +137,6 @@ LOSSES = ("ce", "aam")
 """``ce``: cross-entropy on the classifier's logits; ``aam``: AAM-softmax on the embedding (tdnn)."""
 AAM_WEIGHT_DECAY = 2e-4
 """ECAPA-TDNN's weight decay on the AAM-softmax layer (ten times the network's)."""
-DEFAULT_LABEL_WEIGHT = 0.0
-"""Weight of the label loss of the subnets other than the largest (0: in-place distillation alone)."""
 _CSV_FIELDS = ("epoch", "phase", "loss", "largest_val_acc", "smallest_val_acc", "lr", "seconds")
 _FLAGS = {"space": "--space", "space_options": "--space-option", "data": "--data", "recipe": "recipe",
           "train_size": "--train-size", "val_size": "--val-size", "seed": "--seed", "num_random": "num_random",
@@ -378,7 +376,7 @@ def _settings(space: str | None, data: Any, epochs: int | None, batch_size: int 
             "val_size": val_size, "seed": seed, "num_random": int(num_random),
             "progressive": True if progressive is None else bool(progressive), "world_size": world,
             "loss": _loss_setting(space, *loss),
-            "label_weight": DEFAULT_LABEL_WEIGHT if label_weight is None else float(label_weight),
+            "label_weight": 0.0 if label_weight is None else float(label_weight),
             "warmup": 0.0 if warmup is None else float(warmup)}
 
 
