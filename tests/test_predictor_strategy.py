@@ -114,3 +114,37 @@ def test_a_registered_kind_as_the_ensemble_waits_for_its_labels(tmp_path, table)
                                                        "queries": 8})
     assert len(result.oracle) == 8
     assert result.best.arch == max(result.oracle, key=result.oracle.get)
+
+
+def test_nas_train_as_the_labeller(tmp_path, learnable_npz):
+    """Labels are validation accuracies of real ``nas train`` runs; a resumed search trains nothing again."""
+    data = learnable_npz(n_train=60, n_test=20)
+    train = {"data": str(data), "epochs": 1, "batch_size": 20, "train_size": 40, "val_size": 20,
+             "space_options": {"channels": 4, "cells_per_stage": 1}, "out": str(tmp_path / "labels")}
+    options = {"queries": 2, "init": 4, "init_queries": 2, "pool": 2, "train": train}
+    common = {"budget": 50, "out": tmp_path / "run", "progress": False, "plot": False}
+    result = nas.search("nb201", "predictor", ["params"], seed=0, strategy_options=options,
+                        space_options={"channels": 4, "cells_per_stage": 1}, **common)
+    folders = sorted((tmp_path / "labels").iterdir())
+    assert len(result.oracle) == 2 and len(folders) == 2
+    trained = [json.loads((f / "metrics.json").read_text()) for f in folders]
+    assert {m["arch"]: m["val_accuracy"] for m in trained} == result.oracle  # validation, never test accuracy
+    assert all(m["val_images"] == 20 and m["epochs"] == 1 for m in trained)
+    stamps = [(f / "metrics.json").stat().st_mtime_ns for f in folders]
+    resumed = nas.search(resume=True, **common)
+    assert resumed.oracle == result.oracle
+    assert [(f / "metrics.json").stat().st_mtime_ns for f in folders] == stamps
+    longer = {**options, "train": {**train, "epochs": 2}}  # other settings never read the 1-epoch folders
+    nas.search("nb201", "predictor", ["params"], seed=0, strategy_options=longer,
+               space_options={"channels": 4, "cells_per_stage": 1}, **{**common, "out": tmp_path / "run2"})
+    assert len(list((tmp_path / "labels").iterdir())) == 4
+
+
+def test_the_training_labeller_names_bad_settings():
+    space = search_spaces.get("nb201")
+    with pytest.raises(ValueError, match="needs \"data\""):
+        PredictorSearch(space, train={"epochs": 1})
+    with pytest.raises(ValueError, match="unknown key.*epoch.*valid: data"):
+        PredictorSearch(space, train={"data": "x.npz", "epoch": 1})
+    with pytest.raises(ValueError, match="val_size must be > 0"):
+        PredictorSearch(space, train={"data": "x.npz", "val_size": 0})

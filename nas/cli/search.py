@@ -36,8 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_space_args(p)
     p.add_argument("--strategy", help="random, evolution, bayesian (Optuna TPE), nsga2, linas (NSGA-II guided by ridge "
                                       "predictions, DyNAS-T), reinforce, predictor "
-                                      "(BANANAS: spends --option queries=20 oracle labels; needs --accuracy-table "
-                                      "or --labels) (default: the space's choice, else evolution)")
+                                      "(BANANAS: spends --option queries=20 oracle labels; needs --accuracy-table, "
+                                      "--labels, or --option train='{\"data\": DIR, \"epochs\": 2}' to label by "
+                                      "nas train) (default: the space's choice, else evolution)")
     p.add_argument("--objectives",
                    help="comma-separated: proxies, acc_ws (with --supernet) and predictor:DIR (a `nas predictor "
                         "fit` folder) are maximised; latency, params, flops, sram_kb, flash_kb minimised; "

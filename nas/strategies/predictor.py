@@ -14,7 +14,8 @@ search ends there and the run's pick is the best labelled architecture (``Search
 that ``--oracle-queries`` uses).
 
 Labels come from ``oracle`` (default: the space's ``accuracy``, which only a space with an attached oracle
-has, e.g. nb201 with ``--accuracy-table``); inside a study the oracle is wrapped so that every answer is
+has, e.g. nb201 with ``--accuracy-table``; with ``train`` each label is the validation accuracy of the
+architecture trained by ``nas train``, see :class:`TrainingLabeller`); inside a study the oracle is wrapped so that every answer is
 stored in the run as it comes and read back on ``--resume``, so the replay asks nothing again. ``labels``
 (``--labels FILE`` or ``--label-queries N``) are known accuracies that join the fit without costing
 queries; without an oracle they are the only labels and the answer (``final``) is the told candidate
@@ -23,9 +24,12 @@ with the best predicted accuracy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,15 +82,20 @@ class PredictorSearch:
                  init: int = 32, init_queries: int = 2, per_round: int = 1, pool: int = 24, parents: int = 1,
                  acquisition: str = "ucb", kappa: float = 1.0, members: int = 8, alpha: float = 1.0,
                  min_labels: int = 3, local: bool = True, kind: str | None = None, kind_options: dict[str, Any] | None = None,
-                 labels: Sequence[Sequence[Any]] | None = None) -> None:
+                 labels: Sequence[Sequence[Any]] | None = None, train: dict[str, Any] | None = None) -> None:
         from nas.exploit import check_oracle
 
         require(space, "mutate", self.name)
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"predictor: acquisition {acquisition!r}; choose one of {', '.join(ACQUISITIONS)}")
-        has_oracle = callable(getattr(space, "accuracy", None)) and bool(getattr(space, "has_oracle", False))
+        labeller = TrainingLabeller(space, train, seed) if train is not None else None
+        has_oracle = labeller is not None or (callable(getattr(space, "accuracy", None))
+                                              and bool(getattr(space, "has_oracle", False)))
         self.queries = int(queries if queries is not None else (20 if has_oracle else 0))
-        check_oracle(space, self.queries, "strategy predictor: --option queries")
+        if labeller is None:
+            check_oracle(space, self.queries, "strategy predictor: --option queries")
+        elif self.queries < 1:
+            raise ValueError(f"predictor: --option train labels by training; queries must be >= 1, got {self.queries}")
         for key, value, low in (("init", init, 1), ("init_queries", init_queries, 0), ("per_round", per_round, 1),
                                 ("pool", pool, 1), ("parents", parents, 1), ("members", members, 1),
                                 ("min_labels", min_labels, 1)):
@@ -107,7 +116,11 @@ class PredictorSearch:
         self.pool, self.parents, self.members = int(pool), int(parents), int(members)
         self.acquisition, self.kappa, self.alpha, self.min_labels = acquisition, float(kappa), float(alpha), int(min_labels)
         self.kind, self.kind_options = kind, dict(kind_options or {})
-        self.oracle: Callable[[Arch], float] | None = (lambda a: float(space.accuracy(a))) if self.queries else None  # type: ignore[attr-defined]
+        self.oracle: Callable[[Arch], float] | None = None
+        if labeller is not None:
+            self.oracle = labeller
+        elif self.queries:
+            self.oracle = lambda a: float(space.accuracy(a))  # type: ignore[attr-defined]
         self.known: dict[str, float] = {}  # label of each labelled architecture string (given or queried)
         self.queried_: dict[str, float] = {}  # the oracle's answers, in query order
         self.told: dict[str, tuple[Arch, Values]] = {}
@@ -289,3 +302,50 @@ def _ridge(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, alpha: float) -> tup
     noise = float(np.var(y)) or 1.0
     return xn @ w + my, noise * np.einsum("ij,jk,ik->i", xn, cov, xn)
 
+
+TRAIN_KEYS = ("data", "epochs", "batch_size", "lr", "train_size", "val_size", "space_options", "device", "out")
+"""What ``--option train={...}`` may hold: :func:`nas.train`'s settings (``data`` required) and ``out``."""
+
+
+class TrainingLabeller:
+    """Labels an architecture with its validation accuracy after ``nas train`` (never its test accuracy).
+
+    Each architecture trains in its own folder under ``out`` (default ``runs/predictor-labels``), named by
+    the architecture, the settings and the seed; :func:`nas.training.finished_metrics` reads a finished
+    folder, resumes a started one and trains a new one, so a killed search loses at most the epoch in
+    progress.
+
+    Example (a CPU-sized label: nb201 at 8 channels, one cell per stage, 2 epochs on 2,000 images)::
+
+        nas search --space nb201 --strategy predictor --objectives synflow,zen,nwot \
+          --option 'train={"data": "../shared/data/cifar10_jpeg", "epochs": 2, "train_size": 2000,
+                   "space_options": {"channels": 8, "cells_per_stage": 1}}' --option queries=10
+    """
+
+    def __init__(self, space: SearchSpace, settings: dict[str, Any], seed: int) -> None:
+        if not isinstance(settings, dict):
+            raise ValueError("predictor: --option train takes a JSON object, e.g. "
+                             "train='{\"data\": \"DIR\", \"epochs\": 2}'")
+        unknown = sorted(set(settings) - set(TRAIN_KEYS))
+        if unknown:
+            raise ValueError(f"predictor: --option train: unknown key(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(TRAIN_KEYS)}")
+        if not settings.get("data"):
+            raise ValueError("predictor: --option train needs \"data\": a folder with train/ and test/ class "
+                             "folders, or an .npz")
+        if settings.get("val_size") == 0:
+            raise ValueError("predictor: --option train labels with validation accuracy; val_size must be > 0")
+        self.space, self.seed = space, int(seed)
+        self.settings = {k: v for k, v in settings.items() if k != "out"}
+        self.out = Path(str(settings.get("out", "runs/predictor-labels")))
+
+    def __call__(self, arch: Arch) -> float:
+        """The validation accuracy (%) of ``arch`` trained with the settings (read back when already trained)."""
+        from nas.training import finished_metrics
+
+        text = self.space.to_string(arch)
+        # the settings are part of the name: a folder trained with other epochs or data is never read back
+        key = json.dumps([text, self.settings, self.seed], sort_keys=True)
+        folder = self.out / f"{hashlib.sha1(key.encode()).hexdigest()[:12]}-s{self.seed}"
+        metrics = finished_metrics(folder, space=self.space.name, arch=text, seed=self.seed, **self.settings)
+        return float(metrics["val_accuracy"])
