@@ -140,11 +140,13 @@ def test_nas_train_as_the_labeller(tmp_path, learnable_npz):
     assert len(list((tmp_path / "labels").iterdir())) == 4
 
 
-def test_the_training_labeller_names_bad_settings():
+def test_the_training_labeller_names_bad_settings(tmp_path):
     space = search_spaces.get("nb201")
     with pytest.raises(ValueError, match="needs \"data\""):
         PredictorSearch(space, train={"epochs": 1})
     with pytest.raises(ValueError, match="unknown key.*epoch.*valid: data"):
         PredictorSearch(space, train={"data": "x.npz", "epoch": 1})
+    with pytest.raises(ValueError, match="x.npz.*no such folder"):
+        PredictorSearch(space, train={"data": "x.npz"})
     with pytest.raises(ValueError, match="val_size must be > 0"):
-        PredictorSearch(space, train={"data": "x.npz", "val_size": 0})
+        PredictorSearch(space, train={"data": str(tmp_path), "val_size": 0})

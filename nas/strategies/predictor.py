@@ -15,11 +15,11 @@ that ``--oracle-queries`` uses).
 
 Labels come from ``oracle`` (default: the space's ``accuracy``, which only a space with an attached oracle
 has, e.g. nb201 with ``--accuracy-table``; with ``train`` each label is the validation accuracy of the
-architecture trained by ``nas train``, see :class:`TrainingLabeller`); inside a study the oracle is wrapped so that every answer is
-stored in the run as it comes and read back on ``--resume``, so the replay asks nothing again. ``labels``
-(``--labels FILE`` or ``--label-queries N``) are known accuracies that join the fit without costing
-queries; without an oracle they are the only labels and the answer (``final``) is the told candidate
-with the best predicted accuracy.
+architecture trained by ``nas train``, see :class:`TrainingLabeller`); inside a study the oracle is wrapped
+so that every answer is stored in the run as it comes and read back on ``--resume``, so the replay asks
+nothing again. ``labels`` (``--labels FILE`` or ``--label-queries N``) are known accuracies that join the
+fit without costing queries; without an oracle they are the only labels and the answer (``final``) is the
+told candidate with the best predicted accuracy.
 """
 
 from __future__ import annotations
@@ -333,6 +333,8 @@ class TrainingLabeller:
         if not settings.get("data"):
             raise ValueError("predictor: --option train needs \"data\": a folder with train/ and test/ class "
                              "folders, or an .npz")
+        if not Path(str(settings["data"])).exists():  # before the first label, not after the proxies' round
+            raise ValueError(f"predictor: --option train: data {settings['data']!r}: no such folder or file")
         if settings.get("val_size") == 0:
             raise ValueError("predictor: --option train labels with validation accuracy; val_size must be > 0")
         self.space, self.seed = space, int(seed)
