@@ -333,8 +333,12 @@ class TrainingLabeller:
         if not settings.get("data"):
             raise ValueError("predictor: --option train needs \"data\": a folder with train/ and test/ class "
                              "folders, or an .npz")
-        if not Path(str(settings["data"])).exists():  # before the first label, not after the proxies' round
-            raise ValueError(f"predictor: --option train: data {settings['data']!r}: no such folder or file")
+        from nas.training import data_path
+
+        try:
+            data_path(settings["data"])  # before the first label, not after the proxies' round
+        except ValueError as err:
+            raise ValueError(f"predictor: --option train: {err}") from None
         if settings.get("val_size") == 0:
             raise ValueError("predictor: --option train labels with validation accuracy; val_size must be > 0")
         self.space, self.seed = space, int(seed)
