@@ -219,11 +219,12 @@ def _build(target: Any, stem: nn.Module, positions: Sequence[tuple[str, Sequence
 
 def fbnet_table(target: Any, space: Any) -> BlockLatencyTable:
     """The table of an FBNet space: 22 positions x 9 ops, each layer its own group."""
-    from search_spaces.fbnet import OPS
+    from search_spaces.fbnet import OPS, make_layer
     from search_spaces.fbnet_supernet import FBNetSupernet
 
-    sup = FBNetSupernet(space)  # real (CPU) modules: see _position
-    positions = [(f"layer_{i}", list(zip(OPS, layer, strict=True))) for i, layer in enumerate(sup.layers)]
+    sup = FBNetSupernet(space)  # real (CPU) modules, one per op whatever the supernet shares: see _position
+    positions = [(f"layer_{i}", [(op, make_layer(op, *shape)) for op in OPS])
+                 for i, shape in enumerate(sup.shapes)]
     groups = [Group((i,), (1,)) for i in range(len(positions))]
     return _build(target, sup.stem, positions, groups, _Head(sup, sup.header), tuple(space.input_shape))
 

@@ -187,19 +187,11 @@ def sandwich_archs(space: Any, supernet: nn.Module, rng: np.random.Generator, nu
         randoms = [OFAArch(pick("ks", N_BLOCKS), pick("e", N_BLOCKS), pick("d", N_STAGES),
                            int(res[int(rng.integers(len(res)))])).normalised() for _ in range(num_random)]
         return [largest.normalised(), smallest.normalised(), *randoms]
-    if name == "fbnet":
-        from search_spaces.fbnet import OPS
-
-        sizes = [[sum(p.numel() for p in op.parameters()) for op in layer] for layer in supernet.layers]
-        largest = tuple(OPS[int(np.argmax(s))] for s in sizes)
-        smallest = tuple(OPS[int(np.argmin(s))] for s in sizes)
-        randoms = [space.sample(rng) for _ in range(num_random)]
-        return [largest, smallest, *randoms]
     if name == "nb201":
         from search_spaces.nb201 import EDGES
 
         return [("nor_conv_3x3",) * len(EDGES), *(space.sample(rng) for _ in range(num_random + 1))]
-    if name == "tdnn":
+    if name in ("fbnet", "tdnn"):
         return [supernet.largest(), supernet.smallest(), *(space.sample(rng) for _ in range(num_random))]
     raise ValueError(f"space {name!r} has no supernet training; spaces with one: {', '.join(weight_sharing_spaces())}")
 

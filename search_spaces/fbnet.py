@@ -42,7 +42,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 FBNetArch = tuple[str, ...]
 
 
-def _parse_op(name: str) -> tuple[int, int, int]:
+def parse_op(name: str) -> tuple[int, int, int]:
     """Kernel, expansion and groups of an inverted-residual op name such as ``k5_e1_g2``."""
     parts = name.split("_")
     return int(parts[0][1:]), int(parts[1][1:]), int(parts[2][1:]) if len(parts) > 2 else 1
@@ -91,7 +91,7 @@ def make_layer(op: str, c_in: int, c_out: int, stride: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
     if op not in OPS:
         raise ArchError(f"unknown FBNet op {op!r}; valid ops: {', '.join(OPS)}")
-    k, e, g = _parse_op(op)
+    k, e, g = parse_op(op)
     return InvertedResidual(c_in, c_out, k, e, g, stride)
 
 
@@ -137,6 +137,9 @@ class FBNetSpace:
         num_classes: classifier width (100 for CIFAR-100).
         dataset: ``cifar100`` (or ``cifar10``) for the CIFAR network, ``imagenet`` for the ImageNet one.
         input_shape: input (C, H, W); 32x32 for CIFAR, 224x224 for ImageNet by default.
+        weight_sharing: how the ops of a layer share weights in this space's supernet (``nas supernet
+            train``): ``separate`` (FBNet's and ProxylessNAS's, default) or ``nested`` (slices of the layer's
+            ``k5_e6`` block); see :mod:`search_spaces.fbnet_supernet`. The networks themselves are the same.
 
     Example:
         >>> space = FBNetSpace()
@@ -149,9 +152,12 @@ class FBNetSpace:
     description = "FBNet space of HW-NAS-Bench: 22 layers x 9 ops (9^22 networks), CIFAR-100 32x32"
 
     def __init__(self, num_classes: int = 100, dataset: str = "cifar100",
-                 input_shape: tuple[int, int, int] | None = None) -> None:
+                 input_shape: tuple[int, int, int] | None = None, weight_sharing: str = "separate") -> None:
         if dataset not in ("cifar10", "cifar100", "imagenet"):
             raise ValueError(f"dataset must be cifar10, cifar100 or imagenet, got {dataset!r}")
+        if weight_sharing not in ("separate", "nested"):
+            raise ValueError(f"weight_sharing must be separate or nested, got {weight_sharing!r}")
+        self.weight_sharing = weight_sharing
         self.dataset = dataset
         self.setting = "imagenet" if dataset == "imagenet" else "cifar"
         self.num_classes = num_classes

@@ -111,3 +111,58 @@ def test_synflow_runs(space):
     value = proxies.score(space.build(arch), proxies.calibration_batch(batch_size=8), ["synflow"],
                           errors=errors)["synflow"]
     assert np.isfinite(value) and not errors, errors
+
+
+def _nested(seed: int = 0):
+    from nas.supernets import supernet_of
+
+    space = search_spaces.get("fbnet", num_classes=10, input_shape=(3, 16, 16), weight_sharing="nested")
+    return space, supernet_of(space, seed=seed)
+
+
+def test_nested_subnet_equals_the_supernet_forward_in_both_modes():
+    space, sup = _nested()
+    rng = np.random.default_rng(0)
+    x = torch.randn(4, 3, 16, 16)
+    archs = [tuple(["k3_e1_g2", "k5_e1_g2"] * 11), *(space.sample(rng) for _ in range(3))]
+    for arch in archs:
+        sup.train()
+        with torch.no_grad():
+            sup(x, arch)  # moves the running statistics of the ops' slices
+        for mode in (False, True):
+            sup.train(mode)
+            net = sup.subnet(arch).train(mode)
+            with torch.no_grad():
+                assert torch.equal(net(x), sup(x, arch))
+
+
+def test_nested_ops_are_slices_of_the_layers_k5_e6_block():
+    space, sup = _nested()
+    layer = sup.layers[5]  # 24 -> 24 channels, stride 1
+    block = layer.block
+    small = sup.subnet(space.from_choices([0] * 22)).layers[5]  # k3_e1
+    assert torch.equal(small.conv1.weight, block.conv1.weight[:24])
+    assert torch.equal(small.conv2.weight, block.conv2.weight[:24, :, 1:4, 1:4])
+    assert torch.equal(small.conv3.weight, block.conv3.weight[:, :24])
+    assert torch.equal(small.bn1.running_var, block.bn1.running_var[:24])
+    grouped = sup.subnet(space.from_choices([1] * 22)).layers[5]  # k3_e1_g2: the dense weights' diagonal blocks
+    assert grouped.conv1.weight.shape == (24, 12, 1, 1)
+    assert torch.equal(grouped.conv1.weight[12:], block.conv1.weight[12:24, 12:24])
+    assert torch.equal(grouped.conv3.weight[:12], block.conv3.weight[:12, :12])
+    sup.zero_grad()
+    sup(torch.randn(2, 3, 16, 16), space.from_choices([0] * 22)).sum().backward()
+    grad = block.conv2.weight.grad
+    assert grad[:24, :, 1:4, 1:4].abs().sum() > 0  # the 3x3 op trains the centre of the shared 5x5 kernel ...
+    assert grad[24:].abs().sum() == 0 and grad[:, :, 0].abs().sum() == 0  # ... and nothing else
+
+
+def test_nested_supernet_has_fewer_weights_and_the_same_extremes():
+    from nas.supernets import supernet_of
+
+    space, nested = _nested()
+    separate = supernet_of(search_spaces.get("fbnet", num_classes=10, input_shape=(3, 16, 16)), seed=0)
+    assert sum(p.numel() for p in nested.parameters()) < sum(p.numel() for p in separate.parameters()) / 2
+    assert nested.largest() == separate.largest() == ("k5_e6",) * 22
+    assert nested.smallest() == separate.smallest()
+    with pytest.raises(ValueError, match="separate or nested"):
+        search_spaces.get("fbnet", weight_sharing="shared")

@@ -20,6 +20,7 @@ from nas.strategies.proxyless import ProxylessNAS, SearchModel, latency_loss, tw
 
 FBNET = search_spaces.get("fbnet", num_classes=10, input_shape=(3, 16, 16))
 OFA = search_spaces.get("ofa", num_classes=10, resolutions=(32,))
+NESTED = search_spaces.get("fbnet", num_classes=10, input_shape=(3, 16, 16), weight_sharing="nested")
 TINY = {"train_size": 64, "batch_size": 16, "epochs": 2}
 
 
@@ -28,7 +29,7 @@ def data(images_npz) -> str:
     return images_npz(np.arange(64) % 10)
 
 
-@pytest.mark.parametrize("space", [FBNET, OFA], ids=["fbnet", "ofa"])
+@pytest.mark.parametrize("space", [FBNET, OFA, NESTED], ids=["fbnet", "ofa", "fbnet-nested"])
 @pytest.mark.parametrize("target", ["rpi4", "2080ti_1"])
 def test_one_hot_expected_latency_equals_predict(space, target):
     t = hardware_models.get(target)
@@ -157,5 +158,7 @@ def test_bad_options_name_valid_values(data):
         ProxylessNAS(FBNET, data=data)
     with pytest.raises(ValueError, match="resolution 64 is not one of the space's: 32"):
         ProxylessNAS(OFA, target="rpi4", resolution=64, data=data)
+    with pytest.raises(ValueError, match="weight_sharing=nested"):
+        ProxylessNAS(search_spaces.get("fbnet", weight_sharing="nested"), target="rpi4", data=data)
     with pytest.raises(ValueError, match="valid:.*latency_weight"):
         ProxylessNAS(FBNET, target="rpi4", data=data, lambda_=1)

@@ -45,9 +45,11 @@ def tiny_npz(images_npz):
 def trained(tiny_npz, tmp_path_factory):
     """One short run per space: {space: result} (ofa: 4 one-step epochs, one per progressive phase)."""
     out = {}
-    for name, epochs in (("nb201", 2), ("fbnet", 1), ("ofa", 4)):
-        out[name] = train_supernet(name, tiny_npz, epochs=epochs, batch_size=16, train_size=24, val_size=8,
-                                   space_options=TINY[name], out=tmp_path_factory.mktemp(name), progress=False)
+    for name, epochs in (("nb201", 2), ("fbnet", 1), ("fbnet-nested", 1), ("ofa", 4)):
+        space = name.split("-")[0]
+        options = {"weight_sharing": "nested"} if name == "fbnet-nested" else TINY[space]
+        out[name] = train_supernet(space, tiny_npz, epochs=epochs, batch_size=16, train_size=24, val_size=8,
+                                   space_options=options, out=tmp_path_factory.mktemp(name), progress=False)
     return out
 
 
@@ -173,12 +175,12 @@ def test_ofa_resumed_across_the_channel_sort_equals_an_uninterrupted_run(trained
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["nb201", "fbnet", "ofa"])
+@pytest.mark.parametrize("name", ["nb201", "fbnet", "fbnet-nested", "ofa"])
 def test_checkpoint_round_trip_and_subnet_equals_forward(trained, name):
     result = trained[name]
     path = result.out / "supernet.pt"
     assert (result.out / "curve.png").is_file() and (result.out / "train.csv").is_file()
-    space = search_spaces.get(name, **read_checkpoint(path)["space_options"])
+    space = search_spaces.get(name.split("-")[0], **read_checkpoint(path)["space_options"])
     sup = load_supernet(path, space)
     ours = result.supernet.state_dict()
     assert all(torch.equal(v, ours[k]) for k, v in sup.state_dict().items())

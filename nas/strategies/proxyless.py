@@ -243,6 +243,9 @@ class ProxylessNAS(_Differentiable):
         if getattr(space, "name", None) not in ("fbnet", "ofa"):
             raise ValueError(f"strategy 'proxylessnas' searches the spaces fbnet and ofa, not "
                              f"{getattr(space, 'name', space)!r}")
+        if getattr(space, "weight_sharing", "separate") != "separate":
+            raise ValueError("strategy 'proxylessnas' binarises paths of separate ops; drop --space-option "
+                             "weight_sharing=nested")
         if latency_loss not in LATENCY_LOSSES:
             raise ValueError(f"latency_loss must be one of {', '.join(LATENCY_LOSSES)}, got {latency_loss!r}")
         if latency_weight < 0:
