@@ -219,14 +219,13 @@ def _build(target: Any, stem: nn.Module, positions: Sequence[tuple[str, Sequence
 
 def fbnet_table(target: Any, space: Any) -> BlockLatencyTable:
     """The table of an FBNet space: 22 positions x 9 ops, each layer its own group."""
-    from search_spaces.fbnet import OPS, make_layer
-    from search_spaces.fbnet_supernet import FBNetSupernet
+    from search_spaces.fbnet import N_LAYERS, OPS, layer_shapes, make_layer
 
-    sup = FBNetSupernet(space)  # real (CPU) modules, one per op whatever the supernet shares: see _position
-    positions = [(f"layer_{i}", [(op, make_layer(op, *shape)) for op in OPS])
-                 for i, shape in enumerate(sup.shapes)]
+    net = space.build((OPS[0],) * N_LAYERS)  # for its stem and head
+    positions = [(f"layer_{i}", [(op, make_layer(op, *shape)) for op in OPS])  # real (CPU) modules: see _position
+                 for i, shape in enumerate(layer_shapes(space.setting))]
     groups = [Group((i,), (1,)) for i in range(len(positions))]
-    return _build(target, sup.stem, positions, groups, _Head(sup, sup.header), tuple(space.input_shape))
+    return _build(target, net.stem, positions, groups, _Head(net, net.header), tuple(space.input_shape))
 
 
 OFA_OPTIONS: tuple[tuple[int, int], ...] = tuple((k, e) for k in (3, 5, 7) for e in (3, 4, 6))

@@ -83,6 +83,16 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+def layer_shapes(setting: str) -> list[tuple[int, int, int]]:
+    """Input channels, output channels and stride of each of the 22 layers in ``setting`` (cifar, imagenet)."""
+    strides, shapes, c = SETTINGS[setting]["strides"], [], STEM_WIDTH
+    for stage, n in enumerate(LAYERS_PER_STAGE):
+        for j in range(n):
+            shapes.append((c, STAGE_WIDTHS[stage], strides[stage] if j == 0 else 1))
+            c = STAGE_WIDTHS[stage]
+    return shapes
+
+
 def make_layer(op: str, c_in: int, c_out: int, stride: int) -> nn.Module:
     """One FBNet layer ``op`` from ``c_in`` to ``c_out`` channels."""
     if op == "skip":
@@ -104,13 +114,9 @@ class FBNetNetwork(nn.Module):
         cfg = SETTINGS[setting]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, STEM_WIDTH, 3, cfg["stem_stride"], 1, bias=False),
                                   nn.BatchNorm2d(STEM_WIDTH), nn.ReLU())
-        layers, c, i = [], STEM_WIDTH, 0
-        for stage, n in enumerate(LAYERS_PER_STAGE):
-            for j in range(n):
-                layers.append(make_layer(arch[i], c, STAGE_WIDTHS[stage], cfg["strides"][stage] if j == 0 else 1))
-                c, i = STAGE_WIDTHS[stage], i + 1
-        self.layers = nn.Sequential(*layers)
-        self.header = nn.Sequential(nn.Conv2d(c, cfg["header"], 1, bias=False), nn.BatchNorm2d(cfg["header"]),
+        self.layers = nn.Sequential(*(make_layer(op, *shape) for op, shape in zip(arch, layer_shapes(setting),
+                                                                                    strict=True)))
+        self.header = nn.Sequential(nn.Conv2d(STAGE_WIDTHS[-1], cfg["header"], 1, bias=False), nn.BatchNorm2d(cfg["header"]),
                                     nn.ReLU())
         self.classifier = nn.Linear(cfg["header"], num_classes)
         init_mobile_weights(self, linear_std=0.001)  # HW-NAS-Bench's
@@ -253,13 +259,9 @@ class FBNetSpace:
     def precision_layers(self, arch: FBNetArch) -> dict[str, tuple[str, ...]]:
         """Module paths in ``build(arch)`` of each layer group with weights (an identity ``skip`` has none)."""
         out: dict[str, tuple[str, ...]] = {"stem": ("stem",)}
-        strides, c, i = SETTINGS[self.setting]["strides"], STEM_WIDTH, 0
-        for stage, n in enumerate(LAYERS_PER_STAGE):
-            for j in range(n):
-                identity = arch[i] == "skip" and (strides[stage] if j == 0 else 1) == 1 and c == STAGE_WIDTHS[stage]
-                if not identity:
-                    out[f"l{i}"] = (f"layers.{i}",)
-                c, i = STAGE_WIDTHS[stage], i + 1
+        for i, (c_in, c_out, stride) in enumerate(layer_shapes(self.setting)):
+            if not (arch[i] == "skip" and stride == 1 and c_in == c_out):
+                out[f"l{i}"] = (f"layers.{i}",)
         out["head"] = ("header", "classifier")
         return out
 

@@ -33,14 +33,12 @@ from torch import nn
 
 from search_spaces.base import ArchError
 from search_spaces.fbnet import (
-    LAYERS_PER_STAGE,
     N_LAYERS,
     OPS,
-    SETTINGS,
-    STAGE_WIDTHS,
     ChannelShuffle,
     FBNetNetwork,
     InvertedResidual,
+    layer_shapes,
     make_layer,
     parse_op,
 )
@@ -116,19 +114,10 @@ class FBNetSupernet(nn.Module):
         template = FBNetNetwork(tuple(OPS[0] for _ in range(N_LAYERS)), space.num_classes, space.setting,
                                 space.input_shape[0])
         self.stem, self.header, self.classifier = template.stem, template.header, template.classifier
-        strides = SETTINGS[space.setting]["strides"]
         self.nested = getattr(space, "weight_sharing", "separate") == "nested"
-        layers, c, self.shapes = [], template.stem[0].out_channels, []
-        for stage, n in enumerate(LAYERS_PER_STAGE):
-            for j in range(n):
-                stride = strides[stage] if j == 0 else 1
-                self.shapes.append((c, STAGE_WIDTHS[stage], stride))
-                if self.nested:
-                    layers.append(NestedLayer(c, STAGE_WIDTHS[stage], stride))
-                else:
-                    layers.append(nn.ModuleList(make_layer(op, c, STAGE_WIDTHS[stage], stride) for op in OPS))
-                c = STAGE_WIDTHS[stage]
-        self.layers = nn.ModuleList(layers)
+        self.shapes = layer_shapes(space.setting)
+        self.layers = nn.ModuleList(NestedLayer(*shape) if self.nested
+                                    else nn.ModuleList(make_layer(op, *shape) for op in OPS) for shape in self.shapes)
         init_mobile_weights(self, linear_std=0.001)  # the networks' (HW-NAS-Bench's) initialisation
 
     def _extreme(self, pick: Any) -> tuple[str, ...]:
