@@ -43,7 +43,7 @@ from torch import nn
 from search_spaces.base import ArchError
 from search_spaces.nb201 import EDGES, OPS, NB201Arch, NB201Network, ReLUConvBN, make_op
 
-__all__ = ["MixedEdge", "NB201SuperNet", "PARAM_FREE", "channel_shuffle", "gumbel_sample", "supernet"]
+__all__ = ["MixedEdge", "NB201SuperNet", "PARAM_FREE", "channel_shuffle", "derive_cell", "gumbel_sample", "supernet"]
 
 PARAM_FREE: frozenset[str] = frozenset({"none", "skip_connect", "avg_pool_3x3"})
 """Ops without weights: a cell made mostly of them is DARTS's known failure (collapse)."""
@@ -315,11 +315,21 @@ class NB201SuperNet(DifferentiableSupernet):
         """How many of the cell's 6 edges carry a parameter-free op (none, skip, pool)."""
         return sum(op in PARAM_FREE for op in arch)
 
-    def genotype(self) -> NB201Arch:
-        """The derived cell: per edge the op of largest alpha, ``none`` included (NAS-Bench-201's DARTS rule);
-        an op pruned out of the edge's mixture is never derived."""
-        best = self.masked_alpha().detach().argmax(dim=-1).tolist()
-        return tuple(OPS[i] for i in best)  # type: ignore[return-value]
+    def genotype(self, exclude_none: bool = False) -> NB201Arch:
+        """The derived cell (:func:`derive_cell` of alpha); an op pruned out of an edge's mixture is never derived."""
+        return derive_cell(self.masked_alpha().detach(), exclude_none)
+
+
+def derive_cell(alpha: torch.Tensor, exclude_none: bool = False) -> NB201Arch:
+    """The cell of (6, 5) op logits (``-inf``: pruned): per edge the op of largest alpha, ``none`` included
+    (NAS-Bench-201's DARTS rule) or, with ``exclude_none``, the largest other than ``none`` (the rule of
+    DARTS' and PC-DARTS' own code; an edge left with ``none`` alone still derives it)."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64).cpu()
+    if exclude_none:
+        others = alpha.clone()
+        others[:, OPS.index("none")] = float("-inf")
+        alpha = torch.where(torch.isfinite(others).any(dim=-1, keepdim=True), others, alpha)
+    return tuple(OPS[i] for i in alpha.argmax(dim=-1).tolist())  # type: ignore[return-value]
 
 
 def gumbel_sample(alpha: torch.Tensor, tau: float, generator: torch.Generator) -> Sample:

@@ -127,6 +127,53 @@ def test_genotype_is_the_argmax_per_edge_none_included():
         "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_1x1~2|"
 
 
+def test_genotype_without_none_takes_each_edge_s_next_best_op():
+    net = supernet(SPACE)
+    with torch.no_grad():
+        net.alpha.zero_()
+        net.alpha[:, OPS.index("none")] = 2.0  # none leads everywhere; the runner-up differs per edge
+        for k, op in enumerate(["nor_conv_3x3", "skip_connect", "nor_conv_1x1", "avg_pool_3x3", "nor_conv_3x3",
+                                "nor_conv_1x1"]):
+            net.alpha[k, OPS.index(op)] = 1.0
+    assert set(net.genotype()) == {"none"}
+    assert SPACE.to_string(net.genotype(exclude_none=True)) == \
+        "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+    mask = torch.ones(len(EDGES), len(OPS), dtype=torch.bool)
+    mask[0] = False
+    mask[0, OPS.index("none")] = True  # an edge pruned to none alone still derives it
+    net.set_op_mask(mask)
+    assert net.genotype(exclude_none=True)[0] == "none"
+
+
+def test_derivation_rule_per_method_and_space(data):
+    assert DARTS(SPACE, data=data, **TINY).method["derive"] == "argmax"  # NAS-Bench-201's DARTS baselines
+    assert PCDARTS(SPACE, data=data, K=2, **TINY).method["derive"] == "no_none"  # bypassed edges never vanish
+    assert PCDARTS(SPACE, data=data, K=2, derive="argmax", **TINY).method["derive"] == "argmax"
+    with pytest.raises(ValueError, match="derive must be one of argmax, no_none"):
+        DARTS(SPACE, data=data, derive="best", **TINY)
+    darts_space = search_spaces.get("darts", channels=4, layers=2)
+    assert DARTS(darts_space, data=data, **TINY).method["derive"] == "no_none"
+    with pytest.raises(ValueError, match="darts space derives cells by DARTS' rule"):
+        DARTS(darts_space, data=data, derive="argmax", **TINY)
+
+
+def test_pcdarts_derives_no_none_edge_and_runs_from_before_the_rule_resume_as_argmax(data, tmp_path):
+    s = PCDARTS(SPACE, seed=0, data=data, K=2, storage=tmp_path / "j", **TINY)  # alpha frozen (warm-up)
+    s._setup()
+    with torch.no_grad():
+        s._model.alpha[:, OPS.index("none")] = 5.0
+    s.ask(3)
+    assert all(max(row) == row[OPS.index("none")] for r in s.history for row in r["alpha"])
+    assert all("none" not in r["genotype"] for r in s.history)
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del ckpt["fingerprint"]["method"]["derive"]  # what a checkpoint written before ``derive`` holds
+    torch.save(ckpt, tmp_path / CHECKPOINT)
+    with pytest.raises(ResumeConflict, match="other settings"):  # it derived by argmax: not silently mixed
+        PCDARTS(SPACE, seed=0, data=data, K=2, storage=tmp_path / "j", **TINY)
+    old = PCDARTS(SPACE, seed=0, data=data, K=2, derive="argmax", storage=tmp_path / "j", **TINY)
+    assert old.history == s.history
+
+
 def test_supernet_is_seeded_and_leaves_the_global_generator_alone():
     state = torch.get_rng_state()
     a, b = supernet(SPACE, seed=3), supernet(SPACE, seed=3)

@@ -24,6 +24,13 @@ Each step first updates the architecture on an architecture batch, then the weig
 * ``gdas`` (Dong & Yang 2019): one op per edge drawn by Gumbel-max each step, only that op computed, and
   straight-through gradients; the temperature falls linearly from ``tau_max=10`` to ``tau_min=0.1``.
 
+Derivation on nb201 (``derive``): ``darts`` takes each edge's op of largest alpha with ``none`` included
+(``argmax``, as NAS-Bench-201's DARTS baselines); ``pcdarts`` the largest other than ``none`` (``no_none``,
+the rule of PC-DARTS' and DARTS' own code), because a partial-channel edge always passes its other
+``(K-1)/K`` channels: the supernet never runs without that edge, and at arch lr 1.5e-3 ``none`` wins edges
+by small margins and cuts cells off (README, one-shot results). Either method takes either rule; gdas
+derives by argmax, and the darts space always by DARTS' rule.
+
 Proxy pruning (``prune=PROXY keep=K``, darts/pcdarts/gdas on nb201): before the first epoch each (edge, op)
 is scored by a zero-cost proxy as the mean rank of ``prune_cells`` standalone random cells having that op on
 that edge (:func:`prune_scores`), and each edge keeps its ``K`` best ops: the others weigh 0 in the mixture
@@ -78,6 +85,8 @@ __all__ = ["DARTS", "GDAS", "PCDARTS", "Recipe"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "supernet.pt"
+DERIVE_RULES = ("argmax", "no_none")
+"""How DARTS and PC-DARTS derive an nb201 cell from alpha: with ``none`` among the candidates, or without."""
 FORMAT = 1
 """Version of the checkpoint layout; a checkpoint of another version is refused on resume."""
 
@@ -211,6 +220,15 @@ class _Differentiable:
     def _tau(self, epoch: int) -> float | None:
         return None
 
+    def _genotype(self, model: Any) -> Any:
+        """The cell the supernet's architecture state derives now (the space's supernet rule)."""
+        return model.genotype()
+
+    def _upgrade_fingerprint(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's fingerprint as this version writes it (options added since default to what older
+        runs did)."""
+        return stored
+
     # -- training ------------------------------------------------------------------------------------
     def _setup(self) -> None:
         """Load the data halves, build the supernet and its optimizers, restore a read checkpoint."""
@@ -320,7 +338,7 @@ class _Differentiable:
         the epoch's ``losses`` and the architecture state."""
         model = self._model
         assert model is not None
-        genotype = model.genotype()
+        genotype = self._genotype(model)
         return {
             "genotype": _plain(genotype), "arch": self.space.to_string(genotype),
             **self._score(genotype), **losses, "tau": self._tau(epoch),
@@ -402,7 +420,7 @@ class _Differentiable:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("format") != FORMAT:
             raise ResumeConflict(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {FORMAT}")
-        if ckpt["fingerprint"] != self._fingerprint():
+        if self._upgrade_fingerprint(ckpt["fingerprint"]) != self._fingerprint():
             raise ResumeConflict(f"{path} was trained with other settings ({ckpt['fingerprint']}) than these "
                                  f"({self._fingerprint()}); resume with the same ones or start a new run")
         self.history = list(ckpt["history"])
@@ -471,17 +489,49 @@ class _Differentiable:
 
 @register("darts")
 class DARTS(_Differentiable):
-    """DARTS (Liu et al. 2019): softmax mixtures; ``order`` 1 (first order) or 2 (unrolled, eq. 7-8)."""
+    """DARTS (Liu et al. 2019): softmax mixtures; ``order`` 1 (first order) or 2 (unrolled, eq. 7-8).
+
+    ``derive`` (nb201): ``argmax`` derives each edge's op of largest alpha with ``none`` included, as
+    NAS-Bench-201's DARTS baselines do; ``no_none`` the largest other than ``none``, as DARTS' own code
+    does. The darts space always derives by DARTS' rule (``no_none``).
+    """
 
     name = "darts"
     spaces = ("nb201", "darts")
     prunable = True
+    default_derive = "argmax"
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
-                 storage: str | os.PathLike[str] | None = None, order: int = 1, **options: Any) -> None:
+                 storage: str | os.PathLike[str] | None = None, order: int = 1, derive: str = "",
+                 **options: Any) -> None:
         if order not in (1, 2):
             raise ValueError(f"darts: order must be 1 or 2, got {order!r}")
-        super().__init__(space, seed, storage, {"order": int(order)}, options)
+        super().__init__(space, seed, storage, {"order": int(order), "derive": self._derive_rule(space, derive)},
+                         options)
+
+    def _derive_rule(self, space: SearchSpace, derive: str) -> str:
+        """The derivation rule to use: ``derive`` checked, or the method's default for the space."""
+        if getattr(space, "name", None) == "darts":
+            if derive not in ("", "no_none"):
+                raise ValueError(f"{self.name}: the darts space derives cells by DARTS' rule (2 inputs per node, "
+                                 f"each with its strongest op other than none): derive=no_none, got {derive!r}")
+            return "no_none"
+        rule = derive or self.default_derive
+        if rule not in DERIVE_RULES:
+            raise ValueError(f"{self.name}: derive must be one of {', '.join(DERIVE_RULES)}, got {derive!r}")
+        return rule
+
+    def _genotype(self, model: Any) -> Any:
+        if getattr(self.space, "name", None) == "darts":
+            return model.genotype()
+        return model.genotype(exclude_none=self.method["derive"] == "no_none")
+
+    def _upgrade_fingerprint(self, stored: dict[str, Any]) -> dict[str, Any]:
+        # Runs from before ``derive`` existed derived by argmax on nb201 and by DARTS' rule on darts.
+        if "derive" in stored.get("method", {}):
+            return stored
+        rule = "no_none" if getattr(self.space, "name", None) == "darts" else "argmax"
+        return {**stored, "method": {**stored["method"], "derive": rule}}
 
     def _arch_step(self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: tuple[torch.Tensor, torch.Tensor],
                    lr: float, epoch: int, gen: torch.Generator) -> torch.Tensor:
@@ -521,19 +571,26 @@ class DARTS(_Differentiable):
 
 @register("pcdarts")
 class PCDARTS(DARTS):
-    """PC-DARTS (Xu et al. 2020): DARTS with partial channels (``K``), edge normalisation and an alpha warm-up."""
+    """PC-DARTS (Xu et al. 2020): DARTS with partial channels (``K``), edge normalisation and an alpha warm-up.
+
+    On nb201 it derives by its own code's rule (``derive=no_none``): an edge of a partial-channel supernet
+    is never removed, since its other ``(K-1)/K`` channels bypass the ops whatever their weights, so a
+    winning ``none`` only says "fewer channels through the ops"; deriving it would cut an edge the supernet
+    never trained without (``derive=argmax`` does; README, one-shot results).
+    """
 
     name = "pcdarts"
+    default_derive = "no_none"
 
     def __init__(self, space: SearchSpace, seed: int = 0, n_objectives: int = 1,
                  storage: str | os.PathLike[str] | None = None, K: int = 4, order: int = 1,  # noqa: N803
-                 warmup_epochs: int = 15, **options: Any) -> None:
+                 warmup_epochs: int = 15, derive: str = "", **options: Any) -> None:
         if order not in (1, 2):
             raise ValueError(f"pcdarts: order must be 1 or 2, got {order!r}")
         if K < 1 or space.channels % K:
             raise ValueError(f"pcdarts: K={K} must be at least 1 and divide the space's channels ({space.channels})")
-        _Differentiable.__init__(self, space, seed, storage, {"order": int(order), "K": int(K)},
-                                 {"warmup_epochs": warmup_epochs, **options})
+        method = {"order": int(order), "K": int(K), "derive": self._derive_rule(space, derive)}
+        _Differentiable.__init__(self, space, seed, storage, method, {"warmup_epochs": warmup_epochs, **options})
 
     def _build(self) -> torch.nn.Module:
         return self.space.supernet(partial_k=self.method["K"], edge_norm=True,  # type: ignore[attr-defined]
