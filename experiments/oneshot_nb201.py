@@ -19,7 +19,10 @@ Measured on a 2-core CPU at the protocol's smallest network (``--channels 8 --ce
 * ``darts`` (arch lr 3e-4) seeds 0/1/2: 92.75 (2) / 92.02 (4) / 93.22 (3), 43-45 s per epoch.
 * ``darts-lr1.5e-3`` seeds 0/1/2: 91.95 (4) / 92.03 (4) / 54.30 (6), 46-50 s per epoch. Collapse towards
   parameter-free edges reproduces: seed 2 ends on the all-skip cell, the 54.30 % of the published C=16, N=5
-  runs; seeds 0 and 1 keep one or two convolutions on the path to the output.
+  runs; seeds 0 and 1 keep one or two convolutions on the path to the output. Rerun in a later session
+  (training code unchanged): 92.09 (3) / 91.75 (3) / 89.85 (4) by argmax and 92.09 (3) / 93.78 (3) / 90.00 (4)
+  by ``no_none``, 0 of 3 either way; 117 s per epoch with 3-5 runs on 2 cores. ``darts-lr1.5e-3`` at batch
+  256 (weight lr 0.1), seed 2: the all-skip cell, 54.30 (6), by either rule.
 * ``pcdarts-lr1.5e-3`` (DARTS' batch of 64) seeds 0/1/2: 91.93 (3) / 93.39 (1) / 89.49 (5) by argmax, 23-26 s
   per epoch: 1 of 3 seeds meets "at most 1 parameter-free edge and >= 92.0 %". Seed 0 run again in a later
   session, with the training code unchanged: 86.48 (4) by argmax, 90.59 (2) by ``no_none`` (likely another
