@@ -172,16 +172,16 @@ def derive_both(weights: list[list[float]], table: Any) -> dict[str, dict[str, A
 def rederive(out: str, accuracy_table: str | None) -> None:
     """For every finished run under ``out`` (its ``alpha.csv``): the last epoch's cell by each rule."""
     import search_spaces
-    from search_spaces.nb201 import EDGES, OPS
+    from search_spaces.nb201_supernet import NB201SuperNet
 
     table = search_spaces.get("nb201", accuracy_table=accuracy_table) if accuracy_table else None
-    edges = [f"{frm}->{to}" for to, frm in EDGES]
+    edges, ops = NB201SuperNet.edge_names, NB201SuperNet.op_names  # alpha.csv's row and column labels
     print(f"{'run':<28} {'epochs':>6}  {'argmax (none included)':<26} {'no_none':<26}")
     for path in sorted(Path(out).glob("*/alpha.csv")):
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         last = max(int(r["epoch"]) for r in rows)
-        by_edge = {r["edge"]: [float(r[op]) for op in OPS] for r in rows if int(r["epoch"]) == last}
+        by_edge = {r["edge"]: [float(r[op]) for op in ops] for r in rows if int(r["epoch"]) == last}
         both = derive_both([by_edge[e] for e in edges], table)
         cols = [f"{both[k]['test_acc']:6.2f} ({both[k]['param_free']}) {'pass' if passes(both[k]) else '    '}"
                 for k in ("argmax", "no_none")]
